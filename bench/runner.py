@@ -1,0 +1,231 @@
+"""Run one cell in-process and return the JSON result contract.
+
+The contract (stable; consumed by scripts, the sweep ledger and the leaderboard)::
+
+    {"method", "task", "model", "settings": {...}, "T", "metric": "top1",
+     "ann": <ANN metric>, "per_t": {"1": {"metric", "spikes_per_sample",
+     "synops_per_sample", "energy_ratio", ...}, ...},
+     "status": "ok" | "failed", "error": null | "<traceback>", "wall_s"}
+
+plus ``cell_key``, ``ann_metrics`` (every ANN metric), ``ann_macs_per_sample``,
+``energy_model``, ``layers`` (per-layer counts), ``timings`` and ``provenance``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any, Callable
+
+import torch
+
+from bench.cache import MemoryCache, digest
+from bench.cell import CellSpec
+from bench.counting import OpCounter
+from bench.energy import DEFAULT_ENERGY_MODEL
+from bench.plugins import create_method, create_task
+from bench.provenance import git_revision, host_info, package_versions
+from methods.base import ConversionContext, SpikingModel
+
+log = logging.getLogger(__name__)
+
+CONTRACT_KEYS = ("method", "task", "model", "settings", "T", "metric", "ann", "per_t", "status", "error", "wall_s")
+PER_T_KEYS = ("metric", "spikes_per_sample", "synops_per_sample", "energy_ratio")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; a CUDA request without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _progress(iterable, desc: str, total: int | None, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, disable=None)
+
+
+def simulate(snn: SpikingModel, task, bundle, batches, T: int, desc: str = "", total: int | None = None,
+             progress: bool = False) -> tuple[dict[int, dict[str, float]], Any]:
+    """Step ``snn`` to T over evaluation batches; metric per t and op counts."""
+    metric = task.new_metric()
+    with torch.inference_mode(), OpCounter(snn, T) as counter:
+        for inputs, targets in _progress(batches, desc, total, progress):
+            x, meta = bundle.prepare(inputs)
+            x = x.to(_device_of(snn))
+            snn.reset()
+            for t, out in enumerate(snn.simulate(x, T), start=1):
+                metric.update(t, bundle.finish(out, meta), targets)
+            counter.add_samples(x.shape[0])
+        summary = counter.summary()
+    return metric.compute(), summary
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _data_key(spec: CellSpec) -> dict[str, Any]:
+    return {"task": spec.task, "model": spec.model, "weights": spec.weights, "data_root": spec.data_root}
+
+
+def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[str, Any]:
+    """ANN metric and dense MACs on the evaluation set, cached per (task, model, eval size)."""
+    key = digest({**_data_key(spec), "eval_size": spec.eval_size, "what": "ann-eval-v1"})
+    found = cache.get("ann", key)
+    if found is not None:
+        return found
+    from methods.ann import ANNReference
+
+    start = time.perf_counter()
+    reference = ANNReference().convert(bundle.core, None, ConversionContext(T=1))
+    batch = spec.batch_size or task.default_batch_size
+    metrics, summary = simulate(reference, task, bundle, task.eval_batches(spec.eval_size, batch, bundle), T=1,
+                                desc=f"ann/{spec.model}/{spec.task}", progress=progress)
+    result = {"metrics": metrics[1], "dense_macs": summary.dense_macs, "samples": summary.samples,
+              "layers": summary.layers, "wall_s": time.perf_counter() - start}
+    cache.put("ann", key, result)
+    return result
+
+
+def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionContext, cache, progress: bool):
+    """The statistics ``method`` asks for; each kind computed once and cached."""
+    from methods.snn.stats import Stats, collect_stats
+
+    kinds = method.stat_kinds(ctx)
+    stats = Stats()
+    missing = []
+    base = {**_data_key(spec), "calib_size": spec.calib_size, "calib_batch": spec.calib_batch_size, "seed": spec.seed}
+    for kind in kinds:
+        found = cache.get("stats", digest({**base, "kind": kind.key()}))
+        if found is None:
+            missing.append(kind)
+        else:
+            stats.add(kind, found)
+    if missing:
+        batches = ctx.calib_batches()
+        collected = collect_stats(bundle.core, batches, missing, progress=progress,
+                                  desc=f"calibrate {spec.model}/{spec.task}")
+        for kind in missing:
+            cache.put("stats", digest({**base, "kind": kind.key()}), collected.get_kind(kind))
+            stats.add(kind, collected.get_kind(kind))
+    return stats
+
+
+def run_cell(spec: CellSpec, cache=None, progress: bool = False,
+             on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run one cell; never raises for a failing cell: returns ``status="failed"`` with the traceback."""
+    start = time.perf_counter()
+    cache = cache if cache is not None else MemoryCache()
+    result: dict[str, Any] = {
+        "method": spec.method, "task": spec.task, "model": spec.model, "settings": dict(spec.settings),
+        "T": spec.T, "metric": None, "ann": None, "per_t": {}, "status": "failed", "error": None, "wall_s": 0.0,
+    }
+    timings: dict[str, float] = {}
+    stage = on_stage or (lambda _: None)
+    task = None
+    try:
+        result["cell_key"] = spec.key()
+        method = create_method(spec.method, spec.settings)
+        result["settings"] = method.config()["settings"]
+        device = resolve_device(spec.device)
+        seed_everything(spec.seed)
+        task = create_task(spec.task, data_root=spec.data_root)
+        result["metric"] = task.metric
+        stage("build")
+        t0 = time.perf_counter()
+        bundle = task.build(spec.model, weights=spec.weights, device=device, progress=progress)
+        timings["build_s"] = time.perf_counter() - t0
+
+        stage("ann")
+        t0 = time.perf_counter()
+        ann = evaluate_ann(spec, task, bundle, cache, progress)
+        timings["ann_s"] = time.perf_counter() - t0
+        result["ann"] = ann["metrics"][task.metric]
+        result["ann_metrics"] = ann["metrics"]
+        result["ann_macs_per_sample"] = ann["dense_macs"]
+        energy = DEFAULT_ENERGY_MODEL
+        result["energy_model"] = energy.to_dict()
+
+        if spec.method == "ann":
+            per_t = {}
+            for t in range(1, spec.T + 1):
+                per_t[str(t)] = {"metric": result["ann"], **ann["metrics"], "spikes_per_sample": 0.0,
+                                 "unit_spikes_per_sample": 0.0, "synops_per_sample": 0.0,
+                                 "macs_per_sample": ann["dense_macs"], "energy_ratio": 1.0}
+            result["per_t"] = per_t
+            result["layers"] = ann["layers"]
+        else:
+            calib = lambda: task.calib_batches(spec.calib_size, spec.calib_batch_size, spec.seed, bundle)  # noqa: E731
+            example = next(iter(calib()))
+            ctx = ConversionContext(T=spec.T, device=device, example=example.to(device),
+                                    calib_batches=lambda: (b.to(device) for b in calib()))
+            stage("calibrate")
+            t0 = time.perf_counter()
+            stats = calibration_stats(spec, task, bundle, method, ctx, cache, progress)
+            timings["calibrate_s"] = time.perf_counter() - t0
+            stage("convert")
+            t0 = time.perf_counter()
+            snn = method.convert(bundle.core, stats, ctx).to(device).eval()
+            timings["convert_s"] = time.perf_counter() - t0
+            result["conversion"] = snn.describe()
+            stage("simulate")
+            t0 = time.perf_counter()
+            batch = spec.batch_size or task.default_batch_size
+            metrics, summary = simulate(snn, task, bundle, task.eval_batches(spec.eval_size, batch, bundle), spec.T,
+                                        desc=spec.label(), progress=progress)
+            timings["simulate_s"] = time.perf_counter() - t0
+            per_t = {}
+            for t in range(1, spec.T + 1):
+                m = metrics[t]
+                acs, macs = summary.acs[t - 1], summary.macs[t - 1]
+                per_t[str(t)] = {"metric": m[task.metric], **m, "spikes_per_sample": summary.events[t - 1],
+                                 "unit_spikes_per_sample": summary.unit_spikes[t - 1],
+                                 "synops_per_sample": acs, "macs_per_sample": macs,
+                                 "neuron_updates_per_sample": summary.neuron_updates[t - 1],
+                                 "energy_ratio": energy.ratio(acs, macs, ann["dense_macs"])}
+            result["per_t"] = per_t
+            result["layers"] = summary.layers
+            result["eval_samples"] = summary.samples
+        result["status"] = "ok"
+    except Exception:  # noqa: BLE001 - a failed cell is data, not a crash
+        result["status"] = "failed"
+        result["error"] = traceback.format_exc()
+        log.debug("cell %s failed:\n%s", spec.label(), result["error"])
+    result["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    result["provenance"] = {"git": git_revision(), "versions": package_versions(), "host": host_info(),
+                            "spec": spec.to_dict(),
+                            "splits": _splits(task)}
+    result["wall_s"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def _splits(task) -> dict[str, str] | None:
+    if task is None:
+        return None
+    try:
+        return task.splits()
+    except Exception:  # noqa: BLE001 - provenance must not fail a cell
+        return None
+
+
+__all__ = ["CONTRACT_KEYS", "PER_T_KEYS", "run_cell", "simulate", "evaluate_ann", "resolve_device"]

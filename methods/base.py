@@ -1,0 +1,150 @@
+"""The method protocol: calibrate statistics, convert an ANN into a model stepped in time.
+
+A method knows nothing of tasks. The harness gives it the ANN (``nn.Module``, tensor in ->
+tensor or dict of tensors out), the calibration statistics it asked for through
+:meth:`ConversionMethod.stat_kinds` (cached and shared between methods), and a
+:class:`ConversionContext`. It returns a :class:`SpikingModel`, which
+
+* is stepped in time by :meth:`SpikingModel.simulate`, yielding the decoded estimate of
+  the ANN output at every t = 1..T from one simulation;
+* declares, in its :class:`CountPlan`, which connection layers are fed by spikes and which
+  by real values, and which modules emit spikes, so the op counter never guesses from
+  values (the NeuroBench pitfall).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Iterable, Iterator, Literal, Mapping, TypeVar
+
+import torch
+from torch import nn
+
+from methods.settings import settings_from_dict, settings_to_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from methods.snn.stats import StatKind, Stats
+
+S = TypeVar("S")
+
+
+@dataclass
+class ConversionContext:
+    """What the harness tells a method about the run.
+
+    Attributes:
+        T: the largest time-step simulated (threshold iteration's N = T * 2^n uses it).
+        device: where the SNN runs.
+        example: one calibration batch (shape reference for tracing).
+        calib_batches: returns a fresh iterator over the calibration batches, for methods
+            that need more than cached statistics (e.g. SNN Calibration's bias correction).
+    """
+
+    T: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    example: torch.Tensor | None = None
+    calib_batches: Callable[[], Iterable[torch.Tensor]] | None = None
+
+
+@dataclass
+class ConnectionSite:
+    """A synaptic layer (conv, linear, product) and what feeds it.
+
+    ``input_kind`` is ``"spike"`` when every input comes straight from spiking neurons
+    (ops count as accumulates, AC) and ``"analog"`` otherwise (ops count as MACs).
+    For product units, ``operand_kinds`` gives the kind of each operand.
+    """
+
+    name: str
+    module: nn.Module
+    input_kind: Literal["spike", "analog"]
+    op: Literal["conv", "linear", "product"] = "conv"
+    operand_kinds: tuple[str, ...] = ()
+
+
+@dataclass
+class NeuronSite:
+    """A module whose output is spikes. ``unit`` is the amplitude of one unit spike
+    (θ/2^(n-1) for an MT neuron with n levels, θ for IF), per element-broadcastable."""
+
+    name: str
+    module: nn.Module
+    unit: Callable[[], torch.Tensor] | None = None
+
+
+@dataclass
+class CountPlan:
+    """Everything the op counter needs, declared by the method."""
+
+    connections: list[ConnectionSite] = field(default_factory=list)
+    neurons: list[NeuronSite] = field(default_factory=list)
+    #: the first frame that costs energy (1 for differential coding: frame 0 is the bias pass)
+    first_counted_frame: int = 1
+
+
+class SpikingModel(nn.Module, abc.ABC):
+    """A converted network, stepped in time with its state kept inside its modules."""
+
+    #: True when the output is the same at every t (the ANN reference)
+    static: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: index of the frame being computed (0 is the bias pass of differential coding)
+        self.frame = 0
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Reset every stateful module (between batches)."""
+
+    @abc.abstractmethod
+    def simulate(self, x: torch.Tensor, T: int) -> Iterator[Any]:
+        """Yield the decoded output estimate at t = 1, ..., T for input batch ``x``."""
+
+    @abc.abstractmethod
+    def count_plan(self) -> CountPlan:
+        """Connection layers and spiking modules, for op counting."""
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance of the conversion (neuron counts, coding ...), JSON-friendly."""
+        return {}
+
+
+class ConversionMethod(abc.ABC, Generic[S]):
+    """Base of every method plugin (registered under ``snnbench.methods``).
+
+    Subclasses set :attr:`settings_cls` (a frozen dataclass) and implement
+    :meth:`convert`; :meth:`stat_kinds` declares the calibration statistics needed.
+    """
+
+    #: registry name (informational; the entry-point name is authoritative)
+    name: ClassVar[str] = ""
+    #: bump when results of the same settings change; part of every cell key
+    version: ClassVar[str] = "1"
+    settings_cls: ClassVar[type]
+
+    def __init__(self, settings: S | Mapping[str, Any] | None = None) -> None:
+        if settings is None or isinstance(settings, Mapping):
+            settings = settings_from_dict(self.settings_cls, settings or {}, owner=f"method {self.name!r}")
+        elif not isinstance(settings, self.settings_cls):
+            raise TypeError(f"{type(self).__name__} takes {self.settings_cls.__name__}, got {type(settings).__name__}")
+        self.settings: S = settings  # type: ignore[assignment]
+
+    @classmethod
+    def setting_names(cls) -> list[str]:
+        from methods.settings import settings_fields
+
+        return list(settings_fields(cls.settings_cls))
+
+    def config(self) -> dict[str, Any]:
+        """Canonical, JSON-friendly description: feeds the cell key."""
+        return {"method": self.name, "version": self.version, "settings": settings_to_dict(self.settings)}
+
+    def stat_kinds(self, ctx: ConversionContext) -> tuple["StatKind", ...]:
+        """Calibration statistics this method needs (the harness collects and caches them)."""
+        return ()
+
+    @abc.abstractmethod
+    def convert(self, model: nn.Module, stats: "Stats", ctx: ConversionContext) -> SpikingModel:
+        """Turn the ANN into a :class:`SpikingModel` (the ANN is not modified)."""

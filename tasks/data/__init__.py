@@ -1,0 +1,1 @@
+"""Dataset readers: real files from local paths, never downloaded at run time."""

@@ -1,0 +1,75 @@
+"""Load a zoo model from the cache, or train it (once) and cache it."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from tasks.base import DataNotFoundError
+from tasks.data.arrays import ImageArrays
+from tasks.zoo import cache
+from tasks.zoo.spec import ModelSpec
+from tasks.zoo.training import train_classifier
+from tasks.zoo.weights import load_into
+
+log = logging.getLogger(__name__)
+
+
+def entry_stem(spec: ModelSpec, task_name: str) -> str:
+    recipe = spec.recipes[task_name]
+    return f"{spec.name}__{task_name}__{recipe.key()}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock so two processes do not train the same entry at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_or_train(spec: ModelSpec, task_name: str, model: nn.Module, train: ImageArrays, test: ImageArrays,
+                  zoo_dir: str | None = None, progress: bool = True, retrain: bool = False) -> dict[str, Any]:
+    """Fill ``model`` with cached zoo weights, training and caching them on a miss.
+
+    A corrupt cache entry (bad hash, unreadable, wrong shapes) is reported with a warning,
+    removed and retrained. Returns the entry's record plus ``cache``: hit / miss / retrained.
+    """
+    if task_name not in spec.recipes:
+        raise DataNotFoundError(f"the zoo has no training recipe for {spec.name} on {task_name}; "
+                                f"it trains on: {', '.join(spec.recipes)}. Pass --weights FILE instead")
+    directory = cache.zoo_dir(zoo_dir)
+    stem = entry_stem(spec, task_name)
+    with _file_lock(directory / f"{stem}.lock"):
+        status = "miss"
+        if retrain:
+            cache.remove_entry(directory, stem)
+        else:
+            try:
+                found = cache.load_entry(directory, stem)
+                if found is not None:
+                    state, record = found
+                    load_into(model, state, origin=str(directory / f"{stem}.pt"))
+                    return dict(record, cache="hit", path=str(directory / f"{stem}.pt"))
+            except (cache.CorruptCacheError, DataNotFoundError) as err:
+                warnings.warn(f"{err}; retraining {spec.name} on {task_name}", stacklevel=2)
+                cache.remove_entry(directory, stem)
+                status = "retrained"
+        log.info("training %s on %s (cache %s in %s)", spec.name, task_name, status, directory)
+        record = train_classifier(model, train, test, spec.recipes[task_name], desc=f"zoo: {spec.name}/{task_name}",
+                                  progress=progress)
+        record.update(model=spec.name, task=task_name, torch=torch.__version__)
+        model.eval()
+        path = cache.save_entry(directory, stem, model.state_dict(), record)
+        return dict(record, cache=status, path=str(path))

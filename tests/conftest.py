@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated zoo cache shared by the whole test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_zoo_dir(tmp_path_factory):
+    """Every test trains zoo models into one temporary cache, never the user's."""
+    path = tmp_path_factory.mktemp("zoo")
+    old = os.environ.get("SNNBENCH_ZOO_DIR")
+    os.environ["SNNBENCH_ZOO_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SNNBENCH_ZOO_DIR", None)
+    else:
+        os.environ["SNNBENCH_ZOO_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def digits_task():
+    from tasks.classification import DigitsTask
+
+    return DigitsTask()
+
+
+@pytest.fixture(scope="session")
+def digits_vgg(digits_task):
+    """vgg_small trained by the zoo on sklearn digits (seconds), shared by the session."""
+    return digits_task.build("vgg_small", progress=False)
+
+
+@pytest.fixture(scope="session")
+def digits_resnet(digits_task):
+    return digits_task.build("resnet_small", progress=False)

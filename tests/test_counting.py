@@ -1,0 +1,124 @@
+"""Op counts equal a brute-force count on small layers, strided and padded convs included."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from bench.counting import OpCounter, conv_fanout_map
+from methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
+
+
+def brute_force_conv_ops(conv: nn.Conv2d, x: torch.Tensor) -> int:
+    """Σ over output elements of the non-zero inputs inside their window (weights all 1)."""
+    b, cin, h, w = x.shape
+    ph, pw = conv.padding
+    sh, sw = conv.stride
+    dh, dw = conv.dilation
+    kh, kw = conv.kernel_size
+    g = conv.groups
+    cout = conv.out_channels
+    hout = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wout = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    total = 0
+    cin_g, cout_g = cin // g, cout // g
+    for n, co, i, j in itertools.product(range(b), range(cout), range(hout), range(wout)):
+        grp = co // cout_g
+        for ci, a, c in itertools.product(range(grp * cin_g, (grp + 1) * cin_g), range(kh), range(kw)):
+            y, xx = i * sh - ph + a * dh, j * sw - pw + c * dw
+            if 0 <= y < h and 0 <= xx < w and x[n, ci, y, xx] != 0:
+                total += 1
+    return total
+
+
+class _Wrap(SpikingModel):
+    def __init__(self, layer, kind="spike"):
+        super().__init__()
+        self.layer, self.kind = layer, kind
+
+    def reset(self):
+        pass
+
+    def simulate(self, x, T):
+        for t in range(1, T + 1):
+            self.frame = t
+            yield self.layer(x)
+
+    def count_plan(self):
+        op = "linear" if isinstance(self.layer, nn.Linear) else "conv"
+        return CountPlan(connections=[ConnectionSite("layer", self.layer, self.kind, op=op)])
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=1),
+                                    dict(kernel_size=2, stride=2), dict(kernel_size=5, padding=2, stride=3),
+                                    dict(kernel_size=3, padding=2, dilation=2), dict(kernel_size=3, groups=2, padding=1)])
+def test_conv_ops_equal_brute_force(kwargs):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, **kwargs)
+    x = (torch.rand(2, 4, 7, 9) < 0.3).float() * torch.randn(2, 4, 7, 9)
+    model = _Wrap(conv)
+    with OpCounter(model, T=2) as counter:
+        list(model.simulate(x, 2))
+        counter.add_samples(2)
+    s = counter.summary()
+    expected = brute_force_conv_ops(conv, x) / 2
+    assert s.acs == [expected, 2 * expected] and s.macs == [0.0, 0.0]
+    dense = brute_force_conv_ops(conv, torch.ones_like(x)) / 2
+    assert s.dense_macs == dense
+
+
+def test_fanout_map_matches_hand_count():
+    conv = nn.Conv2d(1, 1, 3, stride=2, padding=1)
+    fan = conv_fanout_map(conv, (4, 4), torch.device("cpu"))
+    # output 2x2; windows centred on input rows/cols 0 and 2 cover rows {-1,0,1} and {1,2,3}
+    expected = torch.tensor([[1, 2, 1, 1], [2, 4, 2, 2], [1, 2, 1, 1], [1, 2, 1, 1]])
+    assert torch.equal(fan, expected)
+
+
+def test_linear_ops_and_analog_inputs_count_as_macs():
+    lin = nn.Linear(5, 3)
+    x = torch.tensor([[0.0, 1.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.5]])
+    model = _Wrap(lin, kind="analog")
+    with OpCounter(model, T=1) as counter:
+        list(model.simulate(x, 1))
+        counter.add_samples(2)
+    s = counter.summary()
+    assert s.macs == [(2 + 1) * 3 / 2] and s.acs == [0.0] and s.dense_macs == 15.0
+
+
+def test_neuron_events_and_unit_spikes():
+    class Emit(nn.Module):
+        def forward(self, x):
+            return x
+
+    emit = Emit()
+
+    class Model(_Wrap):
+        def count_plan(self):
+            return CountPlan(neurons=[NeuronSite("n", emit, unit=lambda: torch.tensor(0.25))])
+
+    model = Model(emit)
+    x = torch.tensor([[1.0, 0.0, -0.5, 0.25]])  # levels 1, 0.5, 0.25 of an n=3 MT neuron with θ=1
+    with OpCounter(model, T=1) as counter:
+        list(model.simulate(x, 1))
+        counter.add_samples(1)
+    s = counter.summary()
+    assert s.events == [3.0] and s.unit_spikes == [4 + 2 + 1] and s.neuron_updates == [4.0]
+
+
+def test_frame_zero_is_not_counted():
+    lin = nn.Linear(2, 2)
+    model = _Wrap(lin)
+
+    def sim(x, T):
+        for t in range(0, T + 1):
+            model.frame = t
+            yield lin(x)
+
+    with OpCounter(model, T=2) as counter:
+        list(sim(torch.ones(1, 2), 2))
+        counter.add_samples(1)
+    assert counter.summary().acs == [4.0, 8.0]
