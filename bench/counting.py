@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
@@ -50,6 +51,38 @@ def conv_fanout_map(module: nn.Module, spatial: tuple[int, ...], device: torch.d
     fan = _CONV_INPUT_GRAD[dims]((1, 1) + tuple(spatial), ones_w, grad_out, stride=module.stride,
                                  padding=padding, dilation=module.dilation)
     return fan[0, 0].round().to(torch.int64)
+
+
+def _adaptive_window_sizes(size: int, out: int, device: torch.device) -> torch.Tensor:
+    """Window lengths of adaptive pooling along one axis (start=floor(i*size/out), end=ceil)."""
+    i = torch.arange(out, device=device)
+    start = torch.div(i * size, out, rounding_mode="floor")
+    end = torch.div((i + 1) * size + out - 1, out, rounding_mode="floor")
+    return (end - start).to(torch.int64)
+
+
+def pooled_event_counts(pool: nn.Module, events: torch.Tensor) -> torch.Tensor:
+    """Number of events in each pooling window (sum-pooling of a 0/1 event mask), int64."""
+    mask = events.to(torch.float32)
+    if isinstance(pool, (nn.AvgPool2d, nn.AvgPool3d)):
+        fn = F.avg_pool2d if isinstance(pool, nn.AvgPool2d) else F.avg_pool3d
+        sums = fn(mask, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, True, 1)
+    elif isinstance(pool, nn.AvgPool1d):
+        k = pool.kernel_size[0]
+        sums = F.avg_pool1d(mask, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, True) * k
+    else:  # adaptive average pooling: mean over windows of varying size
+        dims = mask.ndim - 2 if mask.ndim > 2 else 1
+        fn = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[dims]
+        out_size = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * dims
+        out_size = tuple(mask.shape[-dims + i] if o is None else o for i, o in enumerate(out_size))
+        means = fn(mask, out_size)
+        area = torch.ones((), dtype=torch.int64, device=mask.device)
+        for i, (size, out) in enumerate(zip(mask.shape[-dims:], out_size)):
+            shape = [1] * dims
+            shape[i] = out
+            area = area * _adaptive_window_sizes(size, out, mask.device).reshape(shape)
+        sums = means * area
+    return sums.round().to(torch.int64)
 
 
 def _string_padding(mode: str, kernel: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
@@ -110,12 +143,16 @@ class OpCounter:
         self.device = torch.device(device) if device is not None else _module_device(model)
         self.samples = 0
         self._handles: list[Any] = []
+        self._pool_events: dict[int, torch.Tensor] = {}
         zeros = lambda dtype=torch.int64: torch.zeros(T + 1, dtype=dtype, device=self.device)  # noqa: E731
         self.layers = [_LayerCounter(site, zeros()) for site in self.plan.connections]
         self.neurons = [_NeuronCounter(site, zeros(), zeros(torch.float64), zeros()) for site in self.plan.neurons]
 
     # -- hooks ---------------------------------------------------------------------------
     def __enter__(self) -> "OpCounter":
+        pools = {id(c.site.events_from): c.site.events_from for c in self.layers if c.site.events_from is not None}
+        for pool in pools.values():
+            self._handles.append(pool.register_forward_hook(self._pool_hook))
         for counter in self.layers:
             self._handles.append(counter.site.module.register_forward_hook(self._layer_hook(counter)))
         for counter in self.neurons:
@@ -145,9 +182,22 @@ class OpCounter:
                 counter.dense += dense
         return hook
 
+    def _pool_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        """Spikes per pooled cell (sum-pooling of the event mask) for the layer after the pool."""
+        if self._frame() is None:
+            return
+        self._pool_events[id(module)] = pooled_event_counts(module, args[0] != 0)
+
     def _connection_ops(self, counter: _LayerCounter, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         op = counter.site.op
-        nonzero = x != 0
+        pool = counter.site.events_from
+        if pool is not None:
+            events = self._pool_events.pop(id(pool), None)
+            if events is None or events.numel() != x.numel():
+                raise RuntimeError(f"layer {counter.site.name}: no spike counts from its average pool this frame")
+            nonzero = events.reshape(x.shape)
+        else:
+            nonzero = x != 0
         if op == "linear":
             out_features = module.out_features
             dense = x.numel() * out_features

@@ -111,7 +111,7 @@ def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionConte
     """The statistics ``method`` asks for; each kind computed once and cached."""
     from methods.snn.stats import Stats, collect_stats
 
-    kinds = method.stat_kinds(ctx)
+    kinds = method.stat_kinds(bundle.core, ctx)
     stats = Stats()
     missing = []
     base = {**_data_key(spec), "calib_size": spec.calib_size, "calib_batch": spec.calib_batch_size, "seed": spec.seed}
@@ -122,8 +122,7 @@ def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionConte
         else:
             stats.add(kind, found)
     if missing:
-        batches = ctx.calib_batches()
-        collected = collect_stats(bundle.core, batches, missing, progress=progress,
+        collected = collect_stats(bundle.core, ctx.calib_batches, missing, progress=progress,
                                   desc=f"calibrate {spec.model}/{spec.task}")
         for kind in missing:
             cache.put("stats", digest({**base, "kind": kind.key()}), collected.get_kind(kind))
@@ -202,7 +201,9 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
                                  "unit_spikes_per_sample": summary.unit_spikes[t - 1],
                                  "synops_per_sample": acs, "macs_per_sample": macs,
                                  "neuron_updates_per_sample": summary.neuron_updates[t - 1],
-                                 "energy_ratio": energy.ratio(acs, macs, ann["dense_macs"])}
+                                 "energy_ratio": energy.ratio(acs, macs, ann["dense_macs"]),
+                                 # the official DCGS convention: every op priced as an AC
+                                 "energy_ratio_all_ac": energy.ratio(acs + macs, 0.0, ann["dense_macs"])}
             result["per_t"] = per_t
             result["layers"] = summary.layers
             result["eval_samples"] = summary.samples

@@ -51,8 +51,11 @@ class ConversionContext:
 class ConnectionSite:
     """A synaptic layer (conv, linear, product) and what feeds it.
 
-    ``input_kind`` is ``"spike"`` when every input comes straight from spiking neurons
-    (ops count as accumulates, AC) and ``"analog"`` otherwise (ops count as MACs).
+    ``input_kind`` is ``"spike"`` when every input comes from spiking neurons through data
+    movement only, or through one average pool (``events_from``): a pooled spike map feeds
+    the layer as (sum of spikes)/area, which hardware realises by accumulating each spike
+    into the pooled cell's fan-out with pre-scaled weights. Ops then count as accumulates
+    (AC); otherwise (``"analog"``) as MACs.
     For product units, ``operand_kinds`` gives the kind of each operand.
     """
 
@@ -61,6 +64,10 @@ class ConnectionSite:
     input_kind: Literal["spike", "analog"]
     op: Literal["conv", "linear", "product"] = "conv"
     operand_kinds: tuple[str, ...] = ()
+    #: an average pool between the neurons and this layer (then ``flatten``/``reshape``
+    #: only): its input spikes are the events, each reaching the layer through the pooled
+    #: cell that holds it, so the layer's ops are ACs counted per spike, not per pooled value
+    events_from: nn.Module | None = None
 
 
 @dataclass
@@ -141,7 +148,7 @@ class ConversionMethod(abc.ABC, Generic[S]):
         """Canonical, JSON-friendly description: feeds the cell key."""
         return {"method": self.name, "version": self.version, "settings": settings_to_dict(self.settings)}
 
-    def stat_kinds(self, ctx: ConversionContext) -> tuple["StatKind", ...]:
+    def stat_kinds(self, model: nn.Module, ctx: ConversionContext) -> tuple["StatKind", ...]:
         """Calibration statistics this method needs (the harness collects and caches them)."""
         return ()
 

@@ -122,3 +122,58 @@ def test_frame_zero_is_not_counted():
         list(sim(torch.ones(1, 2), 2))
         counter.add_samples(1)
     assert counter.summary().acs == [4.0, 8.0]
+
+
+def test_spikes_through_average_pool_count_per_spike():
+    """conv(avgpool(spikes)): each spike is one event reaching the conv through its pooled
+    cell, so ACs = Σ_spikes C_out · fan-out(cell) (brute force), not Σ_nonzero-cells."""
+    from methods.snn.units import SpikingNeuron
+
+    torch.manual_seed(0)
+    neuron = SpikingNeuron(torch.tensor(1.0), rule="if", coding="rate", signed=False)
+    pool = nn.AvgPool2d(2)
+    conv = nn.Conv2d(3, 5, 3, padding=1)
+
+    class Net(_Wrap):
+        def simulate(self, x, T):
+            for t in range(1, T + 1):
+                self.frame = t
+                yield conv(pool(neuron(x)))
+
+        def count_plan(self):
+            return CountPlan(connections=[ConnectionSite("conv", conv, "spike", op="conv", events_from=pool)],
+                             neurons=[NeuronSite("n", neuron, unit=neuron.unit_amplitude)])
+
+    x = torch.rand(2, 3, 8, 8) * 1.5
+    model = Net(conv)
+    neuron.reset()
+    with OpCounter(model, T=1) as counter:
+        spikes = neuron(x.clone())
+        neuron.reset()
+        list(model.simulate(x, 1))
+        counter.add_samples(2)
+    fan = conv_fanout_map(conv, (4, 4), torch.device("cpu"))
+    expected = 0
+    for b, c, i, j in zip(*torch.nonzero(spikes, as_tuple=True)):
+        expected += 5 * int(fan[i // 2, j // 2])
+    s = counter.summary()
+    assert s.acs == [expected / 2] and s.events == [float((spikes != 0).sum()) / 2]
+
+
+def test_converted_vgg_small_declares_spike_fed_layers(digits_vgg):
+    from methods.base import ConversionContext
+    from methods.dcgs import DCGS
+    from methods.snn.stats import collect_stats
+
+    model = digits_vgg.core
+    x = torch.randn(4, 1, 8, 8)
+    method = DCGS({"threshold": "max"})
+    ctx = ConversionContext(T=2, example=x)
+    snn = method.convert(model, collect_stats(model, [x], method.stat_kinds(model, ctx)), ctx)
+    kinds = {c.name: (c.input_kind, c.events_from is not None) for c in snn.count_plan().connections}
+    assert kinds == {"features.0": ("analog", False),      # the analog image
+                     "features.3": ("spike", False),
+                     "features.7": ("spike", True),        # after an average pool
+                     "features.10": ("spike", False),
+                     "classifier.1": ("spike", True),      # pool + flatten
+                     "classifier.3": ("spike", False)}

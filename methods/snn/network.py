@@ -1,0 +1,149 @@
+"""The simulated spiking network: a graph of units stepped frame by frame.
+
+Input frames and output decoding follow the coding (dcgs.md §2.1, §2.9, §2.10):
+
+* rate: the same analog input at t = 1..T; the estimate at t is the running mean of the
+  outputs.
+* differential: frame 0 is a zero input (the bias pass, whose output y_0 is the constant
+  part of the network's affine tail), frame 1 the input, frames 2..T zero; the estimate
+  is E_t = y_0 + Σ_{τ<=t} (y_τ - y_0)/τ.
+
+Outputs may be tensors or nested dicts/lists/tuples of tensors (detection heads); they are
+decoded leaf by leaf. State lives in the units, so memory does not grow with T.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Literal
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
+from methods.snn.graph import CONNECTION_MODULES, CONV_MODULES
+from methods.snn.units import GradedUnit, SpikingNeuron, reset_units
+
+#: ops through which a spike train stays a spike train (pure data movement)
+SPIKE_PRESERVING_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "unsqueeze",
+                            "squeeze", "chunk", "split", "unbind", "narrow", "unflatten", "movedim", "swapaxes"}
+SPIKE_PRESERVING_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+
+
+class SimulatedNetwork(SpikingModel):
+    """A converted network (an fx.GraphModule holding units) plus its coding."""
+
+    def __init__(self, net: fx.GraphModule, coding: Literal["rate", "differential"],
+                 description: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if coding not in ("rate", "differential"):
+            raise ValueError(f"coding must be 'rate' or 'differential', got {coding!r}")
+        self.net = net
+        self.coding = coding
+        self._description = dict(description or {})
+
+    def reset(self) -> None:
+        reset_units(self.net)
+        self.frame = 0
+
+    def step(self, frame: torch.Tensor) -> Any:
+        """One frame through the network (advances every unit by one step)."""
+        return self.net(frame)
+
+    def simulate(self, x: torch.Tensor, T: int) -> Iterator[Any]:
+        if self.coding == "rate":
+            estimate = None
+            for t in range(1, T + 1):
+                self.frame = t
+                y = self.step(x)
+                estimate = y if estimate is None else tree_map(lambda e, v, t=t: e + (v - e) / t, estimate, y)
+                yield estimate
+            return
+        zero = torch.zeros_like(x)
+        self.frame = 0
+        bias = self.step(zero)
+        estimate = bias
+        for t in range(1, T + 1):
+            self.frame = t
+            y = self.step(x if t == 1 else zero)
+            estimate = tree_map(lambda e, v, b, t=t: e + (v - b) / t, estimate, y, bias)
+            yield estimate
+
+    # -- counting ------------------------------------------------------------------------
+    def count_plan(self) -> CountPlan:
+        gm = self.net
+        kinds_by_module: dict[str, set[str]] = {}
+        pools: dict[str, set[nn.Module | None]] = {}
+        for node in gm.graph.nodes:
+            if node.op != "call_module":
+                continue
+            module = gm.get_submodule(node.target)
+            if isinstance(module, CONNECTION_MODULES) and node.args and isinstance(node.args[0], fx.Node):
+                spike, pool = spike_source(gm, node.args[0])
+                kinds_by_module.setdefault(node.target, set()).add("spike" if spike else "analog")
+                pools.setdefault(node.target, set()).add(pool)
+        connections = []
+        for target, kinds in kinds_by_module.items():
+            module = gm.get_submodule(target)
+            op = "conv" if isinstance(module, CONV_MODULES) else "linear"
+            spike = kinds == {"spike"} and len(pools[target]) == 1
+            pool = next(iter(pools[target])) if spike else None
+            connections.append(ConnectionSite(target, module, "spike" if spike else "analog", op=op, events_from=pool))
+        neurons = [NeuronSite(name, m, unit=m.unit_amplitude) for name, m in gm.named_modules()
+                   if isinstance(m, SpikingNeuron)]
+        return CountPlan(connections=connections, neurons=neurons, first_counted_frame=1)
+
+    def describe(self) -> dict[str, Any]:
+        neurons = [m for m in self.net.modules() if isinstance(m, SpikingNeuron)]
+        graded = [m for m in self.net.modules() if isinstance(m, GradedUnit)]
+        out = dict(self._description)
+        out.update(coding=self.coding, neurons=len(neurons), graded_units=len(graded),
+                   graded_ops=sorted({g.label for g in graded}))
+        return out
+
+
+POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                nn.AdaptiveAvgPool3d)
+RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous"}
+RESHAPE_MODULES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+
+
+def spike_source(gm: fx.GraphModule, node: fx.Node) -> tuple[bool, nn.Module | None]:
+    """Whether ``node`` carries spikes of neurons, and the average pool they pass through.
+
+    Walks back through data movement (reshapes, permutes, slicing, concatenation of spike
+    trains) and at most one average pool; between that pool and the layer only reshapes
+    are allowed, so the pool's spike counts can be laid onto the layer's input.
+    """
+    pool: nn.Module | None = None
+    reshape_only = True  # ops seen so far (between the layer and the pool) only reshape
+    for _ in range(64):
+        name = getattr(node.target, "__name__", str(node.target))
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if isinstance(module, SpikingNeuron):
+                return True, pool
+            if isinstance(module, POOL_MODULES) and pool is None and reshape_only:
+                pool = module
+                node = node.args[0]
+                continue
+            if isinstance(module, SPIKE_PRESERVING_MODULES):
+                reshape_only &= isinstance(module, RESHAPE_MODULES)
+                node = node.args[0]
+                continue
+            return False, None
+        if node.op == "call_method" and node.target in SPIKE_PRESERVING_METHODS:
+            reshape_only &= node.target in RESHAPE_METHODS
+            node = node.args[0]
+            continue
+        if node.op == "call_function" and name in ("getitem", "flatten", "reshape"):
+            reshape_only &= name != "getitem"
+            node = node.args[0]
+            continue
+        if node.op == "call_function" and name in ("cat", "concat", "stack") and pool is None:
+            parts = node.args[0]
+            ok = all(isinstance(p, fx.Node) and spike_source(gm, p) == (True, None) for p in parts)
+            return ok, None
+        return False, None
+    return False, None

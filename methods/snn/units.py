@@ -1,0 +1,229 @@
+"""Stateful units that replace an ANN's non-linear operations in a spiking network.
+
+Every unit is stepped once per frame, keeps its state in itself (SpikingJelly's
+``register_memory`` habit: state with a reset value, created at the input's shape on the
+first step), and is reset between batches. Two codings (dcgs.md §2):
+
+* **rate**: the same analog frame at every step t = 1..T; the decoded value of any
+  tensor is the running mean of its frames.
+* **differential**: frame 0 is the *bias pass* (a zero image) and frames t >= 1 carry
+  increments; every unit records its frame-0 input as its bias b and emits 0 at frame 0,
+  so each unit's decoded input is E_t = b + Σ_{τ<=t} (x_τ - b)/τ (dcgs.md §2.1-2.2).
+
+Units:
+
+* :class:`SpikingNeuron`: IF or multi-threshold neuron, ReLU-masked, clipped (ReLU6) or
+  signed; in differential coding it is the differential neuron of DCGS Theorem 4.4 with
+  the extra membrane term (Ē_in - Ē_out) (dcgs.md §2.3).
+* :class:`GradedUnit`: real-valued unit for a non-spiking function f (GELU, LayerNorm,
+  softmax, max-pool, products of two signals ...): its decoded output is f of its decoded
+  inputs, exactly (differential: dcgs.md §2.5; rate: expectation compensation, §2.10).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import torch
+from torch import nn
+
+from methods.snn.quantizers import if_fire, mt_fire
+
+Coding = Literal["rate", "differential"]
+
+
+class StatefulUnit(nn.Module):
+    """Base of units with per-batch state. ``t`` counts frames since the last reset."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._state_names: list[str] = []
+        self.t = 0
+
+    def register_state(self, name: str) -> None:
+        """Declare a state tensor (``None`` until the first step creates it)."""
+        self._state_names.append(name)
+        setattr(self, name, None)
+
+    def reset(self) -> None:
+        for name in self._state_names:
+            setattr(self, name, None)
+        self.t = 0
+
+
+def reset_units(model: nn.Module) -> None:
+    """Reset every :class:`StatefulUnit` in ``model`` (between batches)."""
+    for module in model.modules():
+        if isinstance(module, StatefulUnit):
+            module.reset()
+
+
+class SpikingNeuron(StatefulUnit):
+    """A spiking neuron (IF or multi-threshold) under rate or differential coding.
+
+    Args:
+        theta: base threshold θ, broadcastable to the input (e.g. ``[1, C, 1, 1]``).
+        rule: ``"mt"`` (levels ±θ/2^k, k < n; DCGS) or ``"if"`` (±θ; Rueckauer 2017).
+        n: number of MT levels per sign (ignored for IF).
+        coding: ``"rate"`` or ``"differential"``.
+        signed: allow negative spikes.
+        floor: keep the decoded output >= floor (0 for ReLU: the non-negativity mask of
+            dcgs.md §1.4); ``None`` for a free signed neuron.
+        ceiling: keep the decoded output <= ceiling (6 for ReLU6); ``None`` for no cap.
+
+    Rate coding, step t (v_0 = θ/2 for IF, 0 for MT):
+        m = v + x;  s = fire(m);  v = m - s;  C += s;  decoded output = C / t.
+    The masks use the room C - floor·(t-1) below and ceiling·t - C above.
+
+    Differential coding (DCGS Thm 4.4; dcgs.md §2.3), step t >= 1:
+        d = x - b;  m = v + d + (Ē_in - Ē_out);  s = fire(m);  v = m - s;
+        Ē_in += d / t;  Ē_out += s / t;  decoded output = Ē_out.
+    The masks use the room t·(Ē_out - floor) below and t·(ceiling - Ē_out) above, i.e. a
+    spike is admissible only if the decoded output after it stays inside [floor, ceiling].
+    The official code tracks the same room as a running sum (``cumulative_out``); the
+    two are equal in exact arithmetic.
+    """
+
+    def __init__(self, theta: torch.Tensor, rule: Literal["mt", "if"] = "mt", n: int = 8,
+                 coding: Coding = "differential", signed: bool = True, floor: float | None = 0.0,
+                 ceiling: float | None = None) -> None:
+        super().__init__()
+        if rule not in ("mt", "if"):
+            raise ValueError(f"neuron rule must be 'mt' or 'if', got {rule!r}")
+        if coding not in ("rate", "differential"):
+            raise ValueError(f"coding must be 'rate' or 'differential', got {coding!r}")
+        if rule == "mt" and n < 1:
+            raise ValueError("an MT neuron needs n >= 1 levels")
+        self.register_buffer("theta", torch.as_tensor(theta, dtype=torch.float32).clamp_min(0))
+        self.rule, self.n, self.coding = rule, int(n), coding
+        self.signed, self.floor, self.ceiling = signed, floor, ceiling
+        self.needs_rooms = floor is not None and signed or ceiling is not None
+        for name in ("v", "b", "e_in", "e_out", "c_out"):
+            self.register_state(name)
+
+    def extra_repr(self) -> str:
+        shape = tuple(self.theta.shape)
+        return (f"rule={self.rule}, n={self.n}, coding={self.coding}, signed={self.signed}, "
+                f"floor={self.floor}, ceiling={self.ceiling}, theta_shape={shape}")
+
+    def unit_amplitude(self) -> torch.Tensor:
+        """Amplitude of one unit spike: θ/2^(n-1) for MT, θ for IF."""
+        return self.theta / 2 ** (self.n - 1) if self.rule == "mt" else self.theta
+
+    def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
+        v0 = self.theta / 2 if self.rule == "if" else torch.zeros_like(self.theta)
+        return v0.expand_as(like).clone()
+
+    def fire(self, m: torch.Tensor, lower_room: torch.Tensor | None, upper_room: torch.Tensor | None) -> torch.Tensor:
+        if self.rule == "mt":
+            return mt_fire(m, self.theta, self.n, signed=self.signed, lower_room=lower_room, upper_room=upper_room)
+        return if_fire(m, self.theta, signed=self.signed, lower_room=lower_room, upper_room=upper_room)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.coding == "rate":
+            return self._rate_step(x)
+        return self._differential_step(x)
+
+    def _rate_step(self, x: torch.Tensor) -> torch.Tensor:
+        self.t += 1
+        t = self.t
+        if self.v is None:
+            self.v = self.initial_potential(x)
+            if self.needs_rooms:
+                self.c_out = torch.zeros_like(x)
+        m = self.v + x
+        lower = upper = None
+        if self.needs_rooms:
+            if self.floor is not None and self.signed:
+                lower = self.c_out - self.floor * (t - 1)
+            if self.ceiling is not None:
+                upper = self.ceiling * t - self.c_out
+        s = self.fire(m, lower, upper)
+        self.v = m - s
+        if self.needs_rooms:
+            self.c_out = self.c_out + s
+        return s
+
+    def _differential_step(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.t
+        self.t += 1
+        if t == 0:  # bias pass: remember the constant part of the input, emit nothing
+            self.b = x.clone()
+            self.e_in = x.clone()
+            self.e_out = torch.zeros_like(x)
+            self.v = self.initial_potential(x)
+            return torch.zeros_like(x)
+        d = x - self.b
+        m = self.v + d + (self.e_in - self.e_out)
+        lower = upper = None
+        if self.needs_rooms:
+            if self.floor is not None and self.signed:
+                lower = t * (self.e_out - self.floor)
+            if self.ceiling is not None:
+                upper = t * (self.ceiling - self.e_out)
+        s = self.fire(m, lower, upper)
+        self.v = m - s
+        self.e_in = self.e_in + d / t
+        self.e_out = self.e_out + s / t
+        return s
+
+
+class GradedUnit(StatefulUnit):
+    """Real-valued unit whose decoded output is ``fn`` of its decoded inputs.
+
+    Args:
+        fn: the ANN operation, called as ``fn(*args, **kwargs)``.
+        dynamic: positions in ``args`` of the time-varying tensors (the rest are constants).
+        coding: ``"rate"`` or ``"differential"``.
+        label: what the unit stands for (``"gelu"``, ``"layer_norm"``, ``"matmul"`` ...).
+
+    Differential (dcgs.md §2.5): t = 0: b = x_0, E = b, emit 0; t >= 1:
+        E += (x_t - b)/t;  now = fn(E);  emit t·(now - last);  last = now,
+    so Σ_τ out_τ/τ = fn(E_t). Rate (expectation compensation, ECMT; dcgs.md §2.10):
+        S += x_t;  now = fn(S/t);  emit t·now - (t-1)·last,
+    so the running mean of the outputs is fn(running mean of the inputs). With two
+    dynamic operands and a bilinear ``fn`` this is the product unit of §2.6-2.7.
+    """
+
+    def __init__(self, fn: Callable[..., Any], dynamic: tuple[int, ...] = (0,), coding: Coding = "differential",
+                 label: str = "") -> None:
+        super().__init__()
+        self.fn, self.dynamic, self.coding, self.label = fn, tuple(dynamic), coding, label or getattr(fn, "__name__", "fn")
+        for name in ("base", "acc", "last"):
+            self.register_state(name)
+
+    def extra_repr(self) -> str:
+        return f"{self.label}, dynamic={self.dynamic}, coding={self.coding}"
+
+    def _call(self, args: tuple, kwargs: dict, values: list[torch.Tensor]) -> torch.Tensor:
+        args = list(args)
+        for pos, value in zip(self.dynamic, values):
+            args[pos] = value
+        return self.fn(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        xs = [args[i] for i in self.dynamic]
+        if self.coding == "rate":
+            self.t += 1
+            t = self.t
+            if self.acc is None:
+                self.acc = [x.clone() for x in xs]
+            else:
+                self.acc = [a + x for a, x in zip(self.acc, xs)]
+            now = self._call(args, kwargs, [a / t for a in self.acc])
+            out = now if self.last is None else t * now - (t - 1) * self.last
+            self.last = now
+            return out
+        t = self.t
+        self.t += 1
+        if t == 0:
+            self.base = [x.clone() for x in xs]
+            self.acc = [x.clone() for x in xs]
+            shape_probe = self._call(args, kwargs, self.acc)
+            self.last = torch.zeros_like(shape_probe)
+            return torch.zeros_like(shape_probe)
+        self.acc = [a + (x - b) / t for a, x, b in zip(self.acc, xs, self.base)]
+        now = self._call(args, kwargs, self.acc)
+        out = t * (now - self.last)
+        self.last = now
+        return out

@@ -1,0 +1,119 @@
+"""The decoded SNN output approaches the ANN output as T grows, for every architecture of the
+engine issue and both codings; trained models keep their accuracy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torchvision
+
+from bench.cell import CellSpec
+from bench.runner import run_cell
+from methods.base import ConversionContext
+from methods.dcgs import DCGS
+from methods.rate import RateCoding
+from methods.snn.stats import collect_stats
+from tasks.zoo import get_model_spec
+
+
+def relative_errors(model, x, method, steps=(4, 64)):
+    """‖SNN_t - ANN‖ / ‖ANN‖ at the given t (thresholds from the batch itself)."""
+    ctx = ConversionContext(T=max(steps), example=x)
+    stats = collect_stats(model, [x], method.stat_kinds(model, ctx))
+    snn = method.convert(model, stats, ctx)
+    with torch.inference_mode():
+        ref = model(x)
+        snn.reset()
+        return {t: float((out - ref).norm() / ref.norm()) for t, out in enumerate(snn.simulate(x, max(steps)), 1)
+                if t in steps}
+
+
+def torchvision_model(name):
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)().eval()
+
+
+def zoo_model(name, shape=(1, 28, 28)):
+    torch.manual_seed(0)
+    spec = get_model_spec(name)
+    return spec.build(spec, in_shape=shape, num_classes=10).eval()
+
+
+ARCHITECTURES = {
+    "vgg_small": (lambda: zoo_model("vgg_small"), (4, 1, 28, 28)),
+    "resnet_small": (lambda: zoo_model("resnet_small"), (4, 1, 28, 28)),
+    "resnet18": (lambda: torchvision_model("resnet18"), (2, 3, 32, 32)),
+    "resnet34": (lambda: torchvision_model("resnet34"), (2, 3, 32, 32)),
+    "resnet50": (lambda: torchvision_model("resnet50"), (2, 3, 32, 32)),
+    "vgg16_bn": (lambda: torchvision_model("vgg16_bn"), (1, 3, 32, 32)),
+    "mobilenet_v2": (lambda: torchvision_model("mobilenet_v2"), (2, 3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+def test_snn_output_converges_to_ann(arch, coding):
+    build, shape = ARCHITECTURES[arch]
+    model = build()
+    torch.manual_seed(1)
+    x = torch.randn(shape)
+    # thresholds from the batch maximum, so no value is clipped and the error can vanish
+    method = DCGS({"threshold": "max"}) if coding == "differential" else RateCoding({"threshold": "max"})
+    err = relative_errors(model, x, method)
+    if coding == "differential":
+        assert err[64] < 0.01 and err[64] < 0.1 * err[4], err
+    else:
+        assert err[64] < 0.5 * err[4], err
+
+
+def test_rate_and_differential_with_mt_and_if_neurons_all_converge():
+    model = torchvision_model("resnet18")
+    x = torch.randn(2, 3, 32, 32)
+    for settings in ({"coding": "rate", "neuron": "mt", "n": 4}, {"coding": "differential", "neuron": "if"}):
+        err = relative_errors(model, x, DCGS({"threshold": "max", **settings}))
+        assert err[64] < 0.5 * err[4], (settings, err)
+
+
+@pytest.mark.parametrize("model", ["vgg_small", "resnet_small"])
+def test_trained_digits_models_keep_accuracy(model, digits_vgg, digits_resnet):
+    dcgs = run_cell(CellSpec(method="dcgs", task="digits", model=model, T=8, calib_size=500))
+    assert dcgs["status"] == "ok", dcgs["error"]
+    ann = dcgs["ann"]
+    assert dcgs["per_t"]["4"]["metric"] >= ann - 0.01
+    assert 0 < dcgs["per_t"]["8"]["energy_ratio"] < 2
+    rate = run_cell(CellSpec(method="rate", task="digits", model=model, T=64, calib_size=500))
+    acc = {t: rate["per_t"][str(t)]["metric"] for t in (2, 64)}
+    assert acc[64] > acc[2] and acc[64] >= ann - 0.02
+    # cumulative counts grow with t
+    spikes = [rate["per_t"][str(t)]["spikes_per_sample"] for t in (1, 8, 64)]
+    assert spikes[0] < spikes[1] < spikes[2]
+
+
+def test_every_setting_changes_the_converted_snn():
+    """Each engine setting reaches the SNN (STYLE §5): changing it changes the outputs."""
+    model = zoo_model("vgg_small")
+    torch.manual_seed(2)
+    x = torch.randn(8, 1, 28, 28)
+    base = {"threshold": "percentile", "granularity": "channel", "coding": "differential"}
+
+    def outputs(**change):
+        method = DCGS({**base, **change})
+        ctx = ConversionContext(T=6, example=x)
+        stats = collect_stats(model, [x], method.stat_kinds(model, ctx))
+        snn = method.convert(model, stats, ctx)
+        with torch.inference_mode():
+            snn.reset()
+            return torch.stack(list(snn.simulate(x, 6)))
+
+    reference = outputs()
+    changes = {"neuron": "if", "n": 3, "coding": "rate", "threshold": "max", "percentile": 90.0,
+               "percentile_scope": "nonzero", "granularity": "layer", "threshold_scale": 2.0, "placement": "inputs"}
+    fields = {f.name for f in dataclasses.fields(DCGS.settings_cls)}
+    assert fields == set(changes) | {"iteration_mode"}
+    for key, value in changes.items():
+        assert not torch.equal(outputs(**{key: value}), reference), key
+    it_official = outputs(threshold="iteration", iteration_mode="official")
+    it_converged = outputs(threshold="iteration", iteration_mode="converged")
+    assert not torch.equal(it_official, it_converged)
