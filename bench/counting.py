@@ -155,6 +155,8 @@ class OpCounter:
             self._handles.append(pool.register_forward_hook(self._pool_hook))
         for counter in self.layers:
             self._handles.append(counter.site.module.register_forward_hook(self._layer_hook(counter)))
+            if counter.site.op == "product":
+                counter.site.module.counting = True
         for counter in self.neurons:
             self._handles.append(counter.site.module.register_forward_hook(self._neuron_hook(counter)))
         return self
@@ -163,6 +165,9 @@ class OpCounter:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for counter in self.layers:
+            if counter.site.op == "product":
+                counter.site.module.counting = False
 
     def _frame(self) -> int | None:
         frame = self.model.frame
@@ -212,8 +217,8 @@ class OpCounter:
             effective = (hits * fan).sum() * per_input_channel
             dense = int(fan.sum()) * x.shape[0] * x.shape[1] * per_input_channel
             return effective, dense
-        if op == "product":
-            return module.count_ops(x)  # product units count their own three-term ops
+        if op == "product":  # product units count their own (three-term) ops while counting is on
+            return module.last_ops, module.last_dense
         raise ValueError(f"unknown connection op {op!r} for layer {counter.site.name}")
 
     def _neuron_hook(self, counter: _NeuronCounter):

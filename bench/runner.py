@@ -13,6 +13,7 @@ plus ``cell_key``, ``ann_metrics`` (every ANN metric), ``ann_macs_per_sample``,
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import traceback
@@ -97,9 +98,13 @@ def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[st
     from methods.ann import ANNReference
 
     start = time.perf_counter()
-    reference = ANNReference().convert(bundle.core, None, ConversionContext(T=1))
     batch = spec.batch_size or task.default_batch_size
-    metrics, summary = simulate(reference, task, bundle, task.eval_batches(spec.eval_size, batch, bundle), T=1,
+    batches = iter(task.eval_batches(spec.eval_size, batch, bundle))
+    first = next(batches)
+    example, _ = bundle.prepare(first[0])
+    reference = ANNReference().convert(bundle.core, None, ConversionContext(T=1, example=example.to(_device_of(
+        bundle.core))))
+    metrics, summary = simulate(reference, task, bundle, itertools.chain([first], batches), T=1,
                                 desc=f"ann/{spec.model}/{spec.task}", progress=progress)
     result = {"metrics": metrics[1], "dense_macs": summary.dense_macs, "samples": summary.samples,
               "layers": summary.layers, "wall_s": time.perf_counter() - start}

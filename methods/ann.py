@@ -1,11 +1,14 @@
 """``ann``: the identity conversion, the reference row of every leaderboard.
 
-The ANN is evaluated once per batch and its output is reported at every t, with its
-dense multiply-accumulates (every connection layer fed by real values).
+The ANN is evaluated once per batch and its output is reported at every t. Its dense
+multiply-accumulates are counted on the traced graph, so products of two signals
+(attention's q·kᵀ and attn·v) are in the ANN's cost as well as conv and linear layers.
+Models that cannot be traced fall back to counting their conv and linear modules.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -14,6 +17,8 @@ from torch import nn
 
 from methods.base import ConnectionSite, ConversionContext, ConversionMethod, CountPlan, SpikingModel
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ANNSettings:
@@ -21,13 +26,14 @@ class ANNSettings:
 
 
 class StaticModel(SpikingModel):
-    """Wraps an ANN: computed once per batch, the same output at every t."""
+    """Wraps an ANN (or its traced graph): computed once per batch, the same output at every t."""
 
     static = True
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, plan: CountPlan | None = None) -> None:
         super().__init__()
         self.model = model
+        self._plan = plan
 
     def reset(self) -> None:
         self.frame = 0
@@ -39,6 +45,8 @@ class StaticModel(SpikingModel):
             yield out
 
     def count_plan(self) -> CountPlan:
+        if self._plan is not None:
+            return self._plan
         sites = []
         for name, module in self.model.named_modules():
             if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -46,6 +54,22 @@ class StaticModel(SpikingModel):
             elif isinstance(module, nn.Linear):
                 sites.append(ConnectionSite(name, module, "analog", op="linear"))
         return CountPlan(connections=sites, neurons=[], first_counted_frame=1)
+
+
+def traced_reference(model: nn.Module, example: torch.Tensor) -> StaticModel:
+    """The ANN as a traced graph whose products count their dense MACs."""
+    from methods.snn.graph import build_network_graph
+    from methods.snn.network import SimulatedNetwork
+    from methods.snn.units import AnalogOp
+
+    graph = build_network_graph(model, example, placement="activations")
+    gm, _ = graph.instantiate(site_unit=None, graded_unit=lambda node, fn, positions, label: AnalogOp(
+        fn, positions, label, product=graph.kinds[node.name] == "product"))
+    plan = SimulatedNetwork(gm, "rate").count_plan()
+    for site in plan.connections:
+        site.input_kind = "analog"
+        site.events_from = None
+    return StaticModel(gm.eval(), plan)
 
 
 class ANNReference(ConversionMethod[ANNSettings]):
@@ -56,4 +80,9 @@ class ANNReference(ConversionMethod[ANNSettings]):
     settings_cls = ANNSettings
 
     def convert(self, model: nn.Module, stats: Any, ctx: ConversionContext) -> SpikingModel:
+        if ctx.example is not None:
+            try:
+                return traced_reference(model, ctx.example)
+            except Exception as err:  # noqa: BLE001 - untraceable models still get a reference
+                log.info("ANN reference falls back to module hooks (%s)", err)
         return StaticModel(model)

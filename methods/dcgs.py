@@ -6,7 +6,7 @@ decoding, the differential neuron of Theorem 4.4), channel-wise thresholds from 
 iteration (Algorithm 1, in the released code's ``official`` truncation by default). On
 transformers the official recipe applies: signed MT neurons in front of every linear
 layer and on both operands of the attention products, graded units for GELU, LayerNorm and
-softmax, per-token 99.9 % thresholds scaled by c = 8 (set ``threshold=percentile``).
+softmax, per-token 99.9 % thresholds scaled by c = 8 (``threshold=auto`` picks the recipe).
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ class RateSettings(EngineSettings):
     neuron: Literal["mt", "if"] = "if"
     n: int = 1
     coding: Literal["differential", "rate"] = "rate"
-    threshold: Literal["iteration", "percentile", "max", "grid"] = "percentile"
+    threshold: Literal["auto", "iteration", "percentile", "max", "grid"] = "percentile"
     granularity: Literal["auto", "layer", "channel", "token"] = "layer"
+    threshold_scale: float | None = 1.0
 
 
 class RateCoding(EngineMethod):

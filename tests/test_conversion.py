@@ -114,6 +114,8 @@ def test_every_setting_changes_the_converted_snn():
     assert fields == set(changes) | {"iteration_mode"}
     for key, value in changes.items():
         assert not torch.equal(outputs(**{key: value}), reference), key
+    assert torch.equal(outputs(threshold="auto", iteration_mode="official"),
+                       outputs(threshold="iteration", iteration_mode="official"))  # auto = iteration on CNNs
     it_official = outputs(threshold="iteration", iteration_mode="official")
     it_converged = outputs(threshold="iteration", iteration_mode="converged")
     assert not torch.equal(it_official, it_converged)

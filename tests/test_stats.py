@@ -77,7 +77,7 @@ def test_input_placement_sites_sit_in_front_of_layers(model_and_batches):
     stats = collect_stats(model, batches, [kind])
     sites = stats.get_kind(kind)
     assert set(sites) == {"x", "flatten"}  # the image (conv input) and the fc input
-    assert sites["x"]["value"].item() == pytest.approx(torch.cat(batches).max().item())
+    assert sites["x"]["value"].item() == pytest.approx(torch.cat(batches).abs().max().item())
 
 
 def test_mse_grid_search_finds_minimiser():

@@ -19,7 +19,7 @@ from methods.snn.graph import NetworkGraph, Site, build_network_graph
 from methods.snn.network import SimulatedNetwork
 from methods.snn.stats import StatKind, Stats
 from methods.snn.thresholds import threshold_iteration
-from methods.snn.units import GradedUnit, SpikingNeuron
+from methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron
 
 #: the official code's hard-coded threshold scale c for transformers (dcgs.md §1.1)
 TRANSFORMER_THRESHOLD_SCALE = 8.0
@@ -34,7 +34,8 @@ class EngineSettings:
         n: MT levels per sign (DCGS default 8).
         coding: ``differential`` (DCGS) or ``rate``.
         threshold: ``iteration`` (DCGS Algorithm 1 on pre-activation mean/var),
-            ``percentile``, ``max`` or ``grid`` (SNN Calibration's MSE search).
+            ``percentile``, ``max``, ``grid`` (SNN Calibration's MSE search) or ``auto``
+            (iteration for CNNs, percentile for transformers: the official recipes).
         iteration_mode: ``official`` (θ_0 = 1, 100 steps, as released) or ``converged``.
         percentile: p of the percentile rule (99.9).
         percentile_scope: percentile over ``all`` values or ``nonzero`` values only.
@@ -49,7 +50,7 @@ class EngineSettings:
     neuron: Literal["mt", "if"] = "mt"
     n: int = 8
     coding: Literal["differential", "rate"] = "differential"
-    threshold: Literal["iteration", "percentile", "max", "grid"] = "iteration"
+    threshold: Literal["auto", "iteration", "percentile", "max", "grid"] = "auto"
     iteration_mode: Literal["official", "converged"] = "official"
     percentile: float = 99.9
     percentile_scope: Literal["all", "nonzero"] = "all"
@@ -85,16 +86,18 @@ class EngineMethod(ConversionMethod[EngineSettings]):
         granularity = s.granularity if s.granularity != "auto" else ("token" if transformer else "channel")
         scale = s.threshold_scale if s.threshold_scale is not None else (
             TRANSFORMER_THRESHOLD_SCALE if transformer else 1.0)
-        return {"placement": graph.placement, "granularity": granularity, "threshold_scale": scale}
+        rule = s.threshold if s.threshold != "auto" else ("percentile" if transformer else "iteration")
+        return {"placement": graph.placement, "granularity": granularity, "threshold_scale": scale,
+                "threshold": rule}
 
     def _stat_kind(self, graph: NetworkGraph, T: int) -> StatKind:
         s, r = self.settings, self.resolved(graph)
         common = dict(granularity=r["granularity"], placement=graph.placement)
-        if s.threshold == "percentile":
+        if r["threshold"] == "percentile":
             return StatKind("percentile", p=s.percentile, scope=s.percentile_scope, **common)
-        if s.threshold == "max":
+        if r["threshold"] == "max":
             return StatKind("max", **common)
-        if s.threshold == "grid":
+        if r["threshold"] == "grid":
             return StatKind("mse_grid", levels=s.levels_for_iteration(T), **common)
         if graph.placement != "activations":
             raise SettingsError("threshold=iteration models ReLU pre-activations and needs neurons at activations; "
@@ -133,9 +136,12 @@ class EngineMethod(ConversionMethod[EngineSettings]):
         thetas = {site.name: self.site_threshold(site, stats, kind, ctx.T, resolved["threshold_scale"])
                   for site in graph.sites}
         coding = self.settings.coding
-        net, _ = graph.instantiate(
-            site_unit=lambda site: self.make_neuron(site, thetas[site.name]),
-            graded_unit=lambda node, fn, positions, label: GradedUnit(fn, positions, coding=coding, label=label))
+        def graded(node, fn, positions, label):
+            if graph.kinds[node.name] == "product":
+                return ProductUnit(fn, positions, coding=coding, label=label)
+            return GradedUnit(fn, positions, coding=coding, label=label)
+
+        net, _ = graph.instantiate(site_unit=lambda site: self.make_neuron(site, thetas[site.name]), graded_unit=graded)
         zero_sites = sum(int((t == 0).all()) for t in thetas.values())
         description = {"method": self.name, **resolved, "sites": len(graph.sites), "silent_sites": zero_sites,
                        "statistic": kind.key(),

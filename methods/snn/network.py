@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_map
 
 from methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
 from methods.snn.graph import CONNECTION_MODULES, CONV_MODULES
-from methods.snn.units import GradedUnit, SpikingNeuron, reset_units
+from methods.snn.units import AnalogOp, GradedUnit, ProductUnit, SpikingNeuron, reset_units
 
 #: ops through which a spike train stays a spike train (pure data movement)
 SPIKE_PRESERVING_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "unsqueeze",
@@ -83,10 +83,17 @@ class SimulatedNetwork(SpikingModel):
                 spike, pool = spike_source(gm, node.args[0])
                 kinds_by_module.setdefault(node.target, set()).add("spike" if spike else "analog")
                 pools.setdefault(node.target, set()).add(pool)
+        for node in gm.graph.nodes:
+            if node.op == "call_module" and _is_product(gm.get_submodule(node.target)):
+                unit = gm.get_submodule(node.target)
+                operands = [node.args[i] for i in unit.dynamic]
+                spiking = all(isinstance(a, fx.Node) and spike_source(gm, a) == (True, None) for a in operands)
+                kinds_by_module[node.target] = {"spike" if spiking else "analog"}
+                pools[node.target] = {None}
         connections = []
         for target, kinds in kinds_by_module.items():
             module = gm.get_submodule(target)
-            op = "conv" if isinstance(module, CONV_MODULES) else "linear"
+            op = "conv" if isinstance(module, CONV_MODULES) else "product" if _is_product(module) else "linear"
             spike = kinds == {"spike"} and len(pools[target]) == 1
             pool = next(iter(pools[target])) if spike else None
             connections.append(ConnectionSite(target, module, "spike" if spike else "analog", op=op, events_from=pool))
@@ -101,6 +108,10 @@ class SimulatedNetwork(SpikingModel):
         out.update(coding=self.coding, neurons=len(neurons), graded_units=len(graded),
                    graded_ops=sorted({g.label for g in graded}))
         return out
+
+
+def _is_product(module: nn.Module) -> bool:
+    return isinstance(module, ProductUnit) or (isinstance(module, AnalogOp) and module.product)
 
 
 POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,

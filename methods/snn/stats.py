@@ -3,7 +3,9 @@
 A :class:`StatKind` names one statistic at every neuron site of one placement:
 
 * ``percentile``: the p-th percentile of the value a neuron will quantise (the ReLU
-  *output* at activation sites, the layer input at input sites), over all values or over
+  *output* at activation sites, the magnitude |x| of the layer input at input sites, whose
+  signed neurons have levels ±θ; the official code takes the upper quantile of the raw
+  input, which leaves a channel with only negative values without a threshold), over all values or over
   non-zero values only (``scope``; snn_toolbox uses non-zero, SpikingJelly and DCGS all).
   Per batch ``torch.quantile`` (linear interpolation), combined across batches as the
   batch-size-weighted mean of per-batch quantiles, as the official DCGS code does
@@ -214,11 +216,11 @@ class StatProbe(nn.Module):
         site = self.site
         if site.kind == "activation":
             post = x.clamp(min=site.floor, max=site.ceiling) if site.ceiling is not None else x.clamp_min(site.floor)
-        else:
-            post = x
+        else:  # a signed neuron's levels are ±θ: its scale statistics are of |x|
+            post = x.abs()
         for acc in self.accumulators:
             acc.observe(x, post)
-        return post
+        return post if site.kind == "activation" else x
 
 
 def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor] | Callable[[], Iterable[torch.Tensor]],

@@ -227,3 +227,67 @@ class GradedUnit(StatefulUnit):
         out = t * (now - self.last)
         self.last = now
         return out
+
+
+class ProductUnit(GradedUnit):
+    """A :class:`GradedUnit` for a bilinear ``fn`` of two signals (q·kᵀ, attn·v, gated products).
+
+    When ``counting`` is on, each step also records its synaptic operations in
+    ``last_ops`` (dcgs.md §5.2, the official three-term count): the increment
+    t·(A_t B_t - A_{t-1} B_{t-1}) = a_t B_{t-1} + A_{t-1} b_t + a_t b_t / t needs
+    fn(1[a_t≠0], 1[b_t≠0]) + fn(1[a_t≠0], 1[B_{t-1}≠0]) + fn(1[A_{t-1}≠0], 1[b_t≠0])
+    accumulates, where A, B are the operands decoded so far. ``last_dense`` is the dense
+    cost fn(1, 1) of one frame.
+    """
+
+    def __init__(self, fn: Callable[..., Any], dynamic: tuple[int, ...] = (0, 1), coding: Coding = "differential",
+                 label: str = "") -> None:
+        if len(dynamic) != 2:
+            raise ValueError("a product unit takes exactly two time-varying operands")
+        super().__init__(fn, dynamic, coding, label)
+        self.counting = False
+        self.last_ops: torch.Tensor | None = None
+        self.last_dense = 0
+        self._dense_cache: dict[tuple, int] = {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.counting:
+            self._count(args, kwargs)
+        return super().forward(*args, **kwargs)
+
+    def _count(self, args: tuple, kwargs: dict) -> None:
+        a, b = (args[i] for i in self.dynamic)
+        ind = lambda x: (x != 0).to(torch.float32)  # noqa: E731
+        first_step = self.acc is None or (self.coding == "differential" and self.t == 0)
+        prev_a, prev_b = (torch.zeros_like(a), torch.zeros_like(b)) if first_step else self.acc
+        ia, ib = ind(a), ind(b)
+        ops = self._call(args, kwargs, [ia, ib]).sum()
+        ops = ops + self._call(args, kwargs, [ia, ind(prev_b)]).sum() + self._call(args, kwargs, [ind(prev_a), ib]).sum()
+        self.last_ops = ops.round().to(torch.int64)
+        key = (tuple(a.shape), tuple(b.shape))
+        if key not in self._dense_cache:
+            self._dense_cache[key] = int(self._call(args, kwargs, [torch.ones_like(a), torch.ones_like(b)]).sum())
+        self.last_dense = self._dense_cache[key]
+
+
+class AnalogOp(nn.Module):
+    """Stateless stand-in for a graph operation (the ANN reference): computes ``fn`` and, for
+    products, records the dense multiply-accumulates of the call in ``last_ops``."""
+
+    def __init__(self, fn: Callable[..., Any], dynamic: tuple[int, ...], label: str = "", product: bool = False):
+        super().__init__()
+        self.fn, self.dynamic, self.label, self.product = fn, tuple(dynamic), label, product
+        self.counting = False
+        self.last_ops: torch.Tensor | None = None
+        self.last_dense = 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.fn(*args, **kwargs)
+        if self.counting and self.product:
+            ones = list(args)
+            for i in self.dynamic:
+                ones[i] = torch.ones_like(args[i])
+            dense = int(self.fn(*ones, **kwargs).sum())
+            self.last_dense = dense
+            self.last_ops = torch.tensor(dense, dtype=torch.int64, device=out.device)
+        return out

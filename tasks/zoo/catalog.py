@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from tasks.zoo.architectures import ResNetSmall, VGGSmall
+from tasks.zoo.architectures import ResNetSmall, VGGSmall, vit_mini
 from tasks.zoo.spec import ModelSpec, TrainRecipe
 
 SMALL_TASKS = ("fashion_mnist", "digits", "cifar10", "cifar100")
@@ -26,6 +26,20 @@ def _small_recipes() -> dict[str, TrainRecipe]:
         "cifar10": TrainRecipe(epochs=30, batch_size=128, lr=0.1, hflip=True),
         "cifar100": TrainRecipe(epochs=30, batch_size=128, lr=0.1, hflip=True),
     }
+
+
+def _vit_recipes() -> dict[str, TrainRecipe]:
+    adamw = dict(optimizer="adamw", lr=2e-3, weight_decay=0.05, label_smoothing=0.1)
+    return {
+        "fashion_mnist": TrainRecipe(epochs=6, batch_size=128, hflip=True, **adamw),
+        "digits": TrainRecipe(epochs=12, batch_size=64, **adamw),
+        "cifar10": TrainRecipe(epochs=30, batch_size=128, hflip=True, **adamw),
+        "cifar100": TrainRecipe(epochs=30, batch_size=128, hflip=True, **adamw),
+    }
+
+
+def _build_vit_mini(spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    return vit_mini(in_shape, num_classes)
 
 
 def _build_vgg_small(spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
@@ -67,6 +81,9 @@ BUILTIN_MODELS: list[ModelSpec] = [
     ModelSpec(name="resnet_small", description="ResNet-8 (3 basic blocks, widths 16/32/64), trained by the zoo",
               family="classification", tasks=SMALL_TASKS, build=_build_resnet_small, source="zoo",
               recipes=_small_recipes()),
+    ModelSpec(name="vit_mini", description="ViT (timm, 16 patches + class token, dim 96, depth 4, 4 heads, GELU, "
+              "LayerNorm), trained by the zoo", family="classification", tasks=SMALL_TASKS, build=_build_vit_mini,
+              source="zoo", recipes=_vit_recipes()),
     _tv("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "torchvision ResNet-18, ImageNet (torch hub cache)"),
     _tv("resnet34", "ResNet34_Weights.IMAGENET1K_V1", "torchvision ResNet-34, ImageNet (torch hub cache)"),
     _tv("resnet50", "ResNet50_Weights.IMAGENET1K_V1", "torchvision ResNet-50, ImageNet (torch hub cache)"),
