@@ -41,9 +41,61 @@ def _first_index_at_least(value: torch.Tensor, scale: torch.Tensor) -> torch.Ten
     return es - ev + (fv < fs).to(ev.dtype)
 
 
+_EXP_ONE = 1 << 23            # one step of the float32 exponent field
+_SIGN = -(1 << 31)            # the float32 sign bit as an int32
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().view(torch.int32)
+
+
 def mt_fire(m: torch.Tensor, theta: torch.Tensor, n: int, signed: bool = True,
             lower_room: torch.Tensor | None = None, upper_room: torch.Tensor | None = None) -> torch.Tensor:
     """Spike of a multi-threshold neuron for pre-spike potential ``m`` (fast, closed form).
+
+    float32 inputs take the integer path (:func:`mt_fire_bits`), others the frexp path
+    (:func:`mt_fire_frexp`); both equal :func:`mt_fire_reference` exactly.
+    """
+    if m.dtype == torch.float32:
+        return mt_fire_bits(m, theta, n, signed, lower_room, upper_room)
+    return mt_fire_frexp(m, theta, n, signed, lower_room, upper_room)
+
+
+def mt_fire_bits(m: torch.Tensor, theta: torch.Tensor, n: int, signed: bool = True,
+                 lower_room: torch.Tensor | None = None, upper_room: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 MT selection with integer arithmetic on IEEE-754 bit patterns (dcgs.md §1.5).
+
+    For non-negative floats the bit pattern is monotone in the value, and multiplying a
+    normal number by 2^-k subtracts k from its exponent field, i.e. k·2^23 from its bits.
+    Hence |m| >= B·2^-k  <=>  bits(|m|) >= bits(B) - k·2^23  <=>  k >= k* with
+    k* = ceil((bits(B) - bits(|m|)) / 2^23), and the level θ·2^-k has the bits
+    bits(θ) - k·2^23, to which the sign bit of m is added. m = 0 gives k* > n - 1 (no
+    spike) and a negative room (sign bit set) admits no level, without special cases.
+    """
+    theta = torch.as_tensor(theta, dtype=torch.float32, device=m.device)
+    live = theta > 0
+    theta_safe = torch.where(live, theta, torch.ones_like(theta))
+    theta_bits = _bits(theta_safe)
+    m_bits = _bits(m)
+    # k* = ceil((bits(B) - bits(|m|)) / 2^23) as an arithmetic shift of the biased difference
+    k = ((_bits(MT_BOUNDARY * theta_safe) + (_EXP_ONE - 1)) - (m_bits & 0x7FFFFFFF)) >> 23
+    for room, side in ((lower_room, "neg"), (upper_room, "pos")):
+        if room is None:
+            continue
+        room_bits = _bits(room.to(torch.float32)).clamp_min(0)  # rooms <= 0 (and -0.0) admit nothing
+        k_room = ((theta_bits + (_EXP_ONE - 1)) - room_bits) >> 23
+        applies = m_bits < 0 if side == "neg" else m_bits >= 0
+        k = torch.where(applies, torch.maximum(k, k_room), k)
+    fire = (k <= n - 1) & live
+    if not signed:
+        fire &= m > 0
+    level_bits = (theta_bits - (k.clamp(0, n - 1) << 23)) | (m_bits & _SIGN)
+    return torch.where(fire, level_bits.view(torch.float32), torch.zeros_like(m))
+
+
+def mt_fire_frexp(m: torch.Tensor, theta: torch.Tensor, n: int, signed: bool = True,
+                  lower_room: torch.Tensor | None = None, upper_room: torch.Tensor | None = None) -> torch.Tensor:
+    """MT selection for any float dtype, from ``torch.frexp`` exponents (see module doc).
 
     Args:
         m: membrane potential before firing, any shape.

@@ -131,7 +131,7 @@ class SpikingNeuron(StatefulUnit):
             self.v = self.initial_potential(x)
             if self.needs_rooms:
                 self.c_out = torch.zeros_like(x)
-        m = self.v + x
+        m = self.v.add_(x)  # in place: v becomes m
         lower = upper = None
         if self.needs_rooms:
             if self.floor is not None and self.signed:
@@ -139,9 +139,9 @@ class SpikingNeuron(StatefulUnit):
             if self.ceiling is not None:
                 upper = self.ceiling * t - self.c_out
         s = self.fire(m, lower, upper)
-        self.v = m - s
+        self.v = m.sub_(s)
         if self.needs_rooms:
-            self.c_out = self.c_out + s
+            self.c_out.add_(s)
         return s
 
     def _differential_step(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,17 +154,17 @@ class SpikingNeuron(StatefulUnit):
             self.v = self.initial_potential(x)
             return torch.zeros_like(x)
         d = x - self.b
-        m = self.v + d + (self.e_in - self.e_out)
+        m = self.v.add_(d).add_(self.e_in - self.e_out)  # in place: v becomes m
         lower = upper = None
         if self.needs_rooms:
             if self.floor is not None and self.signed:
-                lower = t * (self.e_out - self.floor)
+                lower = (self.e_out - self.floor) * t if self.floor else self.e_out * t
             if self.ceiling is not None:
-                upper = t * (self.ceiling - self.e_out)
+                upper = (self.ceiling - self.e_out) * t
         s = self.fire(m, lower, upper)
-        self.v = m - s
-        self.e_in = self.e_in + d / t
-        self.e_out = self.e_out + s / t
+        self.v = m.sub_(s)
+        self.e_in.add_(d, alpha=1.0 / t)
+        self.e_out.add_(s, alpha=1.0 / t)
         return s
 
 
