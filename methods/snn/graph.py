@@ -178,10 +178,11 @@ class NetworkGraph:
         gm = copy.deepcopy(self.module)
         nodes = {n.name: n for n in gm.graph.nodes}
         unit_paths: dict[str, str] = {}
+        dynamic = set(self.dynamic)  # grows with the names of replacement nodes
         if graded_unit is not None:
             for name in self.graded:
                 node = nodes[name]
-                fn, positions, label = _callable_of(gm, node, self.dynamic)
+                fn, positions, label = _callable_of(gm, node, dynamic)
                 unit = graded_unit(node, fn, positions, label)
                 path = _unique_attr(gm, f"graded_{_safe(name)}")
                 gm.add_submodule(path, unit)
@@ -190,6 +191,7 @@ class NetworkGraph:
                 node.replace_all_uses_with(new)
                 gm.graph.erase_node(node)
                 nodes[name] = new
+                dynamic.add(new.name)
         if site_unit is not None:
             for site in self.sites:
                 unit = site_unit(site)
