@@ -9,13 +9,15 @@ unreadable entry is treated as missing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -39,6 +41,17 @@ class MemoryCache:
 
     def put(self, namespace: str, key: str, value: Any) -> None:
         self._data[(namespace, key)] = value
+
+    @contextlib.contextmanager
+    def lock(self, namespace: str, key: str) -> Iterator[None]:
+        yield
+
+    def get_or_compute(self, namespace: str, key: str, compute: Callable[[], Any]) -> Any:
+        found = self.get(namespace, key)
+        if found is None:
+            found = compute()
+            self.put(namespace, key, found)
+        return found
 
 
 class DiskCache:
@@ -67,3 +80,27 @@ class DiskCache:
         os.close(fd)
         torch.save(value, tmp)
         os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def lock(self, namespace: str, key: str) -> Iterator[None]:
+        """An exclusive inter-process lock, so parallel cells compute a shared entry once."""
+        path = self.root / namespace / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def get_or_compute(self, namespace: str, key: str, compute: Callable[[], Any]) -> Any:
+        """The entry, computing and storing it under the lock when missing."""
+        found = self.get(namespace, key)
+        if found is not None:
+            return found
+        with self.lock(namespace, key):
+            found = self.get(namespace, key)
+            if found is None:
+                found = compute()
+                self.put(namespace, key, found)
+        return found

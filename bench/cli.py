@@ -181,7 +181,32 @@ def _zoo_model_names() -> list[str]:
 
 
 # --------------------------------------------------------------------------------------
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"list": cmd_list, "run": cmd_run, "zoo": cmd_zoo}
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.sweep import cmd_sweep as run
+
+    return run(args)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from bench.ui import cmd_ui as run
+
+    return run(args)
+
+
+def _add_sweep(sub) -> None:
+    from bench.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
+
+
+def _add_ui(sub) -> None:
+    from bench.ui import add_ui_parser
+
+    add_ui_parser(sub)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"list": cmd_list, "run": cmd_run, "zoo": cmd_zoo,
+                                                            "sweep": cmd_sweep, "ui": cmd_ui}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,10 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_PARSERS: list[Callable[[Any], None]] = []
+_EXTRA_PARSERS: list[Callable[[Any], None]] = [_add_sweep, _add_ui]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.grid import GridError
     from bench.registry import UnknownNameError
     from methods.settings import SettingsError
     from tasks.base import DataNotFoundError
@@ -237,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(["zoo", "--help"])
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, UnknownNameError, SettingsError, DataNotFoundError, ValueError) as err:
+    except (UsageError, UnknownNameError, SettingsError, DataNotFoundError, ValueError, GridError) as err:
         print(f"bench {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

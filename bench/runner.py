@@ -92,24 +92,23 @@ def _data_key(spec: CellSpec) -> dict[str, Any]:
 def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[str, Any]:
     """ANN metric and dense MACs on the evaluation set, cached per (task, model, eval size)."""
     key = digest({**_data_key(spec), "eval_size": spec.eval_size, "what": "ann-eval-v1"})
-    found = cache.get("ann", key)
-    if found is not None:
-        return found
-    from methods.ann import ANNReference
 
-    start = time.perf_counter()
-    batch = spec.batch_size or task.default_batch_size
-    batches = iter(task.eval_batches(spec.eval_size, batch, bundle))
-    first = next(batches)
-    example, _ = bundle.prepare(first[0])
-    reference = ANNReference().convert(bundle.core, None, ConversionContext(T=1, example=example.to(_device_of(
-        bundle.core))))
-    metrics, summary = simulate(reference, task, bundle, itertools.chain([first], batches), T=1,
-                                desc=f"ann/{spec.model}/{spec.task}", progress=progress)
-    result = {"metrics": metrics[1], "dense_macs": summary.dense_macs, "samples": summary.samples,
-              "layers": summary.layers, "wall_s": time.perf_counter() - start}
-    cache.put("ann", key, result)
-    return result
+    def compute() -> dict[str, Any]:
+        from methods.ann import ANNReference
+
+        start = time.perf_counter()
+        batch = spec.batch_size or task.default_batch_size
+        batches = iter(task.eval_batches(spec.eval_size, batch, bundle))
+        first = next(batches)
+        example, _ = bundle.prepare(first[0])
+        ctx = ConversionContext(T=1, example=example.to(_device_of(bundle.core)))
+        reference = ANNReference().convert(bundle.core, None, ctx)
+        metrics, summary = simulate(reference, task, bundle, itertools.chain([first], batches), T=1,
+                                    desc=f"ann/{spec.model}/{spec.task}", progress=progress)
+        return {"metrics": metrics[1], "dense_macs": summary.dense_macs, "samples": summary.samples,
+                "layers": summary.layers, "wall_s": time.perf_counter() - start}
+
+    return cache.get_or_compute("ann", key, compute)
 
 
 def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionContext, cache, progress: bool):
@@ -117,21 +116,23 @@ def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionConte
     from methods.snn.stats import Stats, collect_stats
 
     kinds = method.stat_kinds(bundle.core, ctx)
-    stats = Stats()
-    missing = []
     base = {**_data_key(spec), "calib_size": spec.calib_size, "calib_batch": spec.calib_batch_size, "seed": spec.seed}
-    for kind in kinds:
-        found = cache.get("stats", digest({**base, "kind": kind.key()}))
-        if found is None:
-            missing.append(kind)
-        else:
-            stats.add(kind, found)
-    if missing:
-        collected = collect_stats(bundle.core, ctx.calib_batches, missing, progress=progress,
-                                  desc=f"calibrate {spec.model}/{spec.task}")
-        for kind in missing:
-            cache.put("stats", digest({**base, "kind": kind.key()}), collected.get_kind(kind))
-            stats.add(kind, collected.get_kind(kind))
+    key_of = {kind: digest({**base, "kind": kind.key()}) for kind in kinds}
+    stats = Stats()
+    with cache.lock("stats", digest(base)):
+        missing = []
+        for kind in kinds:
+            found = cache.get("stats", key_of[kind])
+            if found is None:
+                missing.append(kind)
+            else:
+                stats.add(kind, found)
+        if missing:
+            collected = collect_stats(bundle.core, ctx.calib_batches, missing, progress=progress,
+                                      desc=f"calibrate {spec.model}/{spec.task}")
+            for kind in missing:
+                cache.put("stats", key_of[kind], collected.get_kind(kind))
+                stats.add(kind, collected.get_kind(kind))
     return stats
 
 

@@ -84,6 +84,10 @@ class Task(abc.ABC):
     def default_model(self) -> str:
         """The model used when the caller gives none."""
 
+    def sweep_models(self) -> list[str]:
+        """Models a sweep uses for this task when ``--models`` is not given."""
+        return [self.default_model()]
+
     @abc.abstractmethod
     def build(self, model: str, weights: str | None = None, device: str | torch.device = "cpu",
               progress: bool = True) -> ModelBundle:

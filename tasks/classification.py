@@ -99,6 +99,9 @@ class ArrayClassificationTask(Task):
     def check_data(self) -> None:
         self.split("test")
 
+    def sweep_models(self) -> list[str]:
+        return self.models()
+
     def default_model(self) -> str:
         return "vgg_small"
 

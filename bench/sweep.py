@@ -1,0 +1,266 @@
+"""``bench sweep``: run a grid of cells, resumable, logged to the ledger and MLflow.
+
+The driver is the only writer: each finished cell is appended to
+``<results>/ledger.jsonl`` (fsynced) and then logged to MLflow. Re-running a sweep skips
+cells whose latest ledger record succeeded and retries failed ones; ``--force`` reruns
+everything. Ctrl-C loses no finished cell: they are on disk before the next one starts
+being waited for, and the sweep's parent run is marked KILLED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.cell import CellSpec
+from bench.grid import GridOptions, describe_cell, expand_grid, parse_list, parse_sets
+from bench.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "snnbench"
+
+
+@dataclass
+class SweepOutcome:
+    cells: list[CellSpec]
+    skipped: list[CellSpec]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if r.get("status") != "ok"]
+
+
+class _Progress:
+    """A progress bar over cells whose postfix names the running ones (off without a TTY)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.running: list[str] = []
+        self.bar = None
+        if enabled and total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="sweep", unit="cell", disable=None)
+
+    def start(self, cell: CellSpec) -> None:
+        self.running.append(cell.label())
+        self._show()
+
+    def done(self, cell: CellSpec, result: dict[str, Any]) -> None:
+        if cell.label() in self.running:
+            self.running.remove(cell.label())
+        if self.bar is not None:
+            self.bar.update(1)
+            self._show()
+        else:
+            status = result.get("status")
+            log.info("%s: %s (%.1f s)", describe_cell(cell), status, result.get("wall_s", 0.0))
+
+    def _show(self) -> None:
+        if self.bar is not None:
+            shown = ", ".join(self.running[:3]) + (" ..." if len(self.running) > 3 else "")
+            self.bar.set_postfix_str(f"running: {shown}" if shown else "")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def dedupe(cells: list[CellSpec]) -> list[CellSpec]:
+    seen: set[str] = set()
+    out = []
+    for cell in cells:
+        key = cell.key()
+        if key not in seen:
+            seen.add(key)
+            out.append(cell)
+    return out
+
+
+def run_sweep(cells: list[CellSpec], results_dir: str | Path, executor, experiment: str = DEFAULT_EXPERIMENT,
+              force: bool = False, progress: bool = False, sweep_params: dict[str, Any] | None = None,
+              track: bool = True) -> SweepOutcome:
+    """Run the cells not yet finished in ``results_dir`` and record every result."""
+    from bench.provenance import git_revision, package_versions
+
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(results_dir)
+    cells = dedupe(cells)
+    finished = set() if force else ledger.finished_keys()
+    todo = [c for c in cells if c.key() not in finished]
+    outcome = SweepOutcome(cells=cells, skipped=[c for c in cells if c.key() in finished])
+    tracker = None
+    if track:
+        from bench.tracking import SweepTracker
+
+        git = git_revision()
+        tags = {"snnbench.sweep": "true", "git.sha": git.get("sha") or "", "git.dirty": str(git.get("dirty")),
+                "command": " ".join(sys.argv), **{f"version.{k}": v for k, v in package_versions().items()}}
+        params = dict(sweep_params or {}, cells=len(cells), to_run=len(todo), skipped=len(outcome.skipped))
+        tracker = SweepTracker(results_dir, experiment, params, tags)
+    bar = _Progress(len(todo), progress)
+
+    def on_result(cell: CellSpec, result: dict[str, Any]) -> None:
+        result.setdefault("cell_key", cell.key())
+        result["sweep"] = {"results_dir": str(results_dir), "experiment": experiment,
+                           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        ledger.append(result)          # the ledger first: it is the source of truth
+        if tracker is not None:
+            try:
+                result["mlflow_run_id"] = tracker.log_cell(result)
+            except Exception as err:  # noqa: BLE001 - MLflow trouble must not lose the ledger record
+                log.warning("MLflow logging of %s failed: %s", cell.label(), err)
+        outcome.results.append(result)
+        bar.done(cell, result)
+
+    status = "FINISHED"
+    try:
+        executor.run(todo, bar.start, on_result)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        status = "KILLED"
+        raise
+    finally:
+        bar.close()
+        if tracker is not None:
+            tracker.finish(status, {"ok": len(outcome.results) - len(outcome.failed), "failed": len(outcome.failed),
+                                    "skipped": len(outcome.skipped)})
+        outcome.tracker = tracker  # type: ignore[attr-defined]
+    return outcome
+
+
+# -- summary ---------------------------------------------------------------------------
+def summary_table(records: list[dict[str, Any]]) -> str:
+    """Fixed-width table: one row per cell with the metric and energy ratio at T."""
+    rows = []
+    for r in records:
+        settings = ",".join(f"{k}={v}" for k, v in (r.get("provenance", {}).get("spec", {}).get("settings") or {}).items())
+        label = f"{r['method']}/{r['model']}/{r['task']}" + (f" [{settings}]" if settings else "")
+        if r.get("status") == "ok":
+            last = r["per_t"].get(str(r["T"]), {})
+            er = last.get("energy_ratio")
+            rows.append((label, "ok", f"{r['metric']}={last.get('metric', float('nan')):.4f}",
+                         f"{r['ann']:.4f}", "" if er is None else f"{er:.3f}", f"{r.get('wall_s', 0):.1f}"))
+        else:
+            first_line = (r.get("error") or "").strip().splitlines()
+            rows.append((label, "FAILED", (first_line[-1] if first_line else "")[:60], "", "", f"{r.get('wall_s', 0):.1f}"))
+    header = ("cell", "status", "metric at T", "ANN", "energy@T", "wall s")
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(lines)
+
+
+# -- CLI -------------------------------------------------------------------------------
+def add_sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid of cells (methods x tasks x models x settings x seeds)",
+                       description="Run every (method, task, model, --set combination, seed) cell, in parallel on "
+                                   "Ray or serially, log each to the ledger and MLflow, and print a summary. With "
+                                   "no arguments: the embedded-default campaign.")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: every built-in method)")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: the embedded tasks)")
+    p.add_argument("--models", default=None, help="comma-separated models (default: the task's sweep models)")
+    p.add_argument("--T", type=int, default=None, help="largest time-step of every cell")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2",
+                   help="vary a method setting (repeatable): --set coding=rate,differential --set n=4,8")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--executor", choices=("serial", "ray"), default="serial")
+    p.add_argument("--ray-address", default="local", help="local (start one here), auto, or HOST:PORT")
+    p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    p.add_argument("--cpus-per-cell", type=float, default=1.0, help="Ray CPUs reserved per cell")
+    p.add_argument("--retries", type=int, default=1, help="retries of a cell whose worker died (ray)")
+    p.add_argument("--cell-timeout", type=float, default=None, help="seconds before a cell is failed")
+    p.add_argument("--results", default="results", help="results directory (ledger, mlflow.db, caches)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (campaign) name")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    p.add_argument("--force", action="store_true", help="rerun cells that already finished")
+    p.add_argument("--no-mlflow", action="store_true", help="write the ledger only")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not render the leaderboard at the end")
+    p.add_argument("--calib-size", type=int, default=None)
+    p.add_argument("--eval-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--device", default="cpu")
+
+
+def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, Any]]:
+    """Build the cells; no methods/tasks/models given means the embedded campaign."""
+    from bench.campaigns import EMBEDDED_CAMPAIGN
+    from bench.cell import DEFAULT_CALIB_SIZE, DEFAULT_T
+
+    campaign = args.methods is None and args.tasks is None and args.models is None
+    methods = parse_list(args.methods) if args.methods else EMBEDDED_CAMPAIGN.methods()
+    tasks = parse_list(args.tasks) if args.tasks else list(EMBEDDED_CAMPAIGN.tasks)
+    models = parse_list(args.models) if args.models else None
+    seeds = [int(s) for s in parse_list(args.seeds)] or [0]
+    T = args.T if args.T is not None else (EMBEDDED_CAMPAIGN.T if campaign else DEFAULT_T)
+    eval_sizes = tuple(EMBEDDED_CAMPAIGN.eval_sizes.items()) if campaign and args.eval_size is None else ()
+    options = GridOptions(T=T, calib_size=args.calib_size or (EMBEDDED_CAMPAIGN.calib_size if campaign
+                                                                  else DEFAULT_CALIB_SIZE),
+                          eval_size=args.eval_size, batch_size=args.batch_size, data_root=args.data_root,
+                          weights=args.weights, device=args.device, task_eval_sizes=eval_sizes)
+    if T < 1:
+        raise ValueError("--T must be at least 1")
+    cells = expand_grid(methods, tasks, models, parse_sets(args.sets), seeds, options)
+    if campaign:
+        cells = [c for c in cells if EMBEDDED_CAMPAIGN.includes(c)]
+    params = {"methods": ",".join(methods), "tasks": ",".join(tasks), "models": ",".join(models or []),
+              "T": T, "sets": ";".join(args.sets), "seeds": ",".join(map(str, seeds)), "executor": args.executor,
+              "campaign": "embedded" if campaign else "custom"}
+    return cells, params
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.executors import RayExecutor, SerialExecutor
+
+    cells, params = grid_from_args(args)
+    if args.dry_run:
+        ledger = Ledger(args.results)
+        finished = ledger.finished_keys()
+        for cell in cells:
+            state = "done" if cell.key() in finished and not args.force else "todo"
+            print(f"{cell.key()}  {state:<4}  {describe_cell(cell)}")
+        print(f"{len(cells)} cells ({sum(c.key() not in finished or args.force for c in cells)} to run)")
+        return 0
+    cache_root = str(Path(args.results).resolve() / "cache")
+    if args.executor == "ray":
+        executor = RayExecutor(cache_root, address=args.ray_address, retries=args.retries,
+                               cell_timeout=args.cell_timeout, cpus_per_cell=args.cpus_per_cell,
+                               num_cpus=args.ray_cpus)
+    else:
+        executor = SerialExecutor(cache_root, cell_timeout=args.cell_timeout)
+    experiment = args.experiment or DEFAULT_EXPERIMENT
+    try:
+        outcome = run_sweep(cells, args.results, executor, experiment=experiment, force=args.force,
+                            progress=sys.stderr.isatty(), sweep_params=params, track=not args.no_mlflow)
+    except KeyboardInterrupt:
+        print("sweep interrupted; finished cells are in the ledger; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    records = list(Ledger(args.results).latest().values())
+    keys = {c.key() for c in outcome.cells}
+    print(summary_table([r for r in records if r.get("cell_key") in keys]))
+    print(f"\n{len(outcome.results)} cells run ({len(outcome.failed)} failed), {len(outcome.skipped)} already done; "
+          f"ledger: {Ledger(args.results).path}")
+    if not args.no_leaderboard:
+        render_leaderboard_after_sweep(args, outcome)
+    return 1 if outcome.failed else 0
+
+
+def render_leaderboard_after_sweep(args: argparse.Namespace, outcome: SweepOutcome) -> None:
+    """Render the leaderboard if the leaderboard package provides a renderer."""
+    try:
+        from leaderboard.render import render_after_sweep
+    except ImportError:
+        return
+    render_after_sweep(args.results, getattr(outcome, "tracker", None))
