@@ -43,9 +43,10 @@ class SweepTracker:
 
     def __init__(self, results_dir: str | Path, experiment: str, sweep_params: dict[str, Any],
                  sweep_tags: dict[str, str]) -> None:
-        for name in ("mlflow", "alembic"):  # quiet the database-migration chatter
-            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow import MlflowClient
+
+        for name in ("mlflow", "alembic"):  # quiet the database-migration chatter (after mlflow set it up)
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         self.results_dir = Path(results_dir)
         self.results_dir.mkdir(parents=True, exist_ok=True)
