@@ -128,6 +128,12 @@ class EngineMethod(ConversionMethod[EngineSettings]):
         return SpikingNeuron(theta, rule=s.neuron, n=s.n, coding=s.coding, signed=True, floor=None, ceiling=None)
 
     def convert(self, model: nn.Module, stats: Stats, ctx: ConversionContext) -> SpikingModel:
+        snn, _, _ = self.build(model, stats, ctx)
+        return snn
+
+    def build(self, model: nn.Module, stats: Stats, ctx: ConversionContext
+              ) -> tuple[SimulatedNetwork, NetworkGraph, dict[str, str]]:
+        """The converted network, the graph it came from and the module path of each site's neuron."""
         if ctx.example is None:
             raise ValueError("conversion needs an example input (ConversionContext.example)")
         graph = self.graph(model, ctx.example)
@@ -141,10 +147,12 @@ class EngineMethod(ConversionMethod[EngineSettings]):
                 return ProductUnit(fn, positions, coding=coding, label=label)
             return GradedUnit(fn, positions, coding=coding, label=label)
 
-        net, _ = graph.instantiate(site_unit=lambda site: self.make_neuron(site, thetas[site.name]), graded_unit=graded)
+        net, unit_paths = graph.instantiate(site_unit=lambda site: self.make_neuron(site, thetas[site.name]),
+                                            graded_unit=graded)
         zero_sites = sum(int((t == 0).all()) for t in thetas.values())
         description = {"method": self.name, **resolved, "sites": len(graph.sites), "silent_sites": zero_sites,
                        "statistic": kind.key(),
                        "theta_mean": float(torch.stack([t.float().mean() for t in thetas.values()]).mean())
                        if thetas else 0.0}
-        return SimulatedNetwork(net.eval(), coding=coding, description=description).to(ctx.device)
+        snn = SimulatedNetwork(net.eval(), coding=coding, description=description).to(ctx.device)
+        return snn, graph, unit_paths

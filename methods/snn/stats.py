@@ -55,13 +55,15 @@ class StatKind:
     p: float = 99.9
     scope: Literal["all", "nonzero"] = "all"
     levels: int = 0
+    grid_points: int = MSE_GRID_POINTS
+    grid_step: float = MSE_GRID_STEP
 
     def key(self) -> str:
         d = asdict(self)
         if self.quantity != "percentile":
             d.pop("p"), d.pop("scope")
         if self.quantity != "mse_grid":
-            d.pop("levels")
+            d.pop("levels"), d.pop("grid_points"), d.pop("grid_step")
         return "stat-v1:" + ",".join(f"{k}={v}" for k, v in d.items())
 
 
@@ -158,7 +160,7 @@ class _Accumulator:
                 self.m2 = self.m2 + m2_b + delta**2 * self.count * count / total
                 self.count = total
         elif kind.quantity == "mse_grid":
-            best = mse_grid_search(rows, kind.levels)
+            best = mse_grid_search(rows, kind.levels, kind.grid_points, kind.grid_step)
             self.value = best if self.value is None else MSE_EMA_OLD * self.value + (1 - MSE_EMA_OLD) * best
         else:  # pragma: no cover - StatKind is validated by its Literal
             raise ValueError(kind.quantity)

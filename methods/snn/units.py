@@ -98,6 +98,10 @@ class SpikingNeuron(StatefulUnit):
         self.rule, self.n, self.coding = rule, int(n), coding
         self.signed, self.floor, self.ceiling = signed, floor, ceiling
         self.needs_rooms = floor is not None and signed or ceiling is not None
+        #: SNN Calibration's corrections (rate coding): a constant added to the input at
+        #: every step (bias correction) and a replacement initial potential (potential correction)
+        self.register_buffer("input_bias", None)
+        self.register_buffer("v_init", None)
         for name in ("v", "b", "e_in", "e_out", "c_out"):
             self.register_state(name)
 
@@ -111,8 +115,17 @@ class SpikingNeuron(StatefulUnit):
         return self.theta / 2 ** (self.n - 1) if self.rule == "mt" else self.theta
 
     def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
+        if self.v_init is not None:
+            return self.v_init.to(like.dtype).expand_as(like).clone()
         v0 = self.theta / 2 if self.rule == "if" else torch.zeros_like(self.theta)
         return v0.expand_as(like).clone()
+
+    def set_corrections(self, input_bias: torch.Tensor | None = None, v_init: torch.Tensor | None = None) -> None:
+        """Install SNN Calibration's bias (added to every input) and/or initial potential."""
+        if input_bias is not None:
+            self.input_bias = input_bias.detach().float()
+        if v_init is not None:
+            self.v_init = v_init.detach().float()
 
     def fire(self, m: torch.Tensor, lower_room: torch.Tensor | None, upper_room: torch.Tensor | None) -> torch.Tensor:
         if self.rule == "mt":
@@ -120,6 +133,8 @@ class SpikingNeuron(StatefulUnit):
         return if_fire(m, self.theta, signed=self.signed, lower_room=lower_room, upper_room=upper_room)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_bias is not None:
+            x = x + self.input_bias
         if self.coding == "rate":
             return self._rate_step(x)
         return self._differential_step(x)

@@ -1,0 +1,94 @@
+"""The ``calibration`` method (SNN Calibration): grid-searched thresholds, bias and potential
+correction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from methods.base import ConversionContext
+from methods.calibration import SNNCalibration
+from methods.settings import SettingsError
+from methods.snn.correction import ann_activations, mean_rate
+from methods.snn.stats import StatKind, collect_stats
+from methods.snn.units import SpikingNeuron
+
+
+def build(model, batch, T, **settings):
+    method = SNNCalibration(settings)
+    ctx = ConversionContext(T=T, example=batch, calib_batches=lambda: iter([batch]))
+    stats = collect_stats(model, [batch], method.stat_kinds(model, ctx))
+    return method, stats, ctx
+
+
+def site_errors(snn, graph, unit_paths, batch, T):
+    """Mean |E_{N,H,W}[SNN/T] - E_{N,H,W}[ANN]| per site: the error bias correction targets."""
+    targets = ann_activations(graph, batch)
+    out = {}
+    for site in graph.sites:
+        neuron = snn.net.get_submodule(unit_paths[site.name])
+        rate = mean_rate(snn, neuron, batch, T)
+        dims = tuple(d for d in range(rate.ndim) if d != 1)
+        out[site.name] = float((rate.mean(dims) - targets[site.name].mean(dims)).abs().mean())
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits_batch(digits_task, digits_vgg):
+    return next(digits_task.calib_batches(60, 60, seed=0, bundle=digits_vgg))
+
+
+def test_defaults_are_the_papers_recipe():
+    s = SNNCalibration().settings
+    assert (s.neuron, s.coding, s.threshold, s.granularity, s.mode) == ("if", "rate", "grid", "layer", "light")
+    with pytest.raises(SettingsError, match="rate coding"):
+        SNNCalibration({"coding": "differential"})
+    with pytest.raises(SettingsError, match="grid_step"):
+        SNNCalibration({"grid_points": 200, "grid_step": 0.01})
+
+
+def test_grid_thresholds_use_the_runs_T_and_the_grid_settings(digits_vgg, digits_batch):
+    method, stats, ctx = build(digits_vgg.core, digits_batch, T=16, grid_points=10, grid_step=0.05)
+    (kind,) = method.stat_kinds(digits_vgg.core, ctx)
+    assert kind == StatKind("mse_grid", granularity="layer", levels=16, grid_points=10, grid_step=0.05)
+    theta = stats.site(kind, "features.2")["value"].item()
+    top = collect_stats(digits_vgg.core, [digits_batch], [StatKind("max")]).site(StatKind("max"), "features.2")
+    ratios = {round(1 - 0.05 * i, 2) for i in range(10)}
+    assert round(theta / top["value"].item(), 2) in ratios
+
+
+def test_bias_correction_reduces_the_error_it_targets(digits_vgg, digits_batch):
+    T = 8
+    method, stats, ctx = build(digits_vgg.core, digits_batch, T, mode="grid")
+    snn, graph, paths = method.build(digits_vgg.core, stats, ctx)
+    before = site_errors(snn, graph, paths, digits_batch, T)
+    corrected = SNNCalibration({"mode": "light"}).convert(digits_vgg.core, stats, ctx)
+    _, graph2, paths2 = method.build(digits_vgg.core, stats, ctx)  # same graph and paths
+    after = site_errors(corrected, graph2, paths2, digits_batch, T)
+    assert sum(after.values()) < 0.5 * sum(before.values()), (before, after)
+    biases = [m.input_bias for m in corrected.modules() if isinstance(m, SpikingNeuron)]
+    assert all(b is not None and b.shape == (1, b.shape[1], 1, 1) or b.ndim == 2 for b in biases)
+
+
+def test_potential_correction_sets_a_per_neuron_initial_potential(digits_vgg, digits_batch):
+    method, stats, ctx = build(digits_vgg.core, digits_batch, T=8, mode="potential")
+    snn = method.convert(digits_vgg.core, stats, ctx)
+    neurons = [m for m in snn.modules() if isinstance(m, SpikingNeuron)]
+    first = neurons[0]
+    assert first.v_init is not None and first.v_init.shape == (1, 16, 8, 8)
+    assert not torch.allclose(first.v_init, (first.theta / 2).expand_as(first.v_init))
+
+
+@pytest.mark.parametrize("mode", ["grid", "light", "potential"])
+def test_calibrated_snn_approaches_the_ann_as_T_grows(digits_vgg, digits_batch, mode):
+    model = digits_vgg.core
+    errors = {}
+    for T in (4, 32):
+        method, stats, ctx = build(model, digits_batch, T, mode=mode)
+        snn = method.convert(model, stats, ctx)
+        with torch.inference_mode():
+            ref = model(digits_batch)
+            snn.reset()
+            out = list(snn.simulate(digits_batch, T))[-1]
+        errors[T] = float((out - ref).norm() / ref.norm())
+    assert errors[32] < 0.6 * errors[4], errors
