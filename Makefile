@@ -12,6 +12,8 @@ system-deps:
 	  $(SUDO) apt-get install -y dataset-fashion-mnist >/dev/null 2>&1 || \
 	  ($(SUDO) apt-get update >/dev/null 2>&1 && $(SUDO) apt-get install -y dataset-fashion-mnist) || \
 	  echo "warning: could not install dataset-fashion-mnist; pass --data-root to Fashion-MNIST tasks"; \
+	  $(SUDO) apt-get install -y chromium >/dev/null 2>&1 || \
+	  echo "warning: could not install chromium; the browser test of the leaderboard will skip"; \
 	else echo "warning: no apt-get; install Fashion-MNIST by hand and pass --data-root"; fi
 
 install: system-deps

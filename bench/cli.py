@@ -2,9 +2,10 @@
 
     bench list                      methods, tasks and models, one line each
     bench run --method M --task K --model X [--T N] [--json] ...
+    bench sweep [--methods ...] [--tasks ...] [--set k=v1,v2] [--executor serial|ray] ...
+    bench leaderboard [--results DIR] [--out DIR]
+    bench ui [--results DIR] [--port N]
     bench zoo list | bench zoo train NAME [--task K]
-
-Later commands (sweep, ui, leaderboard) register themselves in :data:`COMMANDS`.
 """
 
 from __future__ import annotations
@@ -193,6 +194,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from leaderboard.cli import cmd_leaderboard as run
+
+    return run(args)
+
+
+def _add_leaderboard(sub) -> None:
+    from leaderboard.cli import add_leaderboard_parser
+
+    add_leaderboard_parser(sub)
+
+
 def _add_sweep(sub) -> None:
     from bench.sweep import add_sweep_parser
 
@@ -206,7 +219,8 @@ def _add_ui(sub) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"list": cmd_list, "run": cmd_run, "zoo": cmd_zoo,
-                                                            "sweep": cmd_sweep, "ui": cmd_ui}
+                                                            "sweep": cmd_sweep, "ui": cmd_ui,
+                                                            "leaderboard": cmd_leaderboard}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_PARSERS: list[Callable[[Any], None]] = [_add_sweep, _add_ui]
+_EXTRA_PARSERS: list[Callable[[Any], None]] = [_add_sweep, _add_ui, _add_leaderboard]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -84,6 +85,8 @@ class SweepTracker:
         tags = {"mlflow.parentRunId": self.parent, "method": result["method"], "task": result["task"],
                 "model": result["model"], "cell_key": result.get("cell_key", ""), "status": result["status"],
                 "git.sha": git.get("sha") or "", "git.dirty": git.get("dirty"),
+                "user_settings": json.dumps(spec.get("settings") or {}, sort_keys=True),
+                "energy_model": json.dumps(result.get("energy_model") or {}, sort_keys=True),
                 **{f"version.{k}": v for k, v in versions.items()}}
         run = self.client.create_run(self.experiment_id, run_name=label, tags={"mlflow.parentRunId": self.parent})
         run_id = run.info.run_id

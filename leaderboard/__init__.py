@@ -1,0 +1,27 @@
+"""Results -> leaderboard: tables, plots, a self-contained HTML page, CSV and Markdown.
+
+    from leaderboard import render_leaderboard
+    render_leaderboard("results")      # results/leaderboard/leaderboard.html, .csv, .md, plot-*.png
+
+Modules: :mod:`~leaderboard.data` (ledger or MLflow -> frames), :mod:`~leaderboard.rows`
+(cells -> labelled rows, seeds averaged), :mod:`~leaderboard.tables` (ranking table,
+ablation pivots, failed cells), :mod:`~leaderboard.paper` (published rows, kept apart),
+:mod:`~leaderboard.plots`, :mod:`~leaderboard.document` / :mod:`~leaderboard.html` /
+:mod:`~leaderboard.markdown` (one document, two writers), :mod:`~leaderboard.render`
+(files, and logging them to the sweep's MLflow run), :mod:`~leaderboard.cli`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["render_leaderboard", "render_after_sweep"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: importing the package must not import pandas/matplotlib
+    if name in __all__:
+        from leaderboard import render
+
+        return getattr(render, name)
+    raise AttributeError(f"module 'leaderboard' has no attribute {name!r}")

@@ -1,0 +1,164 @@
+"""Results (ledger or MLflow) -> tidy pandas frames, the one input of every table and plot.
+
+Both sources go through :func:`results_from_records`: the MLflow reader rebuilds ledger-like
+records from the runs (see :mod:`leaderboard.mlflow_source`), so a leaderboard rendered
+from either source is the same table.
+
+Frames of :class:`Results`:
+
+* ``cells``: one row per successful cell (the latest record of its ``cell_key``): task,
+  model, method, resolved ``settings`` (values as strings, so both sources compare
+  equal), ``user_keys`` (the settings the user set with ``--set``), seed, T_max, calib and
+  eval sizes, ANN value of the headline metric, energy model.
+* ``curves``: one row per (cell, t): headline metric, spikes, synaptic ops and energy
+  ratio per sample, cumulative over 1..t (as the runner records them).
+* ``failed``: one row per failed cell: what it was and the exception line of its error.
+
+Metrics stay in the task's own units (fractions); tables and plots convert to percent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: spec fields that, when they differ between rows of a task, are shown in row labels
+SPEC_FIELDS = ("T_max", "calib_size", "eval_size", "weights", "data_root")
+
+CELL_COLUMNS = ["cell_key", "task", "model", "method", "metric_name", "ann", "T_max", "seed", "calib_size",
+                "eval_size", "weights", "data_root", "settings", "user_keys", "energy_model", "e_mac_pj", "e_ac_pj",
+                "git_sha", "finished_at"]
+CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sample", "energy_ratio"]
+FAILED_COLUMNS = ["cell_key", "task", "model", "method", "settings", "seed", "T_max", "error_line", "error"]
+
+
+class LeaderboardError(ValueError):
+    """No results to render, or an unusable option; the message says what to do."""
+
+
+@dataclass
+class Results:
+    """Tidy frames of one results directory (see the module docstring)."""
+
+    cells: pd.DataFrame
+    curves: pd.DataFrame
+    failed: pd.DataFrame
+    layers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    source: str = ""
+
+
+# -- helpers ---------------------------------------------------------------------------
+def settings_text(value: Any) -> str:
+    """A setting value as text: ``str`` is what the tracker logs as an MLflow param."""
+    return str(value)
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(: |:$|$)")
+
+
+def error_line(error: str | None) -> str:
+    """The line that names the exception (``ValueError: ...``) of a traceback, else its first line."""
+    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return "(no error message recorded)"
+    if not lines[0].startswith("Traceback"):
+        return lines[0].strip()
+    for line in reversed(lines):
+        if not line[:1].isspace() and _EXCEPTION_LINE.match(line) and not line.startswith(
+                ("Traceback", "During handling", "The above exception")):
+            return line.strip()
+    return lines[-1].strip()
+
+
+def _none_if_text_none(value: Any) -> Any:
+    return None if value in ("None", "") else value
+
+
+def _int_or_none(value: Any) -> int | None:
+    value = _none_if_text_none(value)
+    return None if value is None else int(value)
+
+
+# -- records -> frames -----------------------------------------------------------------
+def results_from_records(records: Iterable[dict[str, Any]], source: str = "") -> Results:
+    """Frames from ledger-format records (one per cell_key, already de-duplicated)."""
+    cells, curves, failed = [], [], []
+    layers: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        spec = (record.get("provenance") or {}).get("spec") or {}
+        key = record.get("cell_key") or spec.get("cell_key") or ""
+        user_settings = spec.get("settings") or {}
+        base = {"cell_key": key, "task": record.get("task") or spec.get("task"),
+                "model": record.get("model") or spec.get("model"),
+                "method": record.get("method") or spec.get("method"),
+                "seed": _int_or_none(spec.get("seed", 0)) or 0,
+                "T_max": _int_or_none(record.get("T", spec.get("T")))}
+        if record.get("status") != "ok" or not record.get("per_t"):
+            failed.append({**base, "settings": {k: settings_text(v) for k, v in user_settings.items()},
+                           "error_line": error_line(record.get("error")), "error": record.get("error") or ""})
+            continue
+        energy = record.get("energy_model") or {}
+        cells.append({
+            **base, "metric_name": record.get("metric"), "ann": float(record["ann"]),
+            "calib_size": _int_or_none(spec.get("calib_size")), "eval_size": _int_or_none(spec.get("eval_size")),
+            "weights": _none_if_text_none(spec.get("weights")), "data_root": _none_if_text_none(spec.get("data_root")),
+            "settings": {k: settings_text(v) for k, v in (record.get("settings") or {}).items()},
+            "user_keys": tuple(user_settings), "energy_model": energy.get("name", "unknown"),
+            "e_mac_pj": energy.get("e_mac_pj"), "e_ac_pj": energy.get("e_ac_pj"),
+            "git_sha": ((record.get("provenance") or {}).get("git") or {}).get("sha"),
+            "finished_at": (record.get("sweep") or {}).get("finished_at")})
+        for t_text, row in record["per_t"].items():
+            curves.append({"cell_key": key, "t": int(t_text), "metric": _float(row.get("metric")),
+                           "spikes_per_sample": _float(row.get("spikes_per_sample")),
+                           "synops_per_sample": _float(row.get("synops_per_sample")),
+                           "energy_ratio": _float(row.get("energy_ratio"))})
+        if record.get("layers"):
+            layers[key] = record["layers"]
+    curves_frame = pd.DataFrame(curves, columns=CURVE_COLUMNS)
+    numeric = CURVE_COLUMNS[2:]
+    curves_frame[numeric] = curves_frame[numeric].astype(float)
+    if not curves_frame.empty:
+        curves_frame = curves_frame.sort_values(["cell_key", "t"], kind="stable").reset_index(drop=True)
+    return Results(cells=pd.DataFrame(cells, columns=CELL_COLUMNS), curves=curves_frame,
+                   failed=pd.DataFrame(failed, columns=FAILED_COLUMNS), layers=layers, source=source)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+# -- sources ---------------------------------------------------------------------------
+def load_ledger(results_dir: str | Path) -> Results:
+    """Latest record of every cell in ``<results_dir>/ledger.jsonl``.
+
+    Raises:
+        LeaderboardError: there is no ledger or it holds no record.
+    """
+    from bench.ledger import Ledger
+
+    ledger = Ledger(results_dir)
+    if not ledger.path.is_file():
+        raise LeaderboardError(f"no ledger at {ledger.path}; run `bench sweep --results {results_dir}` first "
+                               "(or pass the --results directory of an earlier sweep)")
+    records = list(ledger.latest().values())
+    if not records:
+        raise LeaderboardError(f"the ledger {ledger.path} holds no cell result yet")
+    log.debug("read %d cells from %s", len(records), ledger.path)
+    return results_from_records(records, source=f"ledger {ledger.path}")
+
+
+def load_results(results_dir: str | Path, from_mlflow: bool = False, experiment: str | None = None) -> Results:
+    """Results from the ledger (default) or from ``sqlite:///<results_dir>/mlflow.db``."""
+    if from_mlflow:
+        from leaderboard.mlflow_source import mlflow_records
+
+        records, source = mlflow_records(results_dir, experiment)
+        return results_from_records(records, source=source)
+    return load_ledger(results_dir)

@@ -1,0 +1,158 @@
+"""Cells -> leaderboard rows: which cells share a row, and what the row is called.
+
+A row is one (task, model, method + resolved settings, T_max, calibration/evaluation
+sizes, weights, data root); cells that differ only in their seed share a row, whose
+curves are the mean over seeds with the sample standard deviation of the metric as the
+spread (``per_seed=True`` gives one row per seed instead).
+
+A row's label is the method, then the settings *varied* for that method in the task:
+the ones the user set with ``--set`` (``provenance.spec.settings``) plus any resolved
+setting whose value differs between the method's rows; then, in brackets, any of
+T_max / calib_size / eval_size / weights / data_root that differ between rows of the
+task; then ``seed=N`` in per-seed mode when the task has several seeds. Examples:
+``dcgs n=4``, ``rate coding=rate, n=8 [eval_size=200]``, ``ann (reference)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from leaderboard.data import SPEC_FIELDS, Results
+
+log = logging.getLogger(__name__)
+
+#: the method whose rows are the ANN reference (energy ratio 1, no spikes); never ranked
+REFERENCE_METHOD = "ann"
+
+ROW_COLUMNS = ["row_id", "task", "model", "method", "label", "reference", "settings", "varied", "seeds", "cell_keys",
+               "T_max", "calib_size", "eval_size", "weights", "data_root", "metric_name", "ann", "energy_model",
+               "e_mac_pj", "e_ac_pj"]
+CURVE_COLUMNS = ["row_id", "t", "metric", "metric_sd", "spikes_per_sample", "synops_per_sample", "energy_ratio"]
+
+
+@dataclass
+class Rows:
+    """Leaderboard rows and their mean curves (one line per row and t)."""
+
+    rows: pd.DataFrame
+    curves: pd.DataFrame
+
+    def of_task(self, task: str) -> pd.DataFrame:
+        return self.rows[self.rows["task"] == task]
+
+    def curve(self, row_id: int) -> pd.DataFrame:
+        return self.curves[self.curves["row_id"] == row_id]
+
+
+def natural_key(text: Any) -> tuple:
+    """Sort key that orders ``n=4`` before ``n=16`` and numbers before words."""
+    parts = []
+    for piece in str(text).replace("=", " = ").replace(",", " , ").split():
+        try:
+            parts.append((0, float(piece), ""))
+        except ValueError:
+            parts.append((1, 0.0, piece))
+    return tuple(parts)
+
+
+def varied_settings(cells: pd.DataFrame) -> dict[str, tuple[str, ...]]:
+    """Per method: the setting names shown in its row labels (see the module docstring)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for method, group in cells.groupby("method", sort=False):
+        keys: list[str] = []
+        for user in group["user_keys"]:
+            keys += [k for k in user if k not in keys]
+        all_keys: list[str] = []
+        for settings in group["settings"]:
+            all_keys += [k for k in settings if k not in all_keys]
+        for k in all_keys:
+            if k not in keys and len({s.get(k) for s in group["settings"]}) > 1:
+                keys.append(k)
+        out[str(method)] = tuple(k for k in keys if k in all_keys)
+    return out
+
+
+def _label(method: str, settings: dict[str, str], varied: tuple[str, ...], extras: list[str],
+           seed: int | None) -> str:
+    if method == REFERENCE_METHOD:
+        text = f"{method} (reference)"
+    else:
+        parts = ", ".join(f"{k}={settings[k]}" for k in varied if k in settings)
+        text = method + (f" {parts}" if parts else "")
+    if extras:
+        text += " [" + ", ".join(extras) + "]"
+    if seed is not None:
+        text += f" seed={seed}"
+    return text
+
+
+def _value_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "None"
+    return str(value)
+
+
+def build_rows(results: Results, per_seed: bool = False) -> Rows:
+    """Group successful cells into leaderboard rows (see the module docstring)."""
+    cells = results.cells
+    rows: list[dict[str, Any]] = []
+    curves: list[pd.DataFrame] = []
+    row_id = 0
+    for task in sorted(cells["task"].unique()):
+        task_cells = cells[cells["task"] == task]
+        varied = varied_settings(task_cells)
+        spec_varied = [f for f in SPEC_FIELDS if task_cells[f].map(_value_text).nunique() > 1]
+        several_seeds = task_cells["seed"].nunique() > 1
+
+        def group_key(cell: pd.Series) -> tuple:
+            key = (cell["model"], cell["method"], tuple(sorted(cell["settings"].items())),
+                   *(_value_text(cell[f]) for f in SPEC_FIELDS))
+            return key + ((int(cell["seed"]),) if per_seed else ())
+
+        groups: dict[tuple, list[pd.Series]] = {}
+        for _, cell in task_cells.iterrows():
+            groups.setdefault(group_key(cell), []).append(cell)
+        for members in groups.values():
+            first = members[0]
+            method = str(first["method"])
+            keys = [c["cell_key"] for c in members]
+            extras = [f"{f}={_value_text(first[f])}" for f in spec_varied]
+            seeds = tuple(sorted(int(c["seed"]) for c in members))
+            label = _label(method, first["settings"], varied.get(method, ()), extras,
+                           seeds[0] if per_seed and several_seeds else None)
+            energy = {str(c["energy_model"]) for c in members}
+            if len(energy) > 1:
+                log.warning("row %s/%s mixes energy models %s", task, label, sorted(energy))
+            rows.append({"row_id": row_id, "task": task, "model": first["model"], "method": method, "label": label,
+                         "reference": method == REFERENCE_METHOD, "settings": dict(first["settings"]),
+                         "varied": varied.get(method, ()), "seeds": seeds, "cell_keys": tuple(keys),
+                         **{f: first[f] for f in SPEC_FIELDS}, "metric_name": first["metric_name"],
+                         "ann": float(np.mean([c["ann"] for c in members])),
+                         "energy_model": first["energy_model"], "e_mac_pj": first["e_mac_pj"],
+                         "e_ac_pj": first["e_ac_pj"]})
+            curves.append(_mean_curve(results.curves[results.curves["cell_key"].isin(keys)], row_id))
+            row_id += 1
+    frame = pd.DataFrame(rows, columns=ROW_COLUMNS)
+    if not frame.empty:
+        order = sorted(range(len(frame)), key=lambda i: (frame.at[i, "task"], natural_key(frame.at[i, "model"]),
+                                                         not frame.at[i, "reference"],
+                                                         natural_key(frame.at[i, "label"])))
+        frame = frame.iloc[order].reset_index(drop=True)
+    curve_frame = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
+    return Rows(rows=frame, curves=curve_frame)
+
+
+def _mean_curve(curves: pd.DataFrame, row_id: int) -> pd.DataFrame:
+    """Mean over seeds at every t; ``metric_sd`` is the sample standard deviation (NaN for one seed)."""
+    grouped = curves.groupby("t", sort=True)
+    out = grouped[["metric", "spikes_per_sample", "synops_per_sample", "energy_ratio"]].mean()
+    out["metric_sd"] = grouped["metric"].std(ddof=1)
+    out = out.reset_index()
+    out.insert(0, "row_id", row_id)
+    return out[CURVE_COLUMNS]
