@@ -111,7 +111,7 @@ def test_every_setting_changes_the_converted_snn():
     changes = {"neuron": "if", "n": 3, "coding": "rate", "threshold": "max", "percentile": 90.0,
                "percentile_scope": "nonzero", "granularity": "layer", "threshold_scale": 2.0, "placement": "inputs"}
     fields = {f.name for f in dataclasses.fields(DCGS.settings_cls)}
-    assert fields == set(changes) | {"iteration_mode"}
+    assert fields == set(changes) | {"iteration_mode", "fuse"}
     for key, value in changes.items():
         assert not torch.equal(outputs(**{key: value}), reference), key
     assert torch.equal(outputs(threshold="auto", iteration_mode="official"),
@@ -119,3 +119,21 @@ def test_every_setting_changes_the_converted_snn():
     it_official = outputs(threshold="iteration", iteration_mode="official")
     it_converged = outputs(threshold="iteration", iteration_mode="converged")
     assert not torch.equal(it_official, it_converged)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+def test_fused_neuron_steps_equal_eager_steps(coding):
+    """fuse=true (torch.compile) gives the same spikes, states and outputs as the eager path."""
+    model = zoo_model("vgg_small")
+    torch.manual_seed(3)
+    x = torch.randn(8, 1, 28, 28)
+    outputs = {}
+    for fuse in (False, True):
+        method = DCGS({"coding": coding, "threshold": "percentile", "fuse": fuse})
+        ctx = ConversionContext(T=6, example=x)
+        snn = method.convert(model, collect_stats(model, [x], method.stat_kinds(model, ctx)), ctx)
+        with torch.inference_mode():
+            snn.reset()
+            outputs[fuse] = torch.stack(list(snn.simulate(x, 6)))
+    assert torch.equal(outputs[False], outputs[True])

@@ -115,3 +115,18 @@ def test_embedded_vit_converts_on_digits():
     rate = run_cell(CellSpec(method="rate", task="digits", model="vit_mini", T=6, calib_size=300, eval_size=120))
     assert rate["status"] == "ok" and rate["conversion"]["threshold_scale"] == 1.0
     assert isinstance(RateCoding().settings.threshold_scale, float)
+
+
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+def test_matmul_op_count_fast_path_equals_indicator_matmuls(coding):
+    """The O(size) count Σ_k colnnz(x)_k·rownnz(y)_k equals matmuls of indicator matrices."""
+    torch.manual_seed(0)
+    fast = ProductUnit(torch.matmul, (0, 1), coding=coding)
+    slow = ProductUnit(lambda a, b: torch.matmul(a, b), (0, 1), coding=coding)  # not recognised as matmul
+    fast.counting = slow.counting = True
+    for _ in range(5):
+        a = torch.randn(2, 3, 5, 7) * (torch.rand(2, 3, 5, 7) < 0.3)
+        b = torch.randn(2, 3, 7, 4) * (torch.rand(2, 3, 7, 4) < 0.3)
+        fast(a, b)
+        slow(a, b)
+        assert fast.last_ops.item() == slow.last_ops.item() and fast.last_dense == slow.last_dense == 2 * 3 * 5 * 7 * 4

@@ -45,6 +45,9 @@ class EngineSettings:
             as the official code hard-codes).
         placement: neurons at ``activations`` (CNN recipe), at layer ``inputs``
             (transformer recipe), or ``auto``.
+        fuse: compile each neuron step into one fused kernel with ``torch.compile``
+            (identical spikes; pays a one-off compilation of ~10-30 s, then steps several
+            times faster; see methods/snn/fused.py).
     """
 
     neuron: Literal["mt", "if"] = "mt"
@@ -57,6 +60,7 @@ class EngineSettings:
     granularity: Literal["auto", "layer", "channel", "token"] = "auto"
     threshold_scale: float | None = None
     placement: Literal["auto", "activations", "inputs"] = "auto"
+    fuse: bool = False
 
     def validate(self) -> None:
         if self.n < 1 or self.n > 24:
@@ -124,8 +128,9 @@ class EngineMethod(ConversionMethod[EngineSettings]):
             # rate-coded MT neurons use them as the official baseline does (MTH_with_neg)
             signed = s.coding == "differential" or s.neuron == "mt"
             return SpikingNeuron(theta, rule=s.neuron, n=s.n, coding=s.coding, signed=signed, floor=site.floor,
-                                 ceiling=site.ceiling)
-        return SpikingNeuron(theta, rule=s.neuron, n=s.n, coding=s.coding, signed=True, floor=None, ceiling=None)
+                                 ceiling=site.ceiling, fuse=s.fuse)
+        return SpikingNeuron(theta, rule=s.neuron, n=s.n, coding=s.coding, signed=True, floor=None, ceiling=None,
+                             fuse=s.fuse)
 
     def convert(self, model: nn.Module, stats: Stats, ctx: ConversionContext) -> SpikingModel:
         snn, _, _ = self.build(model, stats, ctx)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from methods.snn.quantizers import if_fire, mt_fire
+from methods.snn import fused
 
 Coding = Literal["rate", "differential"]
 
@@ -86,7 +86,7 @@ class SpikingNeuron(StatefulUnit):
 
     def __init__(self, theta: torch.Tensor, rule: Literal["mt", "if"] = "mt", n: int = 8,
                  coding: Coding = "differential", signed: bool = True, floor: float | None = 0.0,
-                 ceiling: float | None = None) -> None:
+                 ceiling: float | None = None, fuse: bool = False) -> None:
         super().__init__()
         if rule not in ("mt", "if"):
             raise ValueError(f"neuron rule must be 'mt' or 'if', got {rule!r}")
@@ -97,6 +97,7 @@ class SpikingNeuron(StatefulUnit):
         self.register_buffer("theta", torch.as_tensor(theta, dtype=torch.float32).clamp_min(0))
         self.rule, self.n, self.coding = rule, int(n), coding
         self.signed, self.floor, self.ceiling = signed, floor, ceiling
+        self.fuse = fuse
         self.needs_rooms = floor is not None and signed or ceiling is not None
         #: SNN Calibration's corrections (rate coding): a constant added to the input at
         #: every step (bias correction) and a replacement initial potential (potential correction)
@@ -127,11 +128,6 @@ class SpikingNeuron(StatefulUnit):
         if v_init is not None:
             self.v_init = v_init.detach().float()
 
-    def fire(self, m: torch.Tensor, lower_room: torch.Tensor | None, upper_room: torch.Tensor | None) -> torch.Tensor:
-        if self.rule == "mt":
-            return mt_fire(m, self.theta, self.n, signed=self.signed, lower_room=lower_room, upper_room=upper_room)
-        return if_fire(m, self.theta, signed=self.signed, lower_room=lower_room, upper_room=upper_room)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_bias is not None:
             x = x + self.input_bias
@@ -139,24 +135,20 @@ class SpikingNeuron(StatefulUnit):
             return self._rate_step(x)
         return self._differential_step(x)
 
+    def _step_fn(self, name: str):
+        if self.fuse:
+            return fused.compiled(name)
+        return fused.differential_step if name == "differential" else fused.rate_step
+
     def _rate_step(self, x: torch.Tensor) -> torch.Tensor:
         self.t += 1
-        t = self.t
         if self.v is None:
             self.v = self.initial_potential(x)
             if self.needs_rooms:
                 self.c_out = torch.zeros_like(x)
-        m = self.v.add_(x)  # in place: v becomes m
-        lower = upper = None
-        if self.needs_rooms:
-            if self.floor is not None and self.signed:
-                lower = self.c_out - self.floor * (t - 1)
-            if self.ceiling is not None:
-                upper = self.ceiling * t - self.c_out
-        s = self.fire(m, lower, upper)
-        self.v = m.sub_(s)
-        if self.needs_rooms:
-            self.c_out.add_(s)
+        t = torch.tensor(float(self.t), device=x.device)
+        s, self.v, self.c_out = self._step_fn("rate")(x, self.v, self.c_out, self.theta, t, self.rule, self.n,
+                                                      self.signed, self.floor, self.ceiling)
         return s
 
     def _differential_step(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,18 +160,10 @@ class SpikingNeuron(StatefulUnit):
             self.e_out = torch.zeros_like(x)
             self.v = self.initial_potential(x)
             return torch.zeros_like(x)
-        d = x - self.b
-        m = self.v.add_(d).add_(self.e_in - self.e_out)  # in place: v becomes m
-        lower = upper = None
-        if self.needs_rooms:
-            if self.floor is not None and self.signed:
-                lower = (self.e_out - self.floor) * t if self.floor else self.e_out * t
-            if self.ceiling is not None:
-                upper = (self.ceiling - self.e_out) * t
-        s = self.fire(m, lower, upper)
-        self.v = m.sub_(s)
-        self.e_in.add_(d, alpha=1.0 / t)
-        self.e_out.add_(s, alpha=1.0 / t)
+        tt = torch.tensor(float(t), device=x.device)
+        s, self.v, self.e_in, self.e_out = self._step_fn("differential")(
+            x, self.b, self.v, self.e_in, self.e_out, self.theta, tt, self.rule, self.n, self.signed, self.floor,
+            self.ceiling)
         return s
 
 
@@ -270,18 +254,30 @@ class ProductUnit(GradedUnit):
             self._count(args, kwargs)
         return super().forward(*args, **kwargs)
 
+    def _is_matmul(self) -> bool:
+        import operator
+
+        return self.fn in (torch.matmul, operator.matmul, torch.Tensor.matmul, torch.bmm)
+
     def _count(self, args: tuple, kwargs: dict) -> None:
         a, b = (args[i] for i in self.dynamic)
         ind = lambda x: (x != 0).to(torch.float32)  # noqa: E731
         first_step = self.acc is None or (self.coding == "differential" and self.t == 0)
         prev_a, prev_b = (torch.zeros_like(a), torch.zeros_like(b)) if first_step else self.acc
         ia, ib = ind(a), ind(b)
-        ops = self._call(args, kwargs, [ia, ib]).sum()
-        ops = ops + self._call(args, kwargs, [ia, ind(prev_b)]).sum() + self._call(args, kwargs, [ind(prev_a), ib]).sum()
+        if self._is_matmul() and a.ndim >= 2 and b.ndim >= 2:
+            # Σ_ij Σ_k 1[x_ik]·1[y_kj] = Σ_k (non-zeros of column k of x)·(non-zeros of row k of y):
+            # O(size) instead of a matmul of indicator matrices
+            def pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return (x.sum(dim=-2) * y.sum(dim=-1)).sum()
+        else:
+            def pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return self._call(args, kwargs, [x, y]).sum()
+        ops = pairs(ia, ib) + pairs(ia, ind(prev_b)) + pairs(ind(prev_a), ib)
         self.last_ops = ops.round().to(torch.int64)
         key = (tuple(a.shape), tuple(b.shape))
         if key not in self._dense_cache:
-            self._dense_cache[key] = int(self._call(args, kwargs, [torch.ones_like(a), torch.ones_like(b)]).sum())
+            self._dense_cache[key] = int(pairs(torch.ones_like(a), torch.ones_like(b)))
         self.last_dense = self._dense_cache[key]
 
 

@@ -1,0 +1,60 @@
+"""Neuron steps as pure functions, optionally compiled into one fused kernel per neuron.
+
+:class:`~methods.snn.units.SpikingNeuron` runs its step in eager PyTorch by default: about
+twenty element-wise passes over memory per step (DESIGN.md: the neuron, not the
+convolution, is where a naive engine spends its time). With ``fuse=True`` the same
+arithmetic, written here as side-effect-free functions of the state, goes through
+``torch.compile`` (inductor), which emits one loop per neuron step on CPU (C++/OpenMP)
+and GPU (Triton). The time-step enters as a 0-dim tensor and shapes are dynamic, so one
+compilation serves every t and every layer of the same rank.
+
+The fused and eager paths compute the same expressions in the same order; the tests
+check that their spikes and states agree.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+
+from methods.snn.quantizers import if_fire, mt_fire
+
+
+def fire(m: torch.Tensor, theta: torch.Tensor, rule: str, n: int, signed: bool,
+         lower: torch.Tensor | None, upper: torch.Tensor | None) -> torch.Tensor:
+    if rule == "mt":
+        return mt_fire(m, theta, n, signed=signed, lower_room=lower, upper_room=upper)
+    return if_fire(m, theta, signed=signed, lower_room=lower, upper_room=upper)
+
+
+def differential_step(x: torch.Tensor, b: torch.Tensor, v: torch.Tensor, e_in: torch.Tensor, e_out: torch.Tensor,
+                      theta: torch.Tensor, t: torch.Tensor, rule: str, n: int, signed: bool, floor: float | None,
+                      ceiling: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step t >= 1 of the differential neuron (DCGS Thm 4.4); returns (s, v, e_in, e_out)."""
+    d = x - b
+    m = (v + d) + (e_in - e_out)
+    lower = ((e_out - floor) * t if floor else e_out * t) if floor is not None and signed else None
+    upper = (ceiling - e_out) * t if ceiling is not None else None
+    s = fire(m, theta, rule, n, signed, lower, upper)
+    inv_t = 1.0 / t
+    return s, m - s, e_in + d * inv_t, e_out + s * inv_t
+
+
+def rate_step(x: torch.Tensor, v: torch.Tensor, c_out: torch.Tensor | None, theta: torch.Tensor, t: torch.Tensor,
+              rule: str, n: int, signed: bool, floor: float | None, ceiling: float | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One rate-coded step; returns (s, v, c_out)."""
+    m = v + x
+    lower = c_out - floor * (t - 1) if c_out is not None and floor is not None and signed else None
+    upper = ceiling * t - c_out if c_out is not None and ceiling is not None else None
+    s = fire(m, theta, rule, n, signed, lower, upper)
+    return s, m - s, (c_out + s if c_out is not None else None)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(name: str) -> Callable:
+    """The ``torch.compile``d version of :func:`differential_step` or :func:`rate_step`."""
+    fn = {"differential": differential_step, "rate": rate_step}[name]
+    return torch.compile(fn, dynamic=True, fullgraph=True)
