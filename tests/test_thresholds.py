@@ -51,3 +51,15 @@ def test_vectorised_over_channels_equals_one_at_a_time():
         single = threshold_iteration(mean[i], var[i], 32, mode="converged")
         assert batch[i].item() == pytest.approx(single.item(), rel=1e-6)
     assert batch.shape == (3, 1)
+
+
+@pytest.mark.parametrize("N", [257, 1024, 8192])
+def test_closed_form_boundary_sums_equal_direct_sums(N):
+    from methods.snn.thresholds import iteration_sums_closed_form, iteration_sums_direct
+
+    torch.manual_seed(N)
+    theta = torch.rand(40, dtype=torch.float64) * 4 + 0.1
+    mu = torch.randn(40, dtype=torch.float64)
+    sigma = torch.rand(40, dtype=torch.float64) + 0.05
+    for direct, closed in zip(iteration_sums_direct(theta, mu, sigma, N), iteration_sums_closed_form(theta, mu, sigma, N)):
+        assert torch.allclose(closed, direct, rtol=1e-7, atol=1e-6)
