@@ -226,8 +226,13 @@ class OpCounter:
             t = self._frame()
             if t is None:
                 return
-            counter.events[t] += torch.count_nonzero(output)
             counter.updates[t] += output.numel()
+            kernel_counts = getattr(module, "last_counts", None)
+            if kernel_counts is not None:  # counted by the fused kernel in its own pass
+                counter.events[t] += kernel_counts[0]
+                counter.units[t] += kernel_counts[1].to(torch.float64)
+                return
+            counter.events[t] += torch.count_nonzero(output)
             unit = counter.site.unit() if counter.site.unit is not None else None
             if unit is None:
                 counter.units[t] += torch.count_nonzero(output).to(torch.float64)

@@ -48,6 +48,8 @@ class EngineSettings:
         fuse: compile each neuron step into one fused kernel with ``torch.compile``
             (identical spikes; pays a one-off compilation of ~10-30 s, then steps several
             times faster; see methods/snn/fused.py).
+        kernel: ``auto`` (the fused Triton MT kernel on CUDA tensors, PyTorch otherwise),
+            ``torch`` or ``triton`` (force; on CPU only under ``TRITON_INTERPRET=1``).
     """
 
     neuron: Literal["mt", "if"] = "mt"
@@ -61,8 +63,11 @@ class EngineSettings:
     threshold_scale: float | None = None
     placement: Literal["auto", "activations", "inputs"] = "auto"
     fuse: bool = False
+    kernel: Literal["auto", "torch", "triton"] = "auto"
 
     def validate(self) -> None:
+        if self.kernel == "triton" and self.neuron != "mt":
+            raise SettingsError("kernel=triton implements the MT neuron; use neuron=mt or kernel=torch")
         if self.n < 1 or self.n > 24:
             raise SettingsError(f"n must be between 1 and 24, got {self.n}")
         if not 0 < self.percentile <= 100:
@@ -128,9 +133,12 @@ class EngineMethod(ConversionMethod[EngineSettings]):
             # rate-coded MT neurons use them as the official baseline does (MTH_with_neg)
             signed = s.coding == "differential" or s.neuron == "mt"
             return SpikingNeuron(theta, rule=s.neuron, n=s.n, coding=s.coding, signed=signed, floor=site.floor,
-                                 ceiling=site.ceiling, fuse=s.fuse)
+                                 ceiling=site.ceiling, fuse=s.fuse, kernel=self._kernel())
         return SpikingNeuron(theta, rule=s.neuron, n=s.n, coding=s.coding, signed=True, floor=None, ceiling=None,
-                             fuse=s.fuse)
+                             fuse=s.fuse, kernel=self._kernel())
+
+    def _kernel(self) -> str:
+        return "torch" if self.settings.neuron != "mt" else self.settings.kernel
 
     def convert(self, model: nn.Module, stats: Stats, ctx: ConversionContext) -> SpikingModel:
         snn, _, _ = self.build(model, stats, ctx)

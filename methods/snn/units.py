@@ -86,7 +86,8 @@ class SpikingNeuron(StatefulUnit):
 
     def __init__(self, theta: torch.Tensor, rule: Literal["mt", "if"] = "mt", n: int = 8,
                  coding: Coding = "differential", signed: bool = True, floor: float | None = 0.0,
-                 ceiling: float | None = None, fuse: bool = False) -> None:
+                 ceiling: float | None = None, fuse: bool = False,
+                 kernel: Literal["auto", "torch", "triton"] = "auto") -> None:
         super().__init__()
         if rule not in ("mt", "if"):
             raise ValueError(f"neuron rule must be 'mt' or 'if', got {rule!r}")
@@ -98,6 +99,13 @@ class SpikingNeuron(StatefulUnit):
         self.rule, self.n, self.coding = rule, int(n), coding
         self.signed, self.floor, self.ceiling = signed, floor, ceiling
         self.fuse = fuse
+        if kernel not in ("auto", "torch", "triton"):
+            raise ValueError(f"kernel must be auto, torch or triton; got {kernel!r}")
+        if kernel == "triton" and rule != "mt":
+            raise ValueError("the Triton kernel implements the MT neuron; use kernel=torch for IF neurons")
+        self.kernel = kernel
+        #: [events, unit spikes] of the last step when the Triton kernel counted them
+        self.last_counts: torch.Tensor | None = None
         self.needs_rooms = floor is not None and signed or ceiling is not None
         #: SNN Calibration's corrections (rate coding): a constant added to the input at
         #: every step (bias correction) and a replacement initial potential (potential correction)
@@ -135,6 +143,30 @@ class SpikingNeuron(StatefulUnit):
             return self._rate_step(x)
         return self._differential_step(x)
 
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        if self.kernel == "torch" or self.rule != "mt":
+            return False
+        from methods.snn import triton_mt
+
+        if self.kernel == "triton":
+            if not triton_mt.available_on(x.device):
+                raise RuntimeError("kernel=triton needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter); "
+                                   "use kernel=torch or kernel=auto")
+            return True
+        return x.is_cuda and triton_mt.available_on(x.device)
+
+    def _triton_step(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        from methods.snn import triton_mt
+
+        state = {"v": self.v, "b": self.b, "e_in": self.e_in, "e_out": self.e_out, "c_out": self.c_out}
+        for name, value in state.items():
+            if value is not None and not value.is_contiguous():
+                state[name] = value.contiguous()
+                setattr(self, name, state[name])
+        s, self.last_counts = triton_mt.mt_step(x, state, self.theta, t, self.n, self.coding, self.signed,
+                                                self.floor, self.ceiling)
+        return s.view(x.shape)
+
     def _step_fn(self, name: str):
         if self.fuse:
             return fused.compiled(name)
@@ -146,6 +178,9 @@ class SpikingNeuron(StatefulUnit):
             self.v = self.initial_potential(x)
             if self.needs_rooms:
                 self.c_out = torch.zeros_like(x)
+        self.last_counts = None
+        if self._use_triton(x):
+            return self._triton_step(x, self.t)
         t = torch.tensor(float(self.t), device=x.device)
         s, self.v, self.c_out = self._step_fn("rate")(x, self.v, self.c_out, self.theta, t, self.rule, self.n,
                                                       self.signed, self.floor, self.ceiling)
@@ -155,11 +190,15 @@ class SpikingNeuron(StatefulUnit):
         t = self.t
         self.t += 1
         if t == 0:  # bias pass: remember the constant part of the input, emit nothing
+            self.last_counts = None
             self.b = x.clone()
             self.e_in = x.clone()
             self.e_out = torch.zeros_like(x)
             self.v = self.initial_potential(x)
             return torch.zeros_like(x)
+        self.last_counts = None
+        if self._use_triton(x):
+            return self._triton_step(x, t)
         tt = torch.tensor(float(t), device=x.device)
         s, self.v, self.e_in, self.e_out = self._step_fn("differential")(
             x, self.b, self.v, self.e_in, self.e_out, self.theta, tt, self.rule, self.n, self.signed, self.floor,
