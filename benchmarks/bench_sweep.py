@@ -1,0 +1,89 @@
+"""Sweep throughput: cells per minute, serial vs Ray (local, 2 workers), and the per-cell
+overhead of the harness.
+
+    python -m benchmarks.bench_sweep [--eval-size 200] [--T 8]
+
+Cells: every built-in method on Fashion-MNIST (vgg_small, resnet_small) with small
+evaluation and calibration sizes; each executor starts from an empty results directory
+(the zoo models are trained once beforehand). The overhead is measured with cells whose
+method does nothing (``ann`` on 1 image, distinct seeds): their wall time is the harness:
+building the task and model, the cache lookups, the ledger and MLflow writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import add_common_args, environment, print_table, resolve_device, write_json
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(p)
+    p.add_argument("--eval-size", type=int, default=200)
+    p.add_argument("--calib-size", type=int, default=200)
+    p.add_argument("--T", type=int, default=8)
+    p.add_argument("--models", default="vgg_small,resnet_small")
+    p.add_argument("--overhead-cells", type=int, default=6)
+    p.add_argument("--skip-ray", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from bench.campaigns import EMBEDDED_CAMPAIGN
+    from bench.executors import RayExecutor, SerialExecutor
+    from bench.grid import GridOptions, expand_grid
+    from bench.plugins import create_task
+    from bench.sweep import run_sweep
+
+    models = args.models.split(",")
+    task = create_task("fashion_mnist")
+    for m in models:  # train (or load) the zoo models outside the timings
+        task.build(m, progress=False)
+    options = GridOptions(T=args.T, calib_size=args.calib_size, eval_size=args.eval_size)
+    cells = expand_grid(EMBEDDED_CAMPAIGN.methods(), ["fashion_mnist"], models, {}, [0], options)
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="snnbench-sweep-bench-"))
+    try:
+        executors = [("serial", lambda d: SerialExecutor(str(d / "cache")))]
+        if not args.skip_ray:
+            executors.append(("ray (local, 2 workers)",
+                              lambda d: RayExecutor(str(d / "cache"), address="local", num_cpus=2)))
+        for name, make in executors:
+            directory = work / name.split()[0]
+            start = time.perf_counter()
+            outcome = run_sweep(cells, directory, make(directory), experiment="bench")
+            wall = time.perf_counter() - start
+            failed = len(outcome.failed)
+            rows.append({"executor": name, "cells": len(cells), "failed": failed, "wall_s": wall,
+                         "cells_per_min": 60 * len(cells) / wall})
+        try:
+            import ray
+
+            ray.shutdown()
+        except ImportError:
+            pass
+        noop = expand_grid(["ann"], ["fashion_mnist"], ["vgg_small"], {}, list(range(args.overhead_cells)),
+                           GridOptions(T=1, calib_size=1, eval_size=1))
+        directory = work / "overhead"
+        run_sweep(noop[:1], directory, SerialExecutor(str(directory / "cache")), experiment="bench")  # warm
+        start = time.perf_counter()
+        run_sweep(noop[1:], directory, SerialExecutor(str(directory / "cache")), experiment="bench")
+        per_cell = (time.perf_counter() - start) / (len(noop) - 1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(rows, ["executor", "cells", "failed", "wall_s", "cells_per_min"])
+    print(f"\nharness overhead per cell (method doing nothing, serial, MLflow on): {per_cell:.2f} s")
+    device = resolve_device("cpu")
+    payload = {"benchmark": "sweep", "eval_size": args.eval_size, "T": args.T, "models": models,
+               "environment": environment(device, args.threads), "rows": rows, "overhead_per_cell_s": per_cell}
+    write_json("sweep", payload, args.out)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
