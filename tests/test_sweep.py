@@ -178,6 +178,11 @@ def test_embedded_campaign_is_the_default(tmp_path, capsys):
     out = capsys.readouterr().out
     for method in ("ann", "dcgs", "rate"):
         assert f"{method}/vgg_small/fashion_mnist" in out
+        assert f"{method}/fcos_mobilenet_v2/fmnist_det" in out
+        assert f"{method}/fcn_mobilenet_v2/fmnist_seg" in out
+    assert "calibration/vgg_small/fashion_mnist" in out
+    assert "calibration/fcos_mobilenet_v2" not in out and "calibration/fcn_mobilenet_v2" not in out
+    assert "resnet18" not in out  # only the embedded models, never ones needing local weights
 
 
 # -- Ray -------------------------------------------------------------------------------
