@@ -34,8 +34,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         raise SettingsError(f"setting {name!r} must be one of {', '.join(map(str, choices))}; got {value!r}")
     if origin in (Union, types.UnionType):
         args = get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
-            if type(None) in args:
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "null", "", "auto"}):
+            if type(None) in args:  # an optional setting: empty/none/auto mean "decide automatically"
                 return None
         errors = []
         for arg in args:

@@ -8,6 +8,9 @@ import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# fuse=auto would torch.compile every neuron step (10-30 s per variant on 2 cores); the
+# suite runs the eager path, and the fused path where a test asks for it (fuse=true)
+os.environ.setdefault("SNNBENCH_FUSE", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

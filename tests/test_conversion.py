@@ -121,8 +121,7 @@ def test_every_setting_changes_the_converted_snn():
     assert not torch.equal(it_official, it_converged)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("coding", ["differential", "rate"])
+@pytest.mark.parametrize("coding", ["differential", pytest.param("rate", marks=pytest.mark.slow)])
 def test_fused_neuron_steps_equal_eager_steps(coding):
     """fuse=true (torch.compile) gives the same spikes, states and outputs as the eager path."""
     model = zoo_model("vgg_small")
@@ -137,3 +136,47 @@ def test_fused_neuron_steps_equal_eager_steps(coding):
             snn.reset()
             outputs[fuse] = torch.stack(list(snn.simulate(x, 6)))
     assert torch.equal(outputs[False], outputs[True])
+
+
+def test_fuse_auto_follows_the_environment_and_explicit_values_win(monkeypatch):
+    from methods.snn.fused import FUSE_ENV, resolve_fuse
+
+    monkeypatch.setenv(FUSE_ENV, "0")
+    assert resolve_fuse(None) is False and resolve_fuse(True) is True
+    monkeypatch.setenv(FUSE_ENV, "1")
+    assert resolve_fuse(None) is True and resolve_fuse(False) is False
+    monkeypatch.delenv(FUSE_ENV)
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    assert resolve_fuse(None) is False  # no C++ compiler: inductor cannot build CPU kernels
+    assert DCGS({"fuse": "auto"}).settings.fuse is None and DCGS({"fuse": ""}).settings.fuse is None
+
+
+def test_a_failing_compilation_falls_back_to_identical_eager_steps(monkeypatch, caplog):
+    """fuse=true without a working toolchain: one warning, then the eager step (same spikes)."""
+    from methods.snn import fused
+
+    calls = []
+
+    def broken(name):
+        def fail(*args):
+            calls.append(name)
+            raise RuntimeError("InductorError: no C++ compiler")
+        return fail
+
+    monkeypatch.setattr(fused, "compiled", broken)
+    monkeypatch.setattr(fused, "_FAILED", set())
+    model = zoo_model("vgg_small")
+    torch.manual_seed(4)
+    x = torch.randn(4, 1, 28, 28)
+    outputs = {}
+    for fuse in (False, True):
+        method = DCGS({"threshold": "percentile", "fuse": fuse})
+        ctx = ConversionContext(T=3, example=x)
+        snn = method.convert(model, collect_stats(model, [x], method.stat_kinds(model, ctx)), ctx)
+        with torch.inference_mode(), caplog.at_level("WARNING", logger="methods.snn.fused"):
+            snn.reset()
+            outputs[fuse] = torch.stack(list(snn.simulate(x, 3)))
+    assert torch.equal(outputs[False], outputs[True])
+    assert calls == ["differential"]  # tried once, then eager for every later step and layer
+    assert sum("falls back" in r.message or "running it eagerly" in r.message for r in caplog.records) == 1

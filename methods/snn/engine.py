@@ -15,6 +15,7 @@ from torch import nn
 
 from methods.base import ConversionContext, ConversionMethod, SpikingModel
 from methods.settings import SettingsError
+from methods.snn.fused import resolve_fuse
 from methods.snn.graph import NetworkGraph, Site, build_network_graph
 from methods.snn.network import SimulatedNetwork
 from methods.snn.stats import StatKind, Stats
@@ -46,8 +47,10 @@ class EngineSettings:
         placement: neurons at ``activations`` (CNN recipe), at layer ``inputs``
             (transformer recipe), or ``auto``.
         fuse: compile each neuron step into one fused kernel with ``torch.compile``
-            (identical spikes; pays a one-off compilation of ~10-30 s, then steps several
-            times faster; see methods/snn/fused.py).
+            (identical spikes; pays a one-off compilation of ~10-30 s per process, then
+            steps several times faster; see methods/snn/fused.py and BENCHMARKS.md).
+            Empty = auto (the default): on when a C++ compiler is present and
+            ``SNNBENCH_FUSE`` is not 0; any compilation failure falls back to eager.
         kernel: ``auto`` (the fused Triton MT kernel on CUDA tensors, PyTorch otherwise),
             ``torch`` or ``triton`` (force; on CPU only under ``TRITON_INTERPRET=1``).
     """
@@ -62,7 +65,7 @@ class EngineSettings:
     granularity: Literal["auto", "layer", "channel", "token"] = "auto"
     threshold_scale: float | None = None
     placement: Literal["auto", "activations", "inputs"] = "auto"
-    fuse: bool = False
+    fuse: bool | None = None
     kernel: Literal["auto", "torch", "triton"] = "auto"
 
     def validate(self) -> None:
@@ -133,9 +136,9 @@ class EngineMethod(ConversionMethod[EngineSettings]):
             # rate-coded MT neurons use them as the official baseline does (MTH_with_neg)
             signed = s.coding == "differential" or s.neuron == "mt"
             return SpikingNeuron(theta, rule=s.neuron, n=s.n, coding=s.coding, signed=signed, floor=site.floor,
-                                 ceiling=site.ceiling, fuse=s.fuse, kernel=self._kernel())
+                                 ceiling=site.ceiling, fuse=resolve_fuse(s.fuse), kernel=self._kernel())
         return SpikingNeuron(theta, rule=s.neuron, n=s.n, coding=s.coding, signed=True, floor=None, ceiling=None,
-                             fuse=s.fuse, kernel=self._kernel())
+                             fuse=resolve_fuse(s.fuse), kernel=self._kernel())
 
     def _kernel(self) -> str:
         return "torch" if self.settings.neuron != "mt" else self.settings.kernel

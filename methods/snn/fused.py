@@ -10,16 +10,30 @@ compilation serves every t and every layer of the same rank.
 
 The fused and eager paths compute the same expressions in the same order; the tests
 check that their spikes and states agree.
+
+``fuse`` is three-valued in the engine settings: true, false, or empty (auto, the
+default): compile when inductor can build kernels here (a C++ compiler for CPU tensors;
+CUDA tensors take the Triton MT kernel first) unless ``SNNBENCH_FUSE=0``. Whenever
+compilation fails, the step falls back to the eager function with one warning, so a
+missing toolchain costs speed, never a result.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import shutil
 from typing import Callable
 
 import torch
 
 from methods.snn.quantizers import if_fire, mt_fire
+
+log = logging.getLogger(__name__)
+#: set SNNBENCH_FUSE=0/1 to force what fuse=auto resolves to (the test suite sets 0)
+FUSE_ENV = "SNNBENCH_FUSE"
+_FALSE_WORDS = {"0", "false", "off", "no"}
 
 
 def fire(m: torch.Tensor, theta: torch.Tensor, rule: str, n: int, signed: bool,
@@ -58,3 +72,41 @@ def compiled(name: str) -> Callable:
     """The ``torch.compile``d version of :func:`differential_step` or :func:`rate_step`."""
     fn = {"differential": differential_step, "rate": rate_step}[name]
     return torch.compile(fn, dynamic=True, fullgraph=True)
+
+
+def resolve_fuse(fuse: bool | None) -> bool:
+    """What ``fuse`` means here: the explicit value, or for None (auto) whether compiling
+    is possible: ``$SNNBENCH_FUSE`` when set, otherwise whether a C++ compiler is on PATH."""
+    if fuse is not None:
+        return bool(fuse)
+    env = os.environ.get(FUSE_ENV)
+    if env is not None:
+        return env.strip().lower() not in _FALSE_WORDS
+    return any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++"))
+
+
+_EAGER: dict[str, Callable] = {"differential": differential_step, "rate": rate_step}
+#: steps whose compilation failed in this process (they run eagerly from then on)
+_FAILED: set[str] = set()
+
+
+def step_function(name: str, fuse: bool) -> Callable:
+    """The step of coding ``name``: compiled when ``fuse``, falling back to eager on failure."""
+    eager = _EAGER[name]
+    if not fuse or name in _FAILED:
+        return eager
+    fast = compiled(name)
+
+    def step(*args):
+        if name in _FAILED:
+            return eager(*args)
+        try:
+            return fast(*args)
+        except Exception as exc:  # inductor/toolchain failures; genuine errors re-raise from eager below
+            _FAILED.add(name)
+            log.warning("torch.compile of the %s neuron step failed (%s: %s); running it eagerly "
+                        "(identical results, slower). Set fuse=false to skip compiling.",
+                        name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            return eager(*args)
+
+    return step

@@ -168,9 +168,7 @@ class SpikingNeuron(StatefulUnit):
         return s.view(x.shape)
 
     def _step_fn(self, name: str):
-        if self.fuse:
-            return fused.compiled(name)
-        return fused.differential_step if name == "differential" else fused.rate_step
+        return fused.step_function(name, self.fuse)
 
     def _rate_step(self, x: torch.Tensor) -> torch.Tensor:
         self.t += 1
