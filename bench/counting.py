@@ -97,7 +97,7 @@ class _LayerCounter:
     site: ConnectionSite
     ops: torch.Tensor            # [T + 1] effective ops per frame (summed over samples)
     dense: int = 0               # dense ops summed over counted samples (one frame each)
-    fanout: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    fanout: dict[tuple, tuple[torch.Tensor, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -209,13 +209,15 @@ class OpCounter:
             return nonzero.sum() * out_features, dense
         if op == "conv":
             spatial = tuple(x.shape[2:])
-            fan = counter.fanout.get(spatial)
-            if fan is None:
-                fan = counter.fanout[spatial] = conv_fanout_map(module, spatial, x.device)
+            cached = counter.fanout.get(spatial)
+            if cached is None:  # the map and its host-side total, once per input size (no per-step sync)
+                fan = conv_fanout_map(module, spatial, x.device)
+                cached = counter.fanout[spatial] = (fan, int(fan.sum()))
+            fan, fan_total = cached
             per_input_channel = module.out_channels // module.groups
             hits = nonzero.sum(dim=(0, 1))  # [spatial...] count of non-zero inputs per position
             effective = (hits * fan).sum() * per_input_channel
-            dense = int(fan.sum()) * x.shape[0] * x.shape[1] * per_input_channel
+            dense = fan_total * x.shape[0] * x.shape[1] * per_input_channel
             return effective, dense
         if op == "product":  # product units count their own (three-term) ops while counting is on
             return module.last_ops, module.last_dense

@@ -179,7 +179,7 @@ class SpikingNeuron(StatefulUnit):
         self.last_counts = None
         if self._use_triton(x):
             return self._triton_step(x, self.t)
-        t = torch.tensor(float(self.t), device=x.device)
+        t = torch.tensor(float(self.t))  # a CPU scalar: no host-to-device copy (or sync) per step
         s, self.v, self.c_out = self._step_fn("rate")(x, self.v, self.c_out, self.theta, t, self.rule, self.n,
                                                       self.signed, self.floor, self.ceiling)
         return s
@@ -197,7 +197,7 @@ class SpikingNeuron(StatefulUnit):
         self.last_counts = None
         if self._use_triton(x):
             return self._triton_step(x, t)
-        tt = torch.tensor(float(t), device=x.device)
+        tt = torch.tensor(float(t))  # a CPU scalar: no host-to-device copy (or sync) per step
         s, self.v, self.e_in, self.e_out = self._step_fn("differential")(
             x, self.b, self.v, self.e_in, self.e_out, self.theta, tt, self.rule, self.n, self.signed, self.floor,
             self.ceiling)
