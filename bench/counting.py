@@ -159,6 +159,8 @@ class OpCounter:
                 counter.site.module.counting = True
         for counter in self.neurons:
             self._handles.append(counter.site.module.register_forward_hook(self._neuron_hook(counter)))
+            if hasattr(counter.site.module, "count_spikes"):  # neurons that can count in their own pass
+                counter.site.module.count_spikes = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -168,6 +170,10 @@ class OpCounter:
         for counter in self.layers:
             if counter.site.op == "product":
                 counter.site.module.counting = False
+        for counter in self.neurons:
+            if hasattr(counter.site.module, "count_spikes"):
+                counter.site.module.count_spikes = False
+                counter.site.module.last_counts = None
 
     def _frame(self) -> int | None:
         frame = self.model.frame

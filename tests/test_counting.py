@@ -177,3 +177,44 @@ def test_converted_vgg_small_declares_spike_fed_layers(digits_vgg):
                      "features.10": ("spike", False),
                      "classifier.1": ("spike", True),      # pool + flatten
                      "classifier.3": ("spike", False)}
+
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["eager", "fused"])
+@pytest.mark.parametrize("rule,coding", [("mt", "differential"), ("mt", "rate"), ("if", "rate")])
+def test_neurons_counting_in_their_own_pass_match_their_outputs(rule, coding, fuse):
+    """A SpikingNeuron under the counter counts its spikes in-step (last_counts); the
+    totals equal events and Σ|s|/unit recounted from the spikes it emitted."""
+    from methods.snn.units import SpikingNeuron
+
+    torch.manual_seed(5)
+    theta = torch.rand(6, 1, 1) + 0.1
+    neuron = SpikingNeuron(theta, rule=rule, n=4, coding=coding, signed=True, floor=0.0, fuse=fuse)
+
+    class Model(_Wrap):
+        def count_plan(self):
+            return CountPlan(neurons=[NeuronSite("n", neuron, unit=neuron.unit_amplitude)],
+                             first_counted_frame=1)
+
+    model = Model(neuron)
+    outputs = []
+    handle = neuron.register_forward_hook(lambda m, a, out: outputs.append(out.clone()))
+    x = torch.randn(3, 6, 5, 5) * 2
+    T = 5
+    with torch.inference_mode(), OpCounter(model, T=T) as counter:
+        neuron.reset()
+        frames = [x] * T if coding == "rate" else [torch.zeros_like(x), x] + [torch.zeros_like(x)] * (T - 1)
+        for t, frame in enumerate(frames, start=0 if coding == "differential" else 1):
+            model.frame = t
+            neuron(frame)
+            if t >= 1:
+                assert neuron.last_counts is not None  # counted in its own pass
+        counter.add_samples(3)
+    handle.remove()
+    assert not neuron.count_spikes and neuron.last_counts is None  # switched off on exit
+    counted = outputs[1:] if coding == "differential" else outputs
+    events = [float(sum(torch.count_nonzero(o) for o in counted[:t])) / 3 for t in range(1, T + 1)]
+    unit = neuron.unit_amplitude().double()
+    units = [float(sum((o.abs().double() / unit).sum() for o in counted[:t])) / 3 for t in range(1, T + 1)]
+    s = counter.summary()
+    assert s.events == pytest.approx(events, abs=0) and s.unit_spikes == pytest.approx(units, abs=0)
+    assert s.events[-1] > 0 and (rule == "if" or s.unit_spikes[-1] > s.events[-1])

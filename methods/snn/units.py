@@ -104,8 +104,11 @@ class SpikingNeuron(StatefulUnit):
         if kernel == "triton" and rule != "mt":
             raise ValueError("the Triton kernel implements the MT neuron; use kernel=torch for IF neurons")
         self.kernel = kernel
-        #: [events, unit spikes] of the last step when the Triton kernel counted them
+        #: [events, unit spikes] of the last step, when the neuron counted them itself: set
+        #: ``count_spikes`` (the op counter does) and each step fills it, in the Triton
+        #: kernel's pass or, with ``fuse``, in one compiled reduction over the spikes
         self.last_counts: torch.Tensor | None = None
+        self.count_spikes = False
         self.needs_rooms = floor is not None and signed or ceiling is not None
         #: SNN Calibration's corrections (rate coding): a constant added to the input at
         #: every step (bias correction) and a replacement initial potential (potential correction)
@@ -182,6 +185,11 @@ class SpikingNeuron(StatefulUnit):
         t = torch.tensor(float(self.t))  # a CPU scalar: no host-to-device copy (or sync) per step
         s, self.v, self.c_out = self._step_fn("rate")(x, self.v, self.c_out, self.theta, t, self.rule, self.n,
                                                       self.signed, self.floor, self.ceiling)
+        return self._counted(s)
+
+    def _counted(self, s: torch.Tensor) -> torch.Tensor:
+        if self.count_spikes:
+            self.last_counts = self._step_fn("counts")(s, self.unit_amplitude())
         return s
 
     def _differential_step(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,7 +209,7 @@ class SpikingNeuron(StatefulUnit):
         s, self.v, self.e_in, self.e_out = self._step_fn("differential")(
             x, self.b, self.v, self.e_in, self.e_out, self.theta, tt, self.rule, self.n, self.signed, self.floor,
             self.ceiling)
-        return s
+        return self._counted(s)
 
 
 class GradedUnit(StatefulUnit):
