@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -26,10 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tasks.base import DataNotFoundError
-from tasks.zoo import cache
 from tasks.zoo.spec import ModelSpec
 from tasks.zoo.training import seed_everything
-from tasks.zoo.weights import load_into
 
 log = logging.getLogger(__name__)
 
@@ -182,39 +179,20 @@ def load_or_train_detector(spec: ModelSpec, task_name: str, detector: nn.Module,
     shapes) is reported with a warning, removed and retrained. Returns the record plus
     ``cache``: hit / miss / retrained, and ``path``.
     """
-    from tasks.zoo.provide import _file_lock
+    from tasks.zoo.provide import cached_or_trained, check_recipe
 
-    if task_name not in spec.recipes:
-        raise DataNotFoundError(f"the zoo has no training recipe for {spec.name} on {task_name}; "
-                                f"it trains on: {', '.join(spec.recipes)}. Pass --weights FILE instead")
+    check_recipe(spec, task_name)
     recipe = spec.recipes[task_name]
-    directory = cache.zoo_dir(zoo_dir)
-    stem = entry_stem(spec, task_name, data_tag)
-    weights_path = directory / f"{stem}.pt"
-    with _file_lock(directory / f"{stem}.lock"):
-        status = "miss"
-        if retrain:
-            cache.remove_entry(directory, stem)
-        else:
-            try:
-                found = cache.load_entry(directory, stem)
-                if found is not None:
-                    state, record = found
-                    load_into(detector, state, origin=str(weights_path))
-                    detector.eval()
-                    return dict(record, cache="hit", path=str(weights_path))
-            except (cache.CorruptCacheError, DataNotFoundError) as err:
-                warnings.warn(f"{err}; retraining {spec.name} on {task_name}", stacklevel=2)
-                cache.remove_entry(directory, stem)
-                status = "retrained"
-        log.info("training %s on %s (cache %s in %s)", spec.name, task_name, status, directory)
+
+    def fit() -> dict:
         record = train_detector(detector, train_data(), recipe, desc=f"zoo: {spec.name}/{task_name}",
                                 progress=progress)
         start = time.perf_counter()
         record.update({f"val_{k}": round(v, 4) for k, v in evaluate(detector).items()})
         record["eval_wall_s"] = round(time.perf_counter() - start, 1)
         record.update(model=spec.name, task=task_name, data=data_tag, torch=torch.__version__)
-        path = cache.save_entry(directory, stem, detector.state_dict(), record)
         log.info("%s on %s: validation %s", spec.name, task_name,
                  {k: v for k, v in record.items() if k.startswith("val_")})
-        return dict(record, cache=status, path=str(path))
+        return record
+
+    return cached_or_trained(spec, task_name, detector, entry_stem(spec, task_name, data_tag), fit, zoo_dir, retrain)

@@ -7,7 +7,7 @@ import fcntl
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -39,18 +39,27 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def load_or_train(spec: ModelSpec, task_name: str, model: nn.Module, train: ImageArrays, test: ImageArrays,
-                  zoo_dir: str | None = None, progress: bool = True, retrain: bool = False) -> dict[str, Any]:
-    """Fill ``model`` with cached zoo weights, training and caching them on a miss.
-
-    A corrupt cache entry (bad hash, unreadable, wrong shapes) is reported with a warning,
-    removed and retrained. Returns the entry's record plus ``cache``: hit / miss / retrained.
-    """
+def check_recipe(spec: ModelSpec, task_name: str) -> None:
+    """A clear error when the zoo cannot train ``spec`` on ``task_name``."""
     if task_name not in spec.recipes:
         raise DataNotFoundError(f"the zoo has no training recipe for {spec.name} on {task_name}; "
                                 f"it trains on: {', '.join(spec.recipes)}. Pass --weights FILE instead")
+
+
+def cached_or_trained(spec: ModelSpec, task_name: str, model: nn.Module, stem: str, train: Callable[[], dict],
+                      zoo_dir: str | None = None, retrain: bool = False) -> dict[str, Any]:
+    """The zoo's cache protocol, shared by every kind of model it trains.
+
+    Under an exclusive lock on the entry: load ``<stem>.pt`` into ``model`` when present
+    and valid (a hit); otherwise call ``train()``, which trains ``model`` in place and
+    returns the record to store beside the weights. A corrupt entry (bad hash,
+    unreadable, wrong shapes) is reported with a warning, removed and retrained;
+    ``retrain`` removes it first. ``model`` is left in eval mode. Returns the record plus
+    ``cache`` (hit / miss / retrained) and ``path``.
+    """
+    check_recipe(spec, task_name)
     directory = cache.zoo_dir(zoo_dir)
-    stem = entry_stem(spec, task_name)
+    weights_path = directory / f"{stem}.pt"
     with _file_lock(directory / f"{stem}.lock"):
         status = "miss"
         if retrain:
@@ -60,16 +69,29 @@ def load_or_train(spec: ModelSpec, task_name: str, model: nn.Module, train: Imag
                 found = cache.load_entry(directory, stem)
                 if found is not None:
                     state, record = found
-                    load_into(model, state, origin=str(directory / f"{stem}.pt"))
-                    return dict(record, cache="hit", path=str(directory / f"{stem}.pt"))
+                    load_into(model, state, origin=str(weights_path))
+                    model.eval()
+                    return dict(record, cache="hit", path=str(weights_path))
             except (cache.CorruptCacheError, DataNotFoundError) as err:
-                warnings.warn(f"{err}; retraining {spec.name} on {task_name}", stacklevel=2)
+                warnings.warn(f"{err}; retraining {spec.name} on {task_name}", stacklevel=3)
                 cache.remove_entry(directory, stem)
                 status = "retrained"
         log.info("training %s on %s (cache %s in %s)", spec.name, task_name, status, directory)
-        record = train_classifier(model, train, test, spec.recipes[task_name], desc=f"zoo: {spec.name}/{task_name}",
-                                  progress=progress)
-        record.update(model=spec.name, task=task_name, torch=torch.__version__)
+        record = train()
         model.eval()
         path = cache.save_entry(directory, stem, model.state_dict(), record)
         return dict(record, cache=status, path=str(path))
+
+
+def load_or_train(spec: ModelSpec, task_name: str, model: nn.Module, train: ImageArrays, test: ImageArrays,
+                  zoo_dir: str | None = None, progress: bool = True, retrain: bool = False) -> dict[str, Any]:
+    """Fill a classifier with cached zoo weights, training and caching them on a miss
+    (:func:`cached_or_trained`)."""
+    check_recipe(spec, task_name)
+
+    def fit() -> dict:
+        record = train_classifier(model, train, test, spec.recipes[task_name], desc=f"zoo: {spec.name}/{task_name}",
+                                  progress=progress)
+        return dict(record, model=spec.name, task=task_name, torch=torch.__version__)
+
+    return cached_or_trained(spec, task_name, model, entry_stem(spec, task_name), fit, zoo_dir, retrain)

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import time
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,8 +25,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tasks.base import DataNotFoundError
-from tasks.zoo import cache
-from tasks.zoo.provide import _file_lock
 from tasks.zoo.spec import ModelSpec, TrainRecipe
 from tasks.zoo.training import seed_everything
 from tasks.zoo.weights import load_into, load_state_dict_file, package_mobilenet_v2_path
@@ -165,39 +162,21 @@ def load_or_train_segmenter(spec: ModelSpec, task: "SegmentationTask", model: nn
     removed and retrained. Returns the entry's record plus ``cache`` (hit / miss /
     retrained) and ``path``.
     """
-    if task.name not in spec.recipes:
-        raise DataNotFoundError(f"the zoo has no training recipe for {spec.name} on {task.name}; "
-                                f"it trains on: {', '.join(spec.recipes)}. Pass --weights FILE instead")
-    directory = cache.zoo_dir(zoo_dir)
-    stem = entry_stem(spec, task)
-    weights_path = directory / f"{stem}.pt"
-    with _file_lock(directory / f"{stem}.lock"):
-        status = "miss"
-        if retrain:
-            cache.remove_entry(directory, stem)
-        else:
-            try:
-                found = cache.load_entry(directory, stem)
-                if found is not None:
-                    state, record = found
-                    load_into(model, state, origin=str(weights_path))
-                    return dict(record, cache="hit", path=str(weights_path))
-            except (cache.CorruptCacheError, DataNotFoundError) as err:
-                warnings.warn(f"{err}; retraining {spec.name} on {task.name}", stacklevel=2)
-                cache.remove_entry(directory, stem)
-                status = "retrained"
+    from tasks.zoo.provide import cached_or_trained, check_recipe
+
+    check_recipe(spec, task.name)
+
+    def fit() -> dict:
         splits = task.voc_splits()
         if splits.calibration_split != "train":
             raise DataNotFoundError(f"training {spec.name} needs ImageSets/Segmentation/train.txt in {splits.root}")
-        log.info("training %s on %s (cache %s in %s)", spec.name, task.name, status, directory)
         record = train_segmenter(model, task.dataset("calibration"), task.dataset("evaluation"), task.transform(),
                                  task.num_classes, spec.recipes[task.name], desc=f"zoo: {spec.name}/{task.name}",
                                  progress=progress)
-        record.update(model=spec.name, task=task.name, torch=torch.__version__, data_digest=data_digest(task),
-                      trainer=TRAINER_VERSION)
-        model.eval()
-        path = cache.save_entry(directory, stem, model.state_dict(), record)
-        return dict(record, cache=status, path=str(path))
+        return dict(record, model=spec.name, task=task.name, torch=torch.__version__, data_digest=data_digest(task),
+                    trainer=TRAINER_VERSION)
+
+    return cached_or_trained(spec, task.name, model, entry_stem(spec, task), fit, zoo_dir, retrain)
 
 
 __all__ = ["data_digest", "entry_stem", "evaluate_segmenter", "init_from_imagenet_backbone",
