@@ -306,7 +306,7 @@ class ProductUnit(GradedUnit):
 
     def _count(self, args: tuple, kwargs: dict) -> None:
         a, b = (args[i] for i in self.dynamic)
-        ind = lambda x: (x != 0).to(torch.float32)  # noqa: E731
+        ind = lambda x: x != 0  # noqa: E731  (bool: summed directly, no float copy)
         first_step = self.acc is None or (self.coding == "differential" and self.t == 0)
         prev_a, prev_b = (torch.zeros_like(a), torch.zeros_like(b)) if first_step else self.acc
         ia, ib = ind(a), ind(b)
@@ -317,7 +317,7 @@ class ProductUnit(GradedUnit):
                 return (x.sum(dim=-2) * y.sum(dim=-1)).sum()
         else:
             def pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                return self._call(args, kwargs, [x, y]).sum()
+                return self._call(args, kwargs, [x.to(torch.float32), y.to(torch.float32)]).sum()
         ops = pairs(ia, ib) + pairs(ia, ind(prev_b)) + pairs(ind(prev_a), ib)
         self.last_ops = ops.round().to(torch.int64)
         key = (tuple(a.shape), tuple(b.shape))
