@@ -52,7 +52,12 @@ ARCHITECTURES = {
 }
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+#: the largest graphs (the same layer kinds as resnet18/34 and mobilenet_v2) run with -m slow
+HEAVY_ARCHITECTURES = {"resnet50", "vgg16_bn"}
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in HEAVY_ARCHITECTURES else a
+                                  for a in ARCHITECTURES])
 @pytest.mark.parametrize("coding", ["differential", "rate"])
 def test_snn_output_converges_to_ann(arch, coding):
     build, shape = ARCHITECTURES[arch]
