@@ -92,3 +92,26 @@ def test_calibrated_snn_approaches_the_ann_as_T_grows(digits_vgg, digits_batch, 
             out = list(snn.simulate(digits_batch, T))[-1]
         errors[T] = float((out - ref).norm() / ref.norm())
     assert errors[32] < 0.6 * errors[4], errors
+
+
+@pytest.mark.parametrize("mode", ["light", pytest.param("potential", marks=pytest.mark.slow)])
+def test_corrections_work_on_a_transformer_with_signed_input_sites(mode):
+    """Transformer placement puts signed neurons (no ReLU floor) in front of linear layers;
+    the ANN value those neurons stand for is the identity, and the corrections apply."""
+    from tasks.zoo import get_model_spec
+
+    torch.manual_seed(0)
+    spec = get_model_spec("vit_mini")
+    model = spec.build(spec, in_shape=(1, 28, 28), num_classes=10).eval()
+    batch = torch.randn(8, 1, 28, 28)
+    method, stats, ctx = build(model, batch, 8, mode=mode)
+    snn, graph, _ = method.build(model, stats, ctx)
+    assert graph.placement == "inputs" and any(site.floor is None for site in graph.sites)
+    targets = ann_activations(graph, batch)
+    signed = next(site for site in graph.sites if site.floor is None)
+    assert (targets[signed.name] < 0).any()  # not clamped to a ReLU range
+    corrected = method.convert(model, stats, ctx)
+    with torch.inference_mode():
+        corrected.reset()
+        out = list(corrected.simulate(batch, 8))[-1]
+    assert torch.isfinite(out).all() and out.shape == model(batch).shape

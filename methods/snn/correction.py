@@ -37,7 +37,9 @@ class _Recorder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.site
-        post = x.clamp(min=s.floor, max=s.ceiling) if s.ceiling is not None else x.clamp_min(s.floor)
+        # the ANN value the site's neuron stands for: the activation's range (ReLU: floor 0,
+        # ReLU6: also ceiling 6); a signed input site (transformer placement) is the identity
+        post = x if s.floor is None and s.ceiling is None else x.clamp(min=s.floor, max=s.ceiling)
         self.store[s.name] = post.detach()
         return post
 
