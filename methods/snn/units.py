@@ -142,6 +142,10 @@ class SpikingNeuron(StatefulUnit):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_bias is not None:
             x = x + self.input_bias
+        if self.fuse and not x.is_contiguous():
+            # one memory layout per rank: a compiled step is specialised on strides, and the
+            # permuted views of attention (q, k, v) would otherwise each need a recompile
+            x = x.contiguous()
         if self.coding == "rate":
             return self._rate_step(x)
         return self._differential_step(x)
