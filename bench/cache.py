@@ -24,6 +24,20 @@ import torch
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive inter-process lock on ``path`` (created with its parents when missing),
+    so processes sharing a directory compute or write an entry once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def digest(obj: Any) -> str:
     """Stable short hash of a JSON-able object."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -81,17 +95,9 @@ class DiskCache:
         torch.save(value, tmp)
         os.replace(tmp, path)
 
-    @contextlib.contextmanager
-    def lock(self, namespace: str, key: str) -> Iterator[None]:
+    def lock(self, namespace: str, key: str) -> contextlib.AbstractContextManager[None]:
         """An exclusive inter-process lock, so parallel cells compute a shared entry once."""
-        path = self.root / namespace / f"{key}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return file_lock(self.root / namespace / f"{key}.lock")
 
     def get_or_compute(self, namespace: str, key: str, compute: Callable[[], Any]) -> Any:
         """The entry, computing and storing it under the lock when missing."""

@@ -361,10 +361,8 @@ class FashionMNISTDetectionTask(DetectionTask):
 
     def coco_root(self) -> Path:
         from tasks.data.canvases import ensure_canvases
-        from tasks.zoo.provide import _file_lock
 
-        with _file_lock(self.canvas_dir.parent / f".{self.canvas_dir.name}.lock"):
-            return ensure_canvases(self.canvas_dir, self.canvases, fmnist_root=self.data_root)
+        return ensure_canvases(self.canvas_dir, self.canvases, fmnist_root=self.data_root)
 
     def data_tag(self) -> str:
         """Short hash of the canvas manifest (counts, seeds, geometry, generator version)."""

@@ -126,10 +126,15 @@ def test_every_setting_changes_the_converted_snn():
     assert not torch.equal(it_official, it_converged)
 
 
-@pytest.mark.parametrize("coding", ["differential", pytest.param("rate", marks=pytest.mark.slow)])
-def test_fused_neuron_steps_equal_eager_steps(coding):
+@pytest.mark.parametrize("name,coding", [
+    ("vgg_small", "differential"),
+    pytest.param("vgg_small", "rate", marks=pytest.mark.slow),
+    # signed neurons on permuted, non-contiguous q/k/v views
+    pytest.param("vit_mini", "differential", marks=pytest.mark.slow),
+])
+def test_fused_neuron_steps_equal_eager_steps(name, coding):
     """fuse=true (torch.compile) gives the same spikes, states and outputs as the eager path."""
-    model = zoo_model("vgg_small")
+    model = zoo_model(name)
     torch.manual_seed(3)
     x = torch.randn(8, 1, 28, 28)
     outputs = {}

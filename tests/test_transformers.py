@@ -131,24 +131,3 @@ def test_matmul_op_count_fast_path_equals_indicator_matmuls(coding):
         slow(a, b)
         assert fast.last_ops.item() == slow.last_ops.item() and fast.last_dense == slow.last_dense == 2 * 3 * 5 * 7 * 4
 
-
-@pytest.mark.slow
-def test_fused_steps_equal_eager_steps_on_a_vit():
-    """fuse=true on a ViT (signed neurons on permuted, non-contiguous q/k/v views) gives
-    exactly the eager outputs."""
-    from methods.snn.stats import collect_stats
-    from tasks.zoo import get_model_spec
-
-    torch.manual_seed(2)
-    spec = get_model_spec("vit_mini")
-    model = spec.build(spec, in_shape=(1, 28, 28), num_classes=10).eval()
-    x = torch.randn(4, 1, 28, 28)
-    outputs = {}
-    for fuse in (False, True):
-        method = DCGS({"fuse": fuse})
-        ctx = ConversionContext(T=5, example=x)
-        snn = method.convert(model, collect_stats(model, [x], method.stat_kinds(model, ctx)), ctx)
-        with torch.inference_mode():
-            snn.reset()
-            outputs[fuse] = torch.stack(list(snn.simulate(x, 5)))
-    assert torch.equal(outputs[False], outputs[True])

@@ -177,11 +177,19 @@ def ensure_canvases(root: Path, dataset: CanvasDataset, fmnist_root: str | None 
 
     Returns ``root``. The layout is COCO (``annotations/instances_{train,val}.json``,
     ``train/``, ``val/``) or VOC (``JPEGImages/``, ``SegmentationClass/``,
-    ``ImageSets/Segmentation/{train,val}.txt``).
+    ``ImageSets/Segmentation/{train,val}.txt``). Generation holds an inter-process lock
+    (``.<root name>.lock`` beside ``root``), so parallel cells write the files once.
     """
-    from tasks.data import fashion_mnist
+    from bench.cache import file_lock
 
     root = Path(root)
+    with file_lock(root.parent / f".{root.name}.lock"):
+        return _ensure_canvases_unlocked(root, dataset, fmnist_root)
+
+
+def _ensure_canvases_unlocked(root: Path, dataset: CanvasDataset, fmnist_root: str | None) -> Path:
+    from tasks.data import fashion_mnist
+
     manifest_path = root / "manifest.json"
     wanted = dataset.manifest()
     if manifest_path.exists():

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import warnings
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from bench.cache import file_lock
 from tasks.base import DataNotFoundError
 from tasks.data.arrays import ImageArrays
 from tasks.zoo import cache
@@ -25,18 +23,6 @@ log = logging.getLogger(__name__)
 def entry_stem(spec: ModelSpec, task_name: str) -> str:
     recipe = spec.recipes[task_name]
     return f"{spec.name}__{task_name}__{recipe.key()}"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock so two processes do not train the same entry at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_recipe(spec: ModelSpec, task_name: str) -> None:
@@ -60,7 +46,7 @@ def cached_or_trained(spec: ModelSpec, task_name: str, model: nn.Module, stem: s
     check_recipe(spec, task_name)
     directory = cache.zoo_dir(zoo_dir)
     weights_path = directory / f"{stem}.pt"
-    with _file_lock(directory / f"{stem}.lock"):
+    with file_lock(directory / f"{stem}.lock"):  # two processes never train the same entry
         status = "miss"
         if retrain:
             cache.remove_entry(directory, stem)
