@@ -2,18 +2,26 @@
 
 The front doors: ``create_method``/``list_methods``, ``create_task``/``list_tasks`` and
 ``run_cell`` (one method x task x model cell, returning the JSON result contract).
+
+Importing ``snnbench`` itself is cheap and imports no subpackage: the front doors are
+resolved lazily, so the leaf modules that ``snnbench.methods`` and ``snnbench.tasks`` share
+(:mod:`snnbench.registry`, :mod:`snnbench.cache`'s file lock) never pull in the harness.
 """
 
-from bench.plugins import create_method, create_task, list_methods, list_tasks
+from typing import Any
 
 __version__ = "0.1.0"
 
 __all__ = ["create_method", "create_task", "list_methods", "list_tasks", "run_cell", "__version__"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "run_cell":
-        from bench.runner import run_cell
+        from snnbench.runner import run_cell
 
         return run_cell
-    raise AttributeError(name)
+    if name in {"create_method", "create_task", "list_methods", "list_tasks"}:
+        from snnbench import plugins
+
+        return getattr(plugins, name)
+    raise AttributeError(f"module 'snnbench' has no attribute {name!r}")

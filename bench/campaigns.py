@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.cell import CellSpec
+from snnbench.cell import CellSpec
 
 BUILTIN_DISTRIBUTION = "snnbench"
 
@@ -32,7 +32,7 @@ class Campaign:
 
     def methods(self) -> list[str]:
         """Every method registered by snnbench itself (third-party plugins are opt-in)."""
-        from bench.plugins import method_registry
+        from snnbench.plugins import method_registry
 
         reg = method_registry()
         return [n for n in reg.names() if reg.origin(n).startswith(BUILTIN_DISTRIBUTION + " ")]

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench.energy import DEFAULT_ENERGY_MODEL
+from snnbench.energy import DEFAULT_ENERGY_MODEL
 
 #: bump when the meaning of a result changes for the same configuration
 CELL_SCHEMA_VERSION = "1"
@@ -41,7 +41,7 @@ class CellSpec:
 
     def canonical(self) -> dict[str, Any]:
         """The configuration that defines the result (not where or how fast it runs)."""
-        from bench.plugins import create_method
+        from snnbench.plugins import create_method
 
         method = create_method(self.method, self.settings)
         return {

@@ -45,8 +45,8 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
 
 # -- bench list ------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
-    from bench.plugins import describe, method_registry, task_registry
-    from tasks.zoo import get_model_spec, list_models, model_origin
+    from snnbench.plugins import describe, method_registry, task_registry
+    from snnbench.tasks.zoo import get_model_spec, list_models, model_origin
 
     show_all = not (args.methods or args.tasks or args.models)
     if show_all or args.methods:
@@ -76,15 +76,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 # -- bench run -------------------------------------------------------------------------
 def build_cell(args: argparse.Namespace):
     """Validate names and settings up front and build the :class:`CellSpec`."""
-    from bench.cell import DEFAULT_CALIB_SIZE, DEFAULT_T, CellSpec
-    from bench.plugins import create_method, create_task
-    from methods.settings import parse_assignments
+    from snnbench.cell import DEFAULT_CALIB_SIZE, DEFAULT_T, CellSpec
+    from snnbench.plugins import create_method, create_task
+    from snnbench.methods.settings import parse_assignments
 
     settings = parse_assignments(args.sets)
     method = create_method(args.method, settings)  # raises on unknown method or setting
     task = create_task(args.task, data_root=args.data_root)
     model = args.model or task.default_model()
-    from tasks.zoo import get_model_spec
+    from snnbench.tasks.zoo import get_model_spec
 
     spec = get_model_spec(model)
     if args.task not in spec.tasks:
@@ -126,7 +126,7 @@ def format_result_table(result: dict[str, Any], steps: list[int] | None = None) 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.runner import run_cell
+    from snnbench.runner import run_cell
 
     spec = build_cell(args)
     result = run_cell(spec, progress=not args.json and sys.stderr.isatty())
@@ -139,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- bench zoo -------------------------------------------------------------------------
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from tasks.zoo import cache
+    from snnbench.tasks.zoo import cache
 
     directory = cache.zoo_dir(args.zoo_dir)
     if args.zoo_command == "list":
@@ -153,8 +153,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
             print(f"  {e['stem']:<60} {e['status']:<8} {e.get('size_mb', 0):>6.2f} MB  {acc_s}")
         return 0
     if args.zoo_command == "train":
-        from bench.plugins import create_task
-        from tasks.zoo import get_model_spec
+        from snnbench.plugins import create_task
+        from snnbench.tasks.zoo import get_model_spec
 
         spec = get_model_spec(args.name)
         if spec.source != "zoo":
@@ -164,7 +164,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         if task_name not in spec.recipes:
             raise UsageError(f"the zoo trains {args.name} on {', '.join(spec.recipes)}, not {task_name}")
         task = create_task(task_name, data_root=args.data_root, zoo_dir=args.zoo_dir)
-        from tasks.zoo.provide import load_or_train
+        from snnbench.tasks.zoo.provide import load_or_train
 
         test = task.split("test")
         net = spec.build(spec, in_shape=test.shape, num_classes=test.num_classes)
@@ -176,44 +176,44 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def _zoo_model_names() -> list[str]:
-    from tasks.zoo import get_model_spec, list_models
+    from snnbench.tasks.zoo import get_model_spec, list_models
 
     return [n for n in list_models() if get_model_spec(n).source == "zoo"]
 
 
 # --------------------------------------------------------------------------------------
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.sweep import cmd_sweep as run
+    from snnbench.sweep import cmd_sweep as run
 
     return run(args)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from bench.ui import cmd_ui as run
+    from snnbench.ui import cmd_ui as run
 
     return run(args)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from leaderboard.cli import cmd_leaderboard as run
+    from snnbench.leaderboard.cli import cmd_leaderboard as run
 
     return run(args)
 
 
 def _add_leaderboard(sub) -> None:
-    from leaderboard.cli import add_leaderboard_parser
+    from snnbench.leaderboard.cli import add_leaderboard_parser
 
     add_leaderboard_parser(sub)
 
 
 def _add_sweep(sub) -> None:
-    from bench.sweep import add_sweep_parser
+    from snnbench.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
 
 
 def _add_ui(sub) -> None:
-    from bench.ui import add_ui_parser
+    from snnbench.ui import add_ui_parser
 
     add_ui_parser(sub)
 
@@ -262,10 +262,10 @@ _EXTRA_PARSERS: list[Callable[[Any], None]] = [_add_sweep, _add_ui, _add_leaderb
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.grid import GridError
-    from bench.registry import UnknownNameError
-    from methods.settings import SettingsError
-    from tasks.base import DataNotFoundError
+    from snnbench.grid import GridError
+    from snnbench.registry import UnknownNameError
+    from snnbench.methods.settings import SettingsError
+    from snnbench.tasks.base import DataNotFoundError
 
     parser = build_parser()
     args = parser.parse_args(argv)

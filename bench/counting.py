@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
+from snnbench.methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
 
 _CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
 

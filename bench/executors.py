@@ -9,7 +9,7 @@
   instead of pending forever (harness.md §3.2). Tasks return plain dicts; only the driver
   writes results.
 
-A cell that fails *inside* :func:`~bench.runner.run_cell` comes back as a result with
+A cell that fails *inside* :func:`~snnbench.runner.run_cell` comes back as a result with
 ``status="failed"`` and is not retried (the same input would fail again); infrastructure
 failures (worker crash, OOM kill, timeout) are retried.
 """
@@ -24,7 +24,7 @@ import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from bench.cell import CellSpec
+from snnbench.cell import CellSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: i
     """Run one cell here and return its result dict (what a Ray task executes)."""
     import torch
 
-    from bench.cache import DiskCache, MemoryCache
-    from bench.runner import run_cell
+    from snnbench.cache import DiskCache, MemoryCache
+    from snnbench.runner import run_cell
 
     if threads:
         torch.set_num_threads(threads)

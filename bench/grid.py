@@ -12,9 +12,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from bench.cell import CellSpec
-from bench.plugins import create_task, method_class
-from methods.settings import SettingsError, describe_field, settings_fields, settings_from_dict
+from snnbench.cell import CellSpec
+from snnbench.plugins import create_task, method_class
+from snnbench.methods.settings import SettingsError, describe_field, settings_fields, settings_from_dict
 
 
 class GridError(ValueError):
@@ -118,7 +118,7 @@ def expand_grid(methods: list[str], tasks: list[str], models: list[str] | None, 
     if models:
         unused = [m for m in models if m not in used_models]
         if unused:
-            from tasks.zoo import get_model_spec
+            from snnbench.tasks.zoo import get_model_spec
 
             for m in unused:
                 get_model_spec(m)  # unknown names raise with the valid list

@@ -1,22 +1,22 @@
-"""The registries' front doors: create and list methods and tasks (models: tasks.zoo)."""
+"""The registries' front doors: create and list methods and tasks (models: snnbench.tasks.zoo)."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from bench.registry import METHODS_GROUP, TASKS_GROUP, Registry, UnknownNameError, first_doc_line, lazy_registry
+from snnbench.registry import METHODS_GROUP, TASKS_GROUP, Registry, UnknownNameError, first_doc_line, lazy_registry
 
 
 @lazy_registry
 def method_registry() -> Registry:
-    from methods.base import ConversionMethod
+    from snnbench.methods.base import ConversionMethod
 
     return Registry(kind="method", group=METHODS_GROUP, base_cls=ConversionMethod)
 
 
 @lazy_registry
 def task_registry() -> Registry:
-    from tasks.base import Task
+    from snnbench.tasks.base import Task
 
     return Registry(kind="task", group=TASKS_GROUP, base_cls=Task)
 

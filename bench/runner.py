@@ -21,13 +21,13 @@ from typing import Any, Callable
 
 import torch
 
-from bench.cache import MemoryCache, digest
-from bench.cell import CellSpec
-from bench.counting import OpCounter
-from bench.energy import DEFAULT_ENERGY_MODEL
-from bench.plugins import create_method, create_task
-from bench.provenance import git_revision, host_info, package_versions
-from methods.base import ConversionContext, SpikingModel
+from snnbench.cache import MemoryCache, digest
+from snnbench.cell import CellSpec
+from snnbench.counting import OpCounter
+from snnbench.energy import DEFAULT_ENERGY_MODEL
+from snnbench.plugins import create_method, create_task
+from snnbench.provenance import git_revision, host_info, package_versions
+from snnbench.methods.base import ConversionContext, SpikingModel
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[st
     key = digest({**_data_key(spec), "eval_size": spec.eval_size, "what": "ann-eval-v1"})
 
     def compute() -> dict[str, Any]:
-        from methods.ann import ANNReference
+        from snnbench.methods.ann import ANNReference
 
         start = time.perf_counter()
         batch = spec.batch_size or task.default_batch_size
@@ -113,7 +113,7 @@ def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[st
 
 def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionContext, cache, progress: bool):
     """The statistics ``method`` asks for; each kind computed once and cached."""
-    from methods.snn.stats import Stats, collect_stats
+    from snnbench.methods.snn.stats import Stats, collect_stats
 
     kinds = method.stat_kinds(bundle.core, ctx)
     base = {**_data_key(spec), "calib_size": spec.calib_size, "calib_batch": spec.calib_batch_size, "seed": spec.seed}

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cell import CellSpec
-from bench.grid import GridOptions, describe_cell, expand_grid, parse_list, parse_sets
-from bench.ledger import Ledger
+from snnbench.cell import CellSpec
+from snnbench.grid import GridOptions, describe_cell, expand_grid, parse_list, parse_sets
+from snnbench.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def run_sweep(cells: list[CellSpec], results_dir: str | Path, executor, experime
               force: bool = False, progress: bool = False, sweep_params: dict[str, Any] | None = None,
               track: bool = True) -> SweepOutcome:
     """Run the cells not yet finished in ``results_dir`` and record every result."""
-    from bench.provenance import git_revision, package_versions
+    from snnbench.provenance import git_revision, package_versions
 
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def run_sweep(cells: list[CellSpec], results_dir: str | Path, executor, experime
     outcome = SweepOutcome(cells=cells, skipped=[c for c in cells if c.key() in finished])
     tracker = None
     if track:
-        from bench.tracking import SweepTracker
+        from snnbench.tracking import SweepTracker
 
         git = git_revision()
         tags = {"snnbench.sweep": "true", "git.sha": git.get("sha") or "", "git.dirty": str(git.get("dirty")),
@@ -195,8 +195,8 @@ def add_sweep_parser(sub) -> None:
 
 def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, Any]]:
     """Build the cells; no methods/tasks/models given means the embedded campaign."""
-    from bench.campaigns import EMBEDDED_CAMPAIGN
-    from bench.cell import DEFAULT_CALIB_SIZE, DEFAULT_T
+    from snnbench.campaigns import EMBEDDED_CAMPAIGN
+    from snnbench.cell import DEFAULT_CALIB_SIZE, DEFAULT_T
 
     campaign = args.methods is None and args.tasks is None and args.models is None
     methods = parse_list(args.methods) if args.methods else EMBEDDED_CAMPAIGN.methods()
@@ -221,7 +221,7 @@ def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, 
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.executors import RayExecutor, SerialExecutor
+    from snnbench.executors import RayExecutor, SerialExecutor
 
     cells, params = grid_from_args(args)
     if args.dry_run:
@@ -260,7 +260,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def render_leaderboard_after_sweep(args: argparse.Namespace, outcome: SweepOutcome) -> None:
     """Render the leaderboard if the leaderboard package provides a renderer."""
     try:
-        from leaderboard.render import render_after_sweep
+        from snnbench.leaderboard.render import render_after_sweep
     except ImportError:
         return
     render_after_sweep(args.results, getattr(outcome, "tracker", None))

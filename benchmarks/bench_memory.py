@@ -34,7 +34,7 @@ def child(args: argparse.Namespace) -> None:
     """Runs in the subprocess: convert, then simulate T steps while sampling RSS."""
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    from bench.counting import OpCounter
+    from snnbench.counting import OpCounter
     from benchmarks.common import benchmark_models, convert
 
     build, shape = benchmark_models()[args.model]

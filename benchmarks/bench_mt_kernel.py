@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    from methods.snn import triton_mt
-    from methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn import triton_mt
+    from snnbench.methods.snn.units import SpikingNeuron
 
     shape = tuple(int(s) for s in args.shape.split(","))
     torch.manual_seed(0)

@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    from bench.counting import OpCounter
-    from methods.settings import parse_assignments
+    from snnbench.counting import OpCounter
+    from snnbench.methods.settings import parse_assignments
 
     settings = parse_assignments(args.sets)
     rows = []

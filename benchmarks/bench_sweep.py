@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip-ray", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from bench.campaigns import EMBEDDED_CAMPAIGN
-    from bench.executors import RayExecutor, SerialExecutor
-    from bench.grid import GridOptions, expand_grid
-    from bench.plugins import create_task
-    from bench.sweep import run_sweep
+    from snnbench.campaigns import EMBEDDED_CAMPAIGN
+    from snnbench.executors import RayExecutor, SerialExecutor
+    from snnbench.grid import GridOptions, expand_grid
+    from snnbench.plugins import create_task
+    from snnbench.sweep import run_sweep
 
     models = args.models.split(",")
     task = create_task("fashion_mnist")

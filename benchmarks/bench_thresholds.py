@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torchvision
 
     from benchmarks.common import benchmark_models
-    from methods.snn.graph import build_network_graph
-    from methods.snn.stats import StatKind, collect_stats
-    from methods.snn.thresholds import threshold_iteration
+    from snnbench.methods.snn.graph import build_network_graph
+    from snnbench.methods.snn.stats import StatKind, collect_stats
+    from snnbench.methods.snn.thresholds import threshold_iteration
 
     build, shape = benchmark_models()[args.model]
     model = build().to(device)

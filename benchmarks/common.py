@@ -78,7 +78,7 @@ def benchmark_models() -> dict[str, tuple[Callable[[], torch.nn.Module], tuple[i
     """Architectures of the simulation benchmark (random weights: speed does not depend on them)."""
     import torchvision
 
-    from tasks.zoo import get_model_spec
+    from snnbench.tasks.zoo import get_model_spec
 
     def zoo(name: str, shape: tuple[int, int, int]) -> Callable[[], torch.nn.Module]:
         def build() -> torch.nn.Module:
@@ -100,9 +100,9 @@ def benchmark_models() -> dict[str, tuple[Callable[[], torch.nn.Module], tuple[i
 
 def convert(model: torch.nn.Module, x: torch.Tensor, method_name: str, T: int, settings: dict | None = None):
     """Calibrate on ``x`` and convert with a registered method."""
-    from bench.plugins import create_method
-    from methods.base import ConversionContext
-    from methods.snn.stats import collect_stats
+    from snnbench.plugins import create_method
+    from snnbench.methods.base import ConversionContext
+    from snnbench.methods.snn.stats import collect_stats
 
     method = create_method(method_name, settings or {})
     ctx = ConversionContext(T=T, example=x, device=x.device, calib_batches=lambda: iter([x]))

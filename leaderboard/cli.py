@@ -46,8 +46,8 @@ def add_leaderboard_parser(subparsers: Any) -> None:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Render and print the written paths; 2 with a message when there is nothing to render."""
-    from leaderboard.data import LeaderboardError
-    from leaderboard.render import render_leaderboard
+    from snnbench.leaderboard.data import LeaderboardError
+    from snnbench.leaderboard.render import render_leaderboard
 
     if getattr(args, "experiment", None) and not getattr(args, "from_mlflow", False):
         print("bench leaderboard: error: --experiment needs --from-mlflow", file=sys.stderr)
@@ -68,7 +68,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m leaderboard.cli``: the sub-command on its own (until bench/cli.py wires it)."""
+    """``python -m snnbench.leaderboard.cli``: the sub-command on its own (until bench/cli.py wires it)."""
     parser = argparse.ArgumentParser(prog="bench")
     add_leaderboard_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

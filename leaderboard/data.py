@@ -1,7 +1,7 @@
 """Results (ledger or MLflow) -> tidy pandas frames, the one input of every table and plot.
 
 Both sources go through :func:`results_from_records`: the MLflow reader rebuilds ledger-like
-records from the runs (see :mod:`leaderboard.mlflow_source`), so a leaderboard rendered
+records from the runs (see :mod:`snnbench.leaderboard.mlflow_source`), so a leaderboard rendered
 from either source is the same table.
 
 Frames of :class:`Results`:
@@ -141,7 +141,7 @@ def load_ledger(results_dir: str | Path) -> Results:
     Raises:
         LeaderboardError: there is no ledger or it holds no record.
     """
-    from bench.ledger import Ledger
+    from snnbench.ledger import Ledger
 
     ledger = Ledger(results_dir)
     if not ledger.path.is_file():
@@ -157,7 +157,7 @@ def load_ledger(results_dir: str | Path) -> Results:
 def load_results(results_dir: str | Path, from_mlflow: bool = False, experiment: str | None = None) -> Results:
     """Results from the ledger (default) or from ``sqlite:///<results_dir>/mlflow.db``."""
     if from_mlflow:
-        from leaderboard.mlflow_source import mlflow_records
+        from snnbench.leaderboard.mlflow_source import mlflow_records
 
         records, source = mlflow_records(results_dir, experiment)
         return results_from_records(records, source=source)

@@ -15,8 +15,8 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-from leaderboard.paper import PaperTable
-from leaderboard.tables import AblationTable, Column, TaskTable
+from snnbench.leaderboard.paper import PaperTable
+from snnbench.leaderboard.tables import AblationTable, Column, TaskTable
 
 _SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from leaderboard.document import Block, Document, Figures, Paragraph, Section, Table
+from snnbench.leaderboard.document import Block, Document, Figures, Paragraph, Section, Table
 
 CSS = """
 :root { --fg:#1d2330; --muted:#5b6475; --line:#d8dce3; --best:#dff3e3; --bestfg:#0b5d1e; --ref:#f4f6f9;

@@ -5,7 +5,7 @@ Best values are **bold**; images are linked by file name (the PNGs sit next to t
 
 from __future__ import annotations
 
-from leaderboard.document import Block, Document, Figures, Paragraph, Section, Table
+from snnbench.leaderboard.document import Block, Document, Figures, Paragraph, Section, Table
 
 
 def _escape(text: str) -> str:

@@ -1,7 +1,7 @@
 """Rebuild ledger-format records from the MLflow store of a results directory.
 
 The sweep logs every cell as a child run of its sweep's parent run
-(:mod:`bench.tracking`): params ``method``/``task``/``model``/``T``/``metric``/``seed``/...
+(:mod:`snnbench.tracking`): params ``method``/``task``/``model``/``T``/``metric``/``seed``/...
 and ``setting.<name>`` (the resolved settings), tags ``cell_key`` and ``status``, the
 headline metric, ``energy_ratio``, ``spikes_per_sample`` and ``synops_per_sample`` with
 ``step=t``, ``ann_<metric>``, and artifacts ``layers.csv`` (counts at T) and ``error.txt``.
@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from leaderboard.data import LeaderboardError
+from snnbench.leaderboard.data import LeaderboardError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ PAGE = 5000
 
 
 def _client(results_dir: str | Path):
-    from bench.tracking import tracking_uri
+    from snnbench.tracking import tracking_uri
 
     db = Path(results_dir) / "mlflow.db"
     if not db.is_file():
@@ -112,7 +112,7 @@ def _layers(text: str | None, T: int) -> list[dict[str, Any]]:
 
 
 def _json_tag(tags: dict[str, str], name: str) -> Any:
-    """A JSON-valued tag logged by bench.tracking (None when absent or unreadable)."""
+    """A JSON-valued tag logged by snnbench.tracking (None when absent or unreadable)."""
     try:
         return json.loads(tags[name]) if name in tags else None
     except ValueError:
@@ -129,7 +129,7 @@ def _user_settings(tags: dict[str, str], settings: dict[str, str], user_keys: tu
 
 def _record(client, run, user_keys: tuple[str, ...] | None) -> dict[str, Any]:
     """One ledger-format record from a child run."""
-    from bench.energy import DEFAULT_ENERGY_MODEL
+    from snnbench.energy import DEFAULT_ENERGY_MODEL
 
     params, tags = run.data.params, run.data.tags
     settings = {k[len("setting."):]: v for k, v in params.items() if k.startswith("setting.")}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from leaderboard.rows import natural_key
+from snnbench.leaderboard.rows import natural_key
 
 PAPER_FILE = "paper_results.csv"
 REQUIRED = ("paper", "source", "section", "table", "benchmark", "model", "method", "T", "metric", "value",

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leaderboard.rows import Rows
-from leaderboard.tables import PERCENT, REACH_FRACTION, TaskTable
+from snnbench.leaderboard.rows import Rows
+from snnbench.leaderboard.tables import PERCENT, REACH_FRACTION, TaskTable
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,14 @@ from typing import Any
 
 import pandas as pd
 
-from leaderboard import document as d
-from leaderboard.data import LeaderboardError, Results, load_results
-from leaderboard.html import render_html
-from leaderboard.markdown import render_markdown
-from leaderboard.paper import benchmarks, load_paper, paper_path, paper_tables
-from leaderboard.plots import plot_layer_spikes, plot_metric_vs_T, plot_pareto
-from leaderboard.rows import Rows, build_rows, natural_key
-from leaderboard.tables import PERCENT, AblationTable, TaskTable, ablation_tables, failed_table, task_table
+from snnbench.leaderboard import document as d
+from snnbench.leaderboard.data import LeaderboardError, Results, load_results
+from snnbench.leaderboard.html import render_html
+from snnbench.leaderboard.markdown import render_markdown
+from snnbench.leaderboard.paper import benchmarks, load_paper, paper_path, paper_tables
+from snnbench.leaderboard.plots import plot_layer_spikes, plot_metric_vs_T, plot_pareto
+from snnbench.leaderboard.rows import Rows, build_rows, natural_key
+from snnbench.leaderboard.tables import PERCENT, AblationTable, TaskTable, ablation_tables, failed_table, task_table
 
 log = logging.getLogger(__name__)
 

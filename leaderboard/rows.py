@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leaderboard.data import SPEC_FIELDS, Results
+from snnbench.leaderboard.data import SPEC_FIELDS, Results
 
 log = logging.getLogger(__name__)
 

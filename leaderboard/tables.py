@@ -1,7 +1,7 @@
 """Leaderboard tables as numbers: per task, the ablation pivots, and the failed cells.
 
 Every table here is a pandas frame of raw values (metrics in percent) plus column
-descriptions; :mod:`leaderboard.document` formats them once for HTML and Markdown, and
+descriptions; :mod:`snnbench.leaderboard.document` formats them once for HTML and Markdown, and
 the CSV files hold the same values unformatted.
 
 Semantics:
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leaderboard.data import Results
-from leaderboard.rows import Rows, natural_key
+from snnbench.leaderboard.data import Results
+from snnbench.leaderboard.rows import Rows, natural_key
 
 log = logging.getLogger(__name__)
 

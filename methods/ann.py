@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from methods.base import ConnectionSite, ConversionContext, ConversionMethod, CountPlan, SpikingModel
+from snnbench.methods.base import ConnectionSite, ConversionContext, ConversionMethod, CountPlan, SpikingModel
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ class StaticModel(SpikingModel):
 
 def traced_reference(model: nn.Module, example: torch.Tensor) -> StaticModel:
     """The ANN as a traced graph whose products count their dense MACs."""
-    from methods.snn.graph import build_network_graph
-    from methods.snn.network import SimulatedNetwork
-    from methods.snn.units import AnalogOp
+    from snnbench.methods.snn.graph import build_network_graph
+    from snnbench.methods.snn.network import SimulatedNetwork
+    from snnbench.methods.snn.units import AnalogOp
 
     graph = build_network_graph(model, example, placement="activations")
     gm, _ = graph.instantiate(site_unit=None, graded_unit=lambda node, fn, positions, label: AnalogOp(

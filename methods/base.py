@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Iterable, It
 import torch
 from torch import nn
 
-from methods.settings import settings_from_dict, settings_to_dict
+from snnbench.methods.settings import settings_from_dict, settings_to_dict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from methods.snn.stats import StatKind, Stats
+    from snnbench.methods.snn.stats import StatKind, Stats
 
 S = TypeVar("S")
 
@@ -140,7 +140,7 @@ class ConversionMethod(abc.ABC, Generic[S]):
 
     @classmethod
     def setting_names(cls) -> list[str]:
-        from methods.settings import settings_fields
+        from snnbench.methods.settings import settings_fields
 
         return list(settings_fields(cls.settings_cls))
 

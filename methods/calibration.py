@@ -24,11 +24,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from methods.base import ConversionContext, SpikingModel
-from methods.settings import SettingsError
-from methods.snn.correction import calibrate_network
-from methods.snn.engine import EngineMethod, EngineSettings
-from methods.snn.stats import MSE_GRID_POINTS, MSE_GRID_STEP, StatKind, Stats
+from snnbench.methods.base import ConversionContext, SpikingModel
+from snnbench.methods.settings import SettingsError
+from snnbench.methods.snn.correction import calibrate_network
+from snnbench.methods.snn.engine import EngineMethod, EngineSettings
+from snnbench.methods.snn.stats import MSE_GRID_POINTS, MSE_GRID_STEP, StatKind, Stats
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.snn.engine import EngineMethod, EngineSettings
+from snnbench.methods.snn.engine import EngineMethod, EngineSettings
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from tasks.base import DataNotFoundError, ModelBundle, StepMetric, Task
-from tasks.data import cifar, digits, fashion_mnist, imagenet
-from tasks.data.arrays import ImageArrays, subset_indices
-from tasks.zoo import ModelSpec, get_model_spec, list_models
-from tasks.zoo.weights import (load_into, load_state_dict_file, package_mobilenet_v2_path, timm_weights_path,
+from snnbench.tasks.base import DataNotFoundError, ModelBundle, StepMetric, Task
+from snnbench.tasks.data import cifar, digits, fashion_mnist, imagenet
+from snnbench.tasks.data.arrays import ImageArrays, subset_indices
+from snnbench.tasks.zoo import ModelSpec, get_model_spec, list_models
+from snnbench.tasks.zoo.weights import (load_into, load_state_dict_file, package_mobilenet_v2_path, timm_weights_path,
                                torchvision_weights_path)
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class ArrayClassificationTask(Task):
             load_into(net, load_state_dict_file(weights), origin=weights)
             info["weights"] = os.path.abspath(weights)
         elif spec.source == "zoo":
-            from tasks.zoo.provide import load_or_train
+            from snnbench.tasks.zoo.provide import load_or_train
 
             record = load_or_train(spec, self.name, net, self.split("train"), test, zoo_dir=self.zoo_dir,
                                    progress=progress)

@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.base import DataNotFoundError, ModelBundle, StepMetric, Task
-from tasks.classification import EVAL_SUBSET_SEED, check_model_fits
-from tasks.data import coco
-from tasks.data.arrays import subset_indices
-from tasks.zoo import ModelSpec, get_model_spec, list_models
-from tasks.zoo.weights import load_into, load_state_dict_file, torchvision_weights_path
+from snnbench.tasks.base import DataNotFoundError, ModelBundle, StepMetric, Task
+from snnbench.tasks.classification import EVAL_SUBSET_SEED, check_model_fits
+from snnbench.tasks.data import coco
+from snnbench.tasks.data.arrays import subset_indices
+from snnbench.tasks.zoo import ModelSpec, get_model_spec, list_models
+from snnbench.tasks.zoo.weights import load_into, load_state_dict_file, torchvision_weights_path
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def evaluate_bundle(bundle: ModelBundle, batches: Iterator[tuple[Any, Any]], met
 
 # -- tasks -----------------------------------------------------------------------------
 class DetectionTask(Task):
-    """A task over a COCO-layout root, read by :mod:`tasks.data.coco`."""
+    """A task over a COCO-layout root, read by :mod:`snnbench.tasks.data.coco`."""
 
     kind = "detection"
     metric = "map"
@@ -353,14 +353,14 @@ class FashionMNISTDetectionTask(DetectionTask):
                  canvas_dir: str | os.PathLike | None = None, train_count: int | None = None,
                  val_count: int | None = None) -> None:
         super().__init__(data_root, zoo_dir, num_workers)
-        from tasks.data.canvases import CanvasDataset, default_data_dir
+        from snnbench.tasks.data.canvases import CanvasDataset, default_data_dir
 
         self.canvases = CanvasDataset("coco", train_count or FMNIST_DET_TRAIN_CANVASES,
                                       val_count or FMNIST_DET_VAL_CANVASES)
         self.canvas_dir = Path(canvas_dir) if canvas_dir else default_data_dir(self.name)
 
     def coco_root(self) -> Path:
-        from tasks.data.canvases import ensure_canvases
+        from snnbench.tasks.data.canvases import ensure_canvases
 
         return ensure_canvases(self.canvas_dir, self.canvases, fmnist_root=self.data_root)
 
@@ -374,7 +374,7 @@ class FashionMNISTDetectionTask(DetectionTask):
 
     def train_data(self):
         """The training canvases (uint8 images and boxes; labels = category ids)."""
-        from tasks.zoo.detection_training import DetectionTrainData
+        from snnbench.tasks.zoo.detection_training import DetectionTrainData
 
         split = self.data().calibration
         boxes = split.boxes()
@@ -396,7 +396,7 @@ class FashionMNISTDetectionTask(DetectionTask):
             load_into(detector, load_state_dict_file(weights), origin=weights)
             info["weights"] = os.path.abspath(weights)
         elif spec.source == "zoo":
-            from tasks.zoo.detection_training import load_or_train_detector
+            from snnbench.tasks.zoo.detection_training import load_or_train_detector
 
             def evaluate(trained: nn.Module) -> dict[str, float]:
                 return self.evaluate(detection_bundle(trained, {}))

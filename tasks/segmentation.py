@@ -1,8 +1,8 @@
 """Semantic segmentation tasks: Pascal VOC 2012 and the embedded Fashion-MNIST canvases,
 with mIoU from a confusion matrix at every time-step.
 
-Both tasks read the VOC 2012 layout with :mod:`tasks.data.voc`; ``fmnist_seg`` first
-generates it (:mod:`tasks.data.canvases`: real Fashion-MNIST objects on 128x128 canvases,
+Both tasks read the VOC 2012 layout with :mod:`snnbench.tasks.data.voc`; ``fmnist_seg`` first
+generates it (:mod:`snnbench.tasks.data.canvases`: real Fashion-MNIST objects on 128x128 canvases,
 masks 0 = background, 1..10 = class, validation canvases from the *test* split only).
 
 The bundle's ``core`` maps a normalised ``[B, 3, h, w]`` batch to logits
@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.base import DataNotFoundError, ModelBundle, StepMetric, Task
-from tasks.data import voc
-from tasks.data.arrays import subset_indices
-from tasks.zoo import ModelSpec, get_model_spec, list_models
-from tasks.zoo.weights import load_into, load_state_dict_file, torchvision_weights_path
+from snnbench.tasks.base import DataNotFoundError, ModelBundle, StepMetric, Task
+from snnbench.tasks.data import voc
+from snnbench.tasks.data.arrays import subset_indices
+from snnbench.tasks.zoo import ModelSpec, get_model_spec, list_models
+from snnbench.tasks.zoo.weights import load_into, load_state_dict_file, torchvision_weights_path
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def check_model_fits(task: Task, spec: ModelSpec) -> None:
 def load_segmenter_weights(net: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     """Load a state dict into ``net``; for a wrapped torchvision segmenter the keys may be
     the bare model's (torchvision files), and ``aux_classifier.*`` (training-only) is dropped."""
-    from tasks.zoo.segmentation_models import SegmentationLogits
+    from snnbench.tasks.zoo.segmentation_models import SegmentationLogits
 
     if isinstance(net, SegmentationLogits):
         state = {k.removeprefix("model."): v for k, v in state.items()}
@@ -380,12 +380,12 @@ class FashionMNISTSegmentationTask(SegmentationTask):
     counts: ClassVar[CanvasCounts] = CanvasCounts()
 
     def canvas_dataset(self):
-        from tasks.data.canvases import CanvasDataset
+        from snnbench.tasks.data.canvases import CanvasDataset
 
         return CanvasDataset("voc", self.counts.train, self.counts.val)
 
     def locate(self) -> str | os.PathLike:
-        from tasks.data.canvases import default_data_dir, ensure_canvases
+        from snnbench.tasks.data.canvases import default_data_dir, ensure_canvases
 
         return ensure_canvases(default_data_dir(self.name), self.canvas_dataset(), fmnist_root=self.data_root)
 
@@ -402,7 +402,7 @@ class FashionMNISTSegmentationTask(SegmentationTask):
             load_segmenter_weights(net, load_state_dict_file(weights), origin=str(weights))
             info["weights"] = os.path.abspath(weights)
         elif spec.source == "zoo":
-            from tasks.zoo.segmentation_training import load_or_train_segmenter
+            from snnbench.tasks.zoo.segmentation_training import load_or_train_segmenter
 
             record = load_or_train_segmenter(spec, self, net, zoo_dir=self.zoo_dir, progress=progress)
             info.update(weights=record["path"], zoo=record)

@@ -28,7 +28,7 @@ def session_zoo_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_task():
-    from tasks.classification import DigitsTask
+    from snnbench.tasks.classification import DigitsTask
 
     return DigitsTask()
 

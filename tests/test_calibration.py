@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.base import ConversionContext
-from methods.calibration import SNNCalibration
-from methods.settings import SettingsError
-from methods.snn.correction import ann_activations, mean_rate
-from methods.snn.stats import StatKind, collect_stats
-from methods.snn.units import SpikingNeuron
+from snnbench.methods.base import ConversionContext
+from snnbench.methods.calibration import SNNCalibration
+from snnbench.methods.settings import SettingsError
+from snnbench.methods.snn.correction import ann_activations, mean_rate
+from snnbench.methods.snn.stats import StatKind, collect_stats
+from snnbench.methods.snn.units import SpikingNeuron
 
 
 def build(model, batch, T, **settings):
@@ -98,7 +98,7 @@ def test_calibrated_snn_approaches_the_ann_as_T_grows(digits_vgg, digits_batch, 
 def test_corrections_work_on_a_transformer_with_signed_input_sites(mode):
     """Transformer placement puts signed neurons (no ReLU floor) in front of linear layers;
     the ANN value those neurons stand for is the identity, and the corrections apply."""
-    from tasks.zoo import get_model_spec
+    from snnbench.tasks.zoo import get_model_spec
 
     torch.manual_seed(0)
     spec = get_model_spec("vit_mini")

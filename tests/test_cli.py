@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench.cli import main
+from snnbench.cli import main
 
 RESULT_SCHEMA = {
     "type": "object",
@@ -34,7 +34,7 @@ RESULT_SCHEMA = {
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "snnbench.cli", *args], capture_output=True, text=True)
 
 
 def test_bench_list_prints_one_line_per_plugin():
@@ -86,7 +86,7 @@ def test_failed_cell_is_reported_as_failed_not_a_number(capsys, monkeypatch, dig
     def boom(*a, **k):
         raise RuntimeError("simulated failure")
 
-    monkeypatch.setattr("bench.runner.evaluate_ann", boom)
+    monkeypatch.setattr("snnbench.runner.evaluate_ann", boom)
     code = main(["run", "--method", "ann", "--task", "digits", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert code == 1 and result["status"] == "failed" and "simulated failure" in result["error"]

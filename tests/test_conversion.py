@@ -9,13 +9,13 @@ import pytest
 import torch
 import torchvision
 
-from bench.cell import CellSpec
-from bench.runner import run_cell
-from methods.base import ConversionContext
-from methods.dcgs import DCGS
-from methods.rate import RateCoding
-from methods.snn.stats import collect_stats
-from tasks.zoo import get_model_spec
+from snnbench.cell import CellSpec
+from snnbench.runner import run_cell
+from snnbench.methods.base import ConversionContext
+from snnbench.methods.dcgs import DCGS
+from snnbench.methods.rate import RateCoding
+from snnbench.methods.snn.stats import collect_stats
+from snnbench.tasks.zoo import get_model_spec
 
 
 def relative_errors(model, x, method, steps=(4, 64)):
@@ -149,7 +149,7 @@ def test_fused_neuron_steps_equal_eager_steps(name, coding):
 
 
 def test_fuse_auto_follows_the_environment_and_explicit_values_win(monkeypatch):
-    from methods.snn.fused import FUSE_ENV, resolve_fuse
+    from snnbench.methods.snn.fused import FUSE_ENV, resolve_fuse
 
     monkeypatch.setenv(FUSE_ENV, "0")
     assert resolve_fuse(None) is False and resolve_fuse(True) is True
@@ -164,7 +164,7 @@ def test_fuse_auto_follows_the_environment_and_explicit_values_win(monkeypatch):
 
 def test_a_failing_compilation_falls_back_to_identical_eager_steps(monkeypatch, caplog):
     """fuse=true without a working toolchain: one warning, then the eager step (same spikes)."""
-    from methods.snn import fused
+    from snnbench.methods.snn import fused
 
     calls = []
 
@@ -184,7 +184,7 @@ def test_a_failing_compilation_falls_back_to_identical_eager_steps(monkeypatch, 
         method = DCGS({"threshold": "percentile", "fuse": fuse})
         ctx = ConversionContext(T=3, example=x)
         snn = method.convert(model, collect_stats(model, [x], method.stat_kinds(model, ctx)), ctx)
-        with torch.inference_mode(), caplog.at_level("WARNING", logger="methods.snn.fused"):
+        with torch.inference_mode(), caplog.at_level("WARNING", logger="snnbench.methods.snn.fused"):
             snn.reset()
             outputs[fuse] = torch.stack(list(snn.simulate(x, 3)))
     assert torch.equal(outputs[False], outputs[True])

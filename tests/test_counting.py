@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.counting import OpCounter, conv_fanout_map
-from methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
+from snnbench.counting import OpCounter, conv_fanout_map
+from snnbench.methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
 
 
 def brute_force_conv_ops(conv: nn.Conv2d, x: torch.Tensor) -> int:
@@ -127,7 +127,7 @@ def test_frame_zero_is_not_counted():
 def test_spikes_through_average_pool_count_per_spike():
     """conv(avgpool(spikes)): each spike is one event reaching the conv through its pooled
     cell, so ACs = Σ_spikes C_out · fan-out(cell) (brute force), not Σ_nonzero-cells."""
-    from methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.units import SpikingNeuron
 
     torch.manual_seed(0)
     neuron = SpikingNeuron(torch.tensor(1.0), rule="if", coding="rate", signed=False)
@@ -161,9 +161,9 @@ def test_spikes_through_average_pool_count_per_spike():
 
 
 def test_converted_vgg_small_declares_spike_fed_layers(digits_vgg):
-    from methods.base import ConversionContext
-    from methods.dcgs import DCGS
-    from methods.snn.stats import collect_stats
+    from snnbench.methods.base import ConversionContext
+    from snnbench.methods.dcgs import DCGS
+    from snnbench.methods.snn.stats import collect_stats
 
     model = digits_vgg.core
     x = torch.randn(4, 1, 8, 8)
@@ -184,7 +184,7 @@ def test_converted_vgg_small_declares_spike_fed_layers(digits_vgg):
 def test_neurons_counting_in_their_own_pass_match_their_outputs(rule, coding, fuse):
     """A SpikingNeuron under the counter counts its spikes in-step (last_counts); the
     totals equal events and Σ|s|/unit recounted from the spikes it emitted."""
-    from methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.units import SpikingNeuron
 
     torch.manual_seed(5)
     theta = torch.rand(6, 1, 1) + 0.1

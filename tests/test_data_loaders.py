@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.base import DataNotFoundError
-from tasks.classification import CIFAR10Task, CIFAR100Task, DigitsTask, FashionMNISTTask, ImageNetTask
-from tasks.data import cifar, digits, fashion_mnist, imagenet
-from tasks.data.idx import IdxFormatError, read_idx
+from snnbench.tasks.base import DataNotFoundError
+from snnbench.tasks.classification import CIFAR10Task, CIFAR100Task, DigitsTask, FashionMNISTTask, ImageNetTask
+from snnbench.tasks.data import cifar, digits, fashion_mnist, imagenet
+from snnbench.tasks.data.idx import IdxFormatError, read_idx
 
 
 def write_idx(path, array: np.ndarray, gz: bool) -> None:

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from bench.counting import OpCounter
-from methods.base import ConversionContext
-from methods.dcgs import DCGS
-from methods.rate import RateCoding
-from methods.snn.stats import collect_stats
-from tasks.base import DataNotFoundError
-from tasks.data import coco
-from tasks.data.canvases import generate_canvases, write_coco
-from tasks.detection import COCOMetric, COCOTask, DetectorCore, FashionMNISTDetectionTask, detection_bundle
-from tasks.zoo import get_model_spec, list_models
+from snnbench.counting import OpCounter
+from snnbench.methods.base import ConversionContext
+from snnbench.methods.dcgs import DCGS
+from snnbench.methods.rate import RateCoding
+from snnbench.methods.snn.stats import collect_stats
+from snnbench.tasks.base import DataNotFoundError
+from snnbench.tasks.data import coco
+from snnbench.tasks.data.canvases import generate_canvases, write_coco
+from snnbench.tasks.detection import COCOMetric, COCOTask, DetectorCore, FashionMNISTDetectionTask, detection_bundle
+from snnbench.tasks.zoo import get_model_spec, list_models
 
 NAMES = tuple(f"class{i}" for i in range(10))
 
@@ -309,9 +309,9 @@ def test_counting_works_with_two_image_sizes():
 
 # -- zoo training and cache --------------------------------------------------------------
 def test_detector_zoo_cache_miss_trains_hit_loads_and_corrupt_retrains(tiny_coco, tmp_path, monkeypatch):
-    from tasks.zoo import cache
-    from tasks.zoo.detection_training import DetectionRecipe, DetectionTrainData, entry_stem, load_or_train_detector
-    from tasks.zoo.spec import ModelSpec
+    from snnbench.tasks.zoo import cache
+    from snnbench.tasks.zoo.detection_training import DetectionRecipe, DetectionTrainData, entry_stem, load_or_train_detector
+    from snnbench.tasks.zoo.spec import ModelSpec
 
     root, splits = tiny_coco
     data = coco.load_coco(root)
@@ -339,7 +339,7 @@ def test_detector_zoo_cache_miss_trains_hit_loads_and_corrupt_retrains(tiny_coco
     def no_training(*args, **kwargs):
         raise AssertionError("a cache hit must not train")
 
-    monkeypatch.setattr("tasks.zoo.detection_training.train_detector", no_training)
+    monkeypatch.setattr("snnbench.tasks.zoo.detection_training.train_detector", no_training)
     second = _small_fcos()
     assert load_or_train_detector(spec, "tiny", second, lambda: train, evaluate, "tag", zoo_dir=tmp_path)["cache"] == "hit"
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
@@ -354,7 +354,7 @@ def test_detector_zoo_cache_miss_trains_hit_loads_and_corrupt_retrains(tiny_coco
 
 
 def test_training_flip_moves_boxes_with_the_image():
-    from tasks.zoo.detection_training import DetectionTrainData
+    from snnbench.tasks.zoo.detection_training import DetectionTrainData
 
     image = torch.zeros(1, 8, 10, dtype=torch.uint8)
     image[0, 2:5, 1:4] = 255
@@ -368,12 +368,12 @@ def test_training_flip_moves_boxes_with_the_image():
 @pytest.mark.slow
 def test_fmnist_det_cell_end_to_end(tmp_path, monkeypatch):
     """Tiny canvases, a 2-step zoo recipe, dcgs to T=2 through the runner."""
-    from bench.cell import CellSpec
-    from bench.runner import run_cell
-    from tasks import detection
-    from tasks.data import fashion_mnist
-    from tasks.zoo import _SPECS, _discover
-    from tasks.zoo.detection_training import DetectionRecipe
+    from snnbench.cell import CellSpec
+    from snnbench.runner import run_cell
+    from snnbench.tasks import detection
+    from snnbench.tasks.data import fashion_mnist
+    from snnbench.tasks.zoo import _SPECS, _discover
+    from snnbench.tasks.zoo.detection_training import DetectionRecipe
 
     if not fashion_mnist.DEBIAN_DIR.is_dir():
         pytest.skip("Debian dataset-fashion-mnist not installed")

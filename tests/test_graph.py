@@ -9,11 +9,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from methods.base import ConversionContext
-from methods.dcgs import DCGS
-from methods.snn.graph import UnsupportedOperationError, build_network_graph
-from methods.snn.stats import collect_stats
-from methods.snn.units import GradedUnit, SpikingNeuron
+from snnbench.methods.base import ConversionContext
+from snnbench.methods.dcgs import DCGS
+from snnbench.methods.snn.graph import UnsupportedOperationError, build_network_graph
+from snnbench.methods.snn.stats import collect_stats
+from snnbench.methods.snn.units import GradedUnit, SpikingNeuron
 
 
 def convert(model, x, **settings):

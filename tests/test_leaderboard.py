@@ -21,11 +21,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from leaderboard.data import LeaderboardError, error_line, results_from_records
-from leaderboard.paper import load_paper
-from leaderboard.render import render_after_sweep, render_leaderboard
-from leaderboard.rows import build_rows
-from leaderboard.tables import ablation_tables, pareto_mask, task_table
+from snnbench.leaderboard.data import LeaderboardError, error_line, results_from_records
+from snnbench.leaderboard.paper import load_paper
+from snnbench.leaderboard.render import render_after_sweep, render_leaderboard
+from snnbench.leaderboard.rows import build_rows
+from snnbench.leaderboard.tables import ablation_tables, pareto_mask, task_table
 
 FIXTURE = Path(__file__).parent / "fixtures" / "leaderboard" / "ledger.jsonl"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -335,7 +335,7 @@ def test_paper_rows_are_shown_apart_and_never_ranked(tmp_path):
 def mlflow_sweep(tmp_path_factory):
     """The fixture records logged as two sweeps (with and without ``--set n=...``), as the
     real ones were: parent runs plus a child run per cell; then rendered after the first."""
-    from bench.tracking import SweepTracker
+    from snnbench.tracking import SweepTracker
 
     root = tmp_path_factory.mktemp("lbmlflow")
     shutil.copy(FIXTURE, root / "ledger.jsonl")
@@ -374,14 +374,14 @@ def test_mlflow_gives_the_same_table_as_the_ledger(mlflow_sweep, tmp_path):
 
 
 def test_render_after_sweep_never_raises(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="leaderboard.render"):
+    with caplog.at_level(logging.WARNING, logger="snnbench.leaderboard.render"):
         render_after_sweep(tmp_path / "empty", None)
     assert "leaderboard not rendered" in caplog.text and "no ledger" in caplog.text
 
 
 # -- CLI -------------------------------------------------------------------------------
 def test_cli_prints_written_paths_and_explains_a_missing_ledger(results_dir, tmp_path, capsys):
-    from leaderboard.cli import add_leaderboard_parser, cmd_leaderboard
+    from snnbench.leaderboard.cli import add_leaderboard_parser, cmd_leaderboard
 
     parser = argparse.ArgumentParser(prog="bench")
     add_leaderboard_parser(parser.add_subparsers(dest="command"))

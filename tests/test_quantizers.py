@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.snn.quantizers import if_fire, mt_fire, mt_fire_argmin, mt_fire_reference
+from snnbench.methods.snn.quantizers import if_fire, mt_fire, mt_fire_argmin, mt_fire_reference
 
 
 def boundary_inputs(theta: float, n: int) -> torch.Tensor:

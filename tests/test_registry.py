@@ -8,10 +8,10 @@ import textwrap
 
 import pytest
 
-from bench.plugins import create_method, create_task, list_methods, list_tasks
-from bench.registry import DuplicateNameError, Registry, UnknownNameError
-from methods.base import ConversionMethod
-from tasks.zoo import get_model_spec, list_models
+from snnbench.plugins import create_method, create_task, list_methods, list_tasks
+from snnbench.registry import DuplicateNameError, Registry, UnknownNameError
+from snnbench.methods.base import ConversionMethod
+from snnbench.tasks.zoo import get_model_spec, list_models
 
 
 def test_builtins_are_registered_through_entry_points():
@@ -57,8 +57,8 @@ def test_pattern_filter():
 
 PLUGIN_SRC = textwrap.dedent('''
     from dataclasses import dataclass
-    from methods.ann import StaticModel
-    from methods.base import ConversionMethod
+    from snnbench.methods.ann import StaticModel
+    from snnbench.methods.base import ConversionMethod
 
     @dataclass(frozen=True)
     class FancySettings:
@@ -101,6 +101,6 @@ def test_third_party_plugin_shows_in_bench_list(plugin_site):
     import os
 
     env = dict(os.environ, PYTHONPATH=str(plugin_site))
-    out = subprocess.run([sys.executable, "-m", "bench.cli", "list", "--methods"], env=env,
+    out = subprocess.run([sys.executable, "-m", "snnbench.cli", "list", "--methods"], env=env,
                          capture_output=True, text=True, check=True).stdout
     assert "fancy" in out and "third-party method" in out

@@ -11,18 +11,18 @@ import torch
 import torchvision
 from PIL import Image
 
-from methods.base import ConversionContext
-from methods.dcgs import DCGS
-from methods.rate import RateCoding
-from methods.snn.graph import build_network_graph
-from methods.snn.stats import collect_stats
-from tasks.base import DataNotFoundError, ModelBundle
-from tasks.data import voc
-from tasks.data.canvases import CanvasDataset, ensure_canvases
-from tasks.segmentation import (CanvasCounts, ConfusionMIoU, FashionMNISTSegmentationTask,
+from snnbench.methods.base import ConversionContext
+from snnbench.methods.dcgs import DCGS
+from snnbench.methods.rate import RateCoding
+from snnbench.methods.snn.graph import build_network_graph
+from snnbench.methods.snn.stats import collect_stats
+from snnbench.tasks.base import DataNotFoundError, ModelBundle
+from snnbench.tasks.data import voc
+from snnbench.tasks.data.canvases import CanvasDataset, ensure_canvases
+from snnbench.tasks.segmentation import (CanvasCounts, ConfusionMIoU, FashionMNISTSegmentationTask,
                                 SegmentationTransform, VOCTask, collate)
-from tasks.zoo import get_model_spec, list_models
-from tasks.zoo.spec import TrainRecipe
+from snnbench.tasks.zoo import get_model_spec, list_models
+from snnbench.tasks.zoo.spec import TrainRecipe
 
 
 # -- metric -----------------------------------------------------------------------------
@@ -298,8 +298,8 @@ def test_segmentation_models_are_registered_for_their_tasks():
 
 
 def test_backbone_starts_from_the_packaged_imagenet_mobilenet_v2():
-    from tasks.zoo.segmentation_training import init_from_imagenet_backbone
-    from tasks.zoo.weights import load_state_dict_file, package_mobilenet_v2_path
+    from snnbench.tasks.zoo.segmentation_training import init_from_imagenet_backbone
+    from snnbench.tasks.zoo.weights import load_state_dict_file, package_mobilenet_v2_path
 
     spec = get_model_spec("fcn_mobilenet_v2")
     net = spec.build(spec, num_classes=11)
@@ -312,7 +312,7 @@ def test_backbone_starts_from_the_packaged_imagenet_mobilenet_v2():
 
 
 def test_zoo_trains_once_then_loads_and_retrains_a_corrupt_entry(small_canvases, tmp_path):
-    from tasks.zoo.segmentation_training import load_or_train_segmenter
+    from snnbench.tasks.zoo.segmentation_training import load_or_train_segmenter
 
     base = get_model_spec("fcn_mobilenet_v2")
     spec = dataclasses.replace(base, recipes={"fmnist_seg": TrainRecipe(epochs=1, batch_size=12, optimizer="adamw",
@@ -334,8 +334,8 @@ def test_zoo_trains_once_then_loads_and_retrains_a_corrupt_entry(small_canvases,
 
 
 def test_fmnist_seg_cell_runs_end_to_end_with_given_weights(small_canvases, tmp_path):
-    from bench.cell import CellSpec
-    from bench.runner import run_cell
+    from snnbench.cell import CellSpec
+    from snnbench.runner import run_cell
 
     spec = get_model_spec("fcn_mobilenet_v2")
     torch.manual_seed(0)
@@ -406,7 +406,7 @@ def test_fcn_mobilenet_v2_logits_approach_the_ann(coding):
 
 
 def deeplabv3():
-    from tasks.zoo.segmentation_models import SegmentationLogits
+    from snnbench.tasks.zoo.segmentation_models import SegmentationLogits
 
     torch.manual_seed(0)
     net = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False)

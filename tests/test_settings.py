@@ -5,7 +5,7 @@ from typing import Literal
 
 import pytest
 
-from methods.settings import SettingsError, parse_assignments, settings_from_dict, settings_to_dict
+from snnbench.methods.settings import SettingsError, parse_assignments, settings_from_dict, settings_to_dict
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from methods.snn.stats import StatKind, collect_stats, mse_grid_search
+from snnbench.methods.snn.stats import StatKind, collect_stats, mse_grid_search
 
 
 class TwoLayer(nn.Module):

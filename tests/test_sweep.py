@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.executors import RayExecutor, SerialExecutor
-from bench.grid import GridError, GridOptions, expand_grid, parse_sets
-from bench.ledger import Ledger
-from bench.sweep import run_sweep
-from bench.tracking import runs_by_cell_key
+from snnbench.executors import RayExecutor, SerialExecutor
+from snnbench.grid import GridError, GridOptions, expand_grid, parse_sets
+from snnbench.ledger import Ledger
+from snnbench.sweep import run_sweep
+from snnbench.tracking import runs_by_cell_key
 
 SMALL = GridOptions(T=3, calib_size=100, eval_size=60)
 TESTS_DIR = Path(__file__).parent
@@ -31,7 +31,7 @@ def plugin_site(tmp_path_factory, monkeypatch):
         "dies_once = plugins.faulty_methods:DiesOnce\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.syspath_prepend(str(TESTS_DIR))
-    from bench.plugins import method_registry
+    from snnbench.plugins import method_registry
 
     method_registry.cache.clear()
     yield site
@@ -130,7 +130,7 @@ def test_interrupt_keeps_finished_cells(tmp_path, digits_vgg):
     assert len(Ledger(tmp_path).finished_keys()) == 1
     from mlflow import MlflowClient
 
-    from bench.tracking import tracking_uri
+    from snnbench.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri(tmp_path))
     exp = client.get_experiment_by_name("i")
@@ -141,7 +141,7 @@ def test_interrupt_keeps_finished_cells(tmp_path, digits_vgg):
 
 
 def test_ann_and_statistics_are_computed_once_and_shared(tmp_path, digits_vgg, monkeypatch):
-    import methods.snn.stats as stats_module
+    import snnbench.methods.snn.stats as stats_module
 
     calls = []
     real = stats_module.collect_stats
@@ -162,7 +162,7 @@ def test_ann_and_statistics_are_computed_once_and_shared(tmp_path, digits_vgg, m
 
 
 def test_cli_dry_run_lists_cells(tmp_path, capsys):
-    from bench.cli import main
+    from snnbench.cli import main
 
     assert main(["sweep", "--methods", "dcgs,rate", "--tasks", "digits", "--models", "vgg_small", "--set",
                  "coding=rate,differential", "--results", str(tmp_path), "--dry-run"]) == 0
@@ -172,7 +172,7 @@ def test_cli_dry_run_lists_cells(tmp_path, capsys):
 
 
 def test_embedded_campaign_is_the_default(tmp_path, capsys):
-    from bench.cli import main
+    from snnbench.cli import main
 
     assert main(["sweep", "--results", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out

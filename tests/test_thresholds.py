@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.snn.thresholds import quantisation_error, threshold_iteration
+from snnbench.methods.snn.thresholds import quantisation_error, threshold_iteration
 
 
 @pytest.mark.parametrize("N,expected", [(16, 2.91), (64, 3.19), (128, 3.21), (1024, 3.22)])
@@ -55,7 +55,7 @@ def test_vectorised_over_channels_equals_one_at_a_time():
 
 @pytest.mark.parametrize("N", [257, 1024, 8192])
 def test_closed_form_boundary_sums_equal_direct_sums(N):
-    from methods.snn.thresholds import iteration_sums_closed_form, iteration_sums_direct
+    from snnbench.methods.snn.thresholds import iteration_sums_closed_form, iteration_sums_direct
 
     torch.manual_seed(N)
     theta = torch.rand(40, dtype=torch.float64) * 4 + 0.1

@@ -10,14 +10,14 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from bench.cell import CellSpec
-from bench.runner import run_cell
-from methods.base import ConversionContext
-from methods.dcgs import DCGS
-from methods.rate import RateCoding
-from methods.snn.graph import build_network_graph
-from methods.snn.stats import collect_stats
-from methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron
+from snnbench.cell import CellSpec
+from snnbench.runner import run_cell
+from snnbench.methods.base import ConversionContext
+from snnbench.methods.dcgs import DCGS
+from snnbench.methods.rate import RateCoding
+from snnbench.methods.snn.graph import build_network_graph
+from snnbench.methods.snn.stats import collect_stats
+from snnbench.methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron
 
 
 def errors(model, x, method, steps=(4, 24)):

@@ -26,9 +26,9 @@ def test_kernel_equals_torch_path_under_the_interpreter():
 
 
 def test_kernel_setting_dispatch_on_cpu():
-    from methods.settings import SettingsError
-    from methods.dcgs import DCGS
-    from methods.snn.units import SpikingNeuron
+    from snnbench.methods.settings import SettingsError
+    from snnbench.methods.dcgs import DCGS
+    from snnbench.methods.snn.units import SpikingNeuron
 
     with pytest.raises(SettingsError, match="neuron=mt"):
         DCGS({"neuron": "if", "kernel": "triton"})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.ui import add_ui_parser, build_server_command, cmd_ui
+from snnbench.ui import add_ui_parser, build_server_command, cmd_ui
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,7 +141,7 @@ def test_busy_port_is_a_usage_error(tmp_path, capsys):
 
 # -- shutdown ------------------------------------------------------------------------
 def test_server_exit_status_is_returned(tmp_path, monkeypatch, capsys):
-    import bench.ui as ui
+    import snnbench.ui as ui
 
     (tmp_path / "mlflow.db").write_bytes(b"")
     monkeypatch.setattr(ui, "build_server_command", lambda results, host, port: (
@@ -154,7 +154,7 @@ def test_server_exit_status_is_returned(tmp_path, monkeypatch, capsys):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_stop_escalates_to_sigkill_for_the_whole_group(tmp_path):
     """A group whose members ignore SIGTERM is killed after the grace period, children too."""
-    from bench.ui import _stop_process_group
+    from snnbench.ui import _stop_process_group
 
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
     leader_code = (f"import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -195,7 +195,7 @@ def test_serves_the_results_and_stops_cleanly_on_sigint(tmp_path):
     script = tmp_path / "serve.py"
     script.write_text(textwrap.dedent(f"""
         import argparse, sys
-        from bench.ui import cmd_ui
+        from snnbench.ui import cmd_ui
         sys.exit(cmd_ui(argparse.Namespace(results={str(results)!r}, port={port}, host="127.0.0.1")))
     """))
     workdir = tmp_path / "cwd"  # nothing may be written relative to the working directory

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.snn.units import GradedUnit, SpikingNeuron, reset_units
+from snnbench.methods.snn.units import GradedUnit, SpikingNeuron, reset_units
 
 
 def run(unit, frames):

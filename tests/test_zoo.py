@@ -6,12 +6,12 @@ import dataclasses
 import pytest
 import torch
 
-from tasks.base import DataNotFoundError
-from tasks.classification import DigitsTask, ImageNetTask
-from tasks.zoo import cache, get_model_spec
-from tasks.zoo.provide import entry_stem, load_or_train
-from tasks.zoo.spec import TrainRecipe
-from tasks.zoo.weights import load_state_dict_file, torchvision_weights_path
+from snnbench.tasks.base import DataNotFoundError
+from snnbench.tasks.classification import DigitsTask, ImageNetTask
+from snnbench.tasks.zoo import cache, get_model_spec
+from snnbench.tasks.zoo.provide import entry_stem, load_or_train
+from snnbench.tasks.zoo.spec import TrainRecipe
+from snnbench.tasks.zoo.weights import load_state_dict_file, torchvision_weights_path
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_miss_trains_then_hit_loads_identical_weights(tmp_path, quick_spec, monk
     def no_training(*a, **k):
         raise AssertionError("a cache hit must not train")
 
-    monkeypatch.setattr("tasks.zoo.provide.train_classifier", no_training)
+    monkeypatch.setattr("snnbench.tasks.zoo.provide.train_classifier", no_training)
     second = _fresh(quick_spec, task)
     rec2 = load_or_train(quick_spec, "digits", second, task.split("train"), task.split("test"), zoo_dir=tmp_path)
     assert rec2["cache"] == "hit"
@@ -98,7 +98,7 @@ def test_weights_file_round_trip_and_mismatch(tmp_path):
     loaded = load_state_dict_file(path)
     assert set(loaded) == set(net.state_dict())
     other = spec.build(spec, in_shape=(1, 28, 28), num_classes=10)
-    from tasks.zoo.weights import load_into
+    from snnbench.tasks.zoo.weights import load_into
 
     with pytest.raises(DataNotFoundError, match="do not fit"):
         load_into(other, loaded, origin=str(path))
@@ -129,7 +129,7 @@ def test_dynamic_torchvision_and_timm_names():
     assert spec.weights == "ResNet101_Weights.IMAGENET1K_V2" and spec.source == "torchvision"
     spec = get_model_spec("timm/vit_base_patch16_224")
     assert spec.source == "timm"
-    from bench.registry import UnknownNameError
+    from snnbench.registry import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="torchvision classifier"):
         get_model_spec("torchvision/resnet1001")

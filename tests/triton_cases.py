@@ -14,9 +14,9 @@ import torch
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
-from bench.counting import OpCounter  # noqa: E402
-from methods.base import CountPlan, NeuronSite, SpikingModel  # noqa: E402
-from methods.snn.units import SpikingNeuron  # noqa: E402
+from snnbench.counting import OpCounter  # noqa: E402
+from snnbench.methods.base import CountPlan, NeuronSite, SpikingModel  # noqa: E402
+from snnbench.methods.snn.units import SpikingNeuron  # noqa: E402
 
 
 def tricky_frames(theta: torch.Tensor, shape: tuple[int, ...], n: int, steps: int, gen: torch.Generator):

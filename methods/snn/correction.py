@@ -23,9 +23,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from methods.snn.graph import NetworkGraph, Site
-from methods.snn.network import SimulatedNetwork
-from methods.snn.units import SpikingNeuron
+from snnbench.methods.snn.graph import NetworkGraph, Site
+from snnbench.methods.snn.network import SimulatedNetwork
+from snnbench.methods.snn.units import SpikingNeuron
 
 
 class _Recorder(nn.Module):

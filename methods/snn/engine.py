@@ -13,14 +13,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from methods.base import ConversionContext, ConversionMethod, SpikingModel
-from methods.settings import SettingsError
-from methods.snn.fused import resolve_fuse
-from methods.snn.graph import NetworkGraph, Site, build_network_graph
-from methods.snn.network import SimulatedNetwork
-from methods.snn.stats import StatKind, Stats
-from methods.snn.thresholds import threshold_iteration
-from methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron
+from snnbench.methods.base import ConversionContext, ConversionMethod, SpikingModel
+from snnbench.methods.settings import SettingsError
+from snnbench.methods.snn.fused import resolve_fuse
+from snnbench.methods.snn.graph import NetworkGraph, Site, build_network_graph
+from snnbench.methods.snn.network import SimulatedNetwork
+from snnbench.methods.snn.stats import StatKind, Stats
+from snnbench.methods.snn.thresholds import threshold_iteration
+from snnbench.methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron
 
 #: the official code's hard-coded threshold scale c for transformers (dcgs.md §1.1)
 TRANSFORMER_THRESHOLD_SCALE = 8.0

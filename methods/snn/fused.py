@@ -1,6 +1,6 @@
 """Neuron steps as pure functions, optionally compiled into one fused kernel per neuron.
 
-:class:`~methods.snn.units.SpikingNeuron` runs its step in eager PyTorch by default: about
+:class:`~snnbench.methods.snn.units.SpikingNeuron` runs its step in eager PyTorch by default: about
 twenty element-wise passes over memory per step (DESIGN.md: the neuron, not the
 convolution, is where a naive engine spends its time). With ``fuse=True`` the same
 arithmetic, written here as side-effect-free functions of the state, goes through
@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from methods.snn.quantizers import if_fire, mt_fire
+from snnbench.methods.snn.quantizers import if_fire, mt_fire
 
 log = logging.getLogger(__name__)
 #: set SNNBENCH_FUSE=0/1 to force what fuse=auto resolves to (the test suite sets 0)

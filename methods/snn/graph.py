@@ -99,7 +99,7 @@ class SNNTracer(fx.Tracer):
     timm's LayerNorm), traces through everything else."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from methods.snn.units import StatefulUnit
+        from snnbench.methods.snn.units import StatefulUnit
 
         if isinstance(m, LEAF_MODULES) or isinstance(m, StatefulUnit):
             return True

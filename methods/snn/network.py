@@ -21,9 +21,9 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
-from methods.snn.graph import CONNECTION_MODULES, CONV_MODULES
-from methods.snn.units import AnalogOp, GradedUnit, ProductUnit, SpikingNeuron, reset_units
+from snnbench.methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
+from snnbench.methods.snn.graph import CONNECTION_MODULES, CONV_MODULES
+from snnbench.methods.snn.units import AnalogOp, GradedUnit, ProductUnit, SpikingNeuron, reset_units
 
 #: ops through which a spike train stays a spike train (pure data movement)
 SPIKE_PRESERVING_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "unsqueeze",

@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Literal
 import torch
 from torch import nn
 
-from methods.snn.graph import NetworkGraph, Site, build_network_graph
+from snnbench.methods.snn.graph import NetworkGraph, Site, build_network_graph
 
 Quantity = Literal["percentile", "max", "moments", "mse_grid"]
 Granularity = Literal["layer", "channel", "token"]

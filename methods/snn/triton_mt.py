@@ -3,12 +3,12 @@ GPU", dcgs.md §1.5).
 
 One kernel launch per neuron step reads the input and the neuron state once, chooses the
 spike level from the IEEE-754 bits of the membrane potential (integer arithmetic only, as
-:func:`methods.snn.quantizers.mt_fire_bits`), writes the spike and the updated state once,
+:func:`snnbench.methods.snn.quantizers.mt_fire_bits`), writes the spike and the updated state once,
 and counts the spikes (events and unit spikes) in the same pass with one atomic add per
 block. Variants (compile-time constants): differential coding with the ReLU mask, the
 signed (unmasked) neuron, rate coding, and an optional ReLU6 ceiling.
 
-It computes exactly the expressions of :mod:`methods.snn.fused` in the same order, with
+It computes exactly the expressions of :mod:`snnbench.methods.snn.fused` in the same order, with
 floating-point contraction off, so its spikes, states and counts equal the PyTorch path bit
 for bit (tests run it on CPU under ``TRITON_INTERPRET=1``). The engine uses it for CUDA
 tensors when Triton is importable (``kernel=auto``) or when forced (``kernel=triton``).

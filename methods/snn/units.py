@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from methods.snn import fused
+from snnbench.methods.snn import fused
 
 Coding = Literal["rate", "differential"]
 
@@ -153,7 +153,7 @@ class SpikingNeuron(StatefulUnit):
     def _use_triton(self, x: torch.Tensor) -> bool:
         if self.kernel == "torch" or self.rule != "mt":
             return False
-        from methods.snn import triton_mt
+        from snnbench.methods.snn import triton_mt
 
         if self.kernel == "triton":
             if not triton_mt.available_on(x.device):
@@ -163,7 +163,7 @@ class SpikingNeuron(StatefulUnit):
         return x.is_cuda and triton_mt.available_on(x.device)
 
     def _triton_step(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        from methods.snn import triton_mt
+        from snnbench.methods.snn import triton_mt
 
         state = {"v": self.v, "b": self.b, "e_in": self.e_in, "e_out": self.e_out, "c_out": self.c_out}
         for name, value in state.items():

@@ -180,7 +180,7 @@ def ensure_canvases(root: Path, dataset: CanvasDataset, fmnist_root: str | None 
     ``ImageSets/Segmentation/{train,val}.txt``). Generation holds an inter-process lock
     (``.<root name>.lock`` beside ``root``), so parallel cells write the files once.
     """
-    from bench.cache import file_lock
+    from snnbench.cache import file_lock
 
     root = Path(root)
     with file_lock(root.parent / f".{root.name}.lock"):
@@ -188,7 +188,7 @@ def ensure_canvases(root: Path, dataset: CanvasDataset, fmnist_root: str | None 
 
 
 def _ensure_canvases_unlocked(root: Path, dataset: CanvasDataset, fmnist_root: str | None) -> Path:
-    from tasks.data import fashion_mnist
+    from snnbench.tasks.data import fashion_mnist
 
     manifest_path = root / "manifest.json"
     wanted = dataset.manifest()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.base import DataNotFoundError
-from tasks.data.arrays import ImageArrays
+from snnbench.tasks.base import DataNotFoundError
+from snnbench.tasks.data.arrays import ImageArrays
 
 #: per-channel mean/std of the CIFAR training images (the usual constants)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

@@ -14,7 +14,7 @@ id order) serves calibration and is excluded from evaluation, as for ImageNet
 (``tasks/data/imagenet.py``), so the two never share an image.
 
 Nothing is downloaded; a missing or malformed file raises
-:class:`~tasks.base.DataNotFoundError` naming what was expected.
+:class:`~snnbench.tasks.base.DataNotFoundError` naming what was expected.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.base import DataNotFoundError
+from snnbench.tasks.base import DataNotFoundError
 
 log = logging.getLogger(__name__)
 

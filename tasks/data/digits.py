@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.data.arrays import ImageArrays
+from snnbench.tasks.data.arrays import ImageArrays
 
 CLASSES = tuple(str(i) for i in range(10))
 #: mean/std of the training digits scaled to [0, 1]

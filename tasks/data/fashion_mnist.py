@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.base import DataNotFoundError
-from tasks.data.arrays import ImageArrays
-from tasks.data.idx import read_idx
+from snnbench.tasks.base import DataNotFoundError
+from snnbench.tasks.data.arrays import ImageArrays
+from snnbench.tasks.data.idx import read_idx
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 #: mean/std of the training images (Xiao et al.; 72.94/255 measured on the Debian copy)

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from tasks.base import DataNotFoundError
+from snnbench.tasks.base import DataNotFoundError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG")
 HOLDOUT_EVERY = 10

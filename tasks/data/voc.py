@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.base import DataNotFoundError
+from snnbench.tasks.base import DataNotFoundError
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import fnmatch
 from importlib import metadata
 
-from bench.registry import MODELS_GROUP, DuplicateNameError, UnknownNameError, unknown_name_message
-from tasks.zoo.spec import ModelSpec, TrainRecipe
+from snnbench.registry import MODELS_GROUP, DuplicateNameError, UnknownNameError, unknown_name_message
+from snnbench.tasks.zoo.spec import ModelSpec, TrainRecipe
 
 __all__ = ["ModelSpec", "TrainRecipe", "get_model_spec", "list_models", "model_origin", "reset_model_registry"]
 
@@ -53,7 +53,7 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 
 def dynamic_spec(name: str) -> ModelSpec | None:
     """A spec for ``torchvision/NAME`` or ``timm/NAME`` (ImageNet classifiers), else None."""
-    from tasks.zoo.catalog import build_timm, build_torchvision
+    from snnbench.tasks.zoo.catalog import build_timm, build_torchvision
 
     lib, _, arch = name.partition("/")
     if lib == "torchvision" and arch:

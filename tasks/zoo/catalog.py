@@ -6,15 +6,15 @@
 * timm Vision Transformers (weights from the Hugging Face cache, or ``--weights``).
 
 Any other torchvision or timm classifier is reachable as ``torchvision/NAME`` or
-``timm/NAME`` (see :func:`tasks.zoo.dynamic_spec`).
+``timm/NAME`` (see :func:`snnbench.tasks.zoo.dynamic_spec`).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from tasks.zoo.architectures import ResNetSmall, VGGSmall, vit_mini
-from tasks.zoo.spec import ModelSpec, TrainRecipe
+from snnbench.tasks.zoo.architectures import ResNetSmall, VGGSmall, vit_mini
+from snnbench.tasks.zoo.spec import ModelSpec, TrainRecipe
 
 SMALL_TASKS = ("fashion_mnist", "digits", "cifar10", "cifar100")
 

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasks.zoo.detection_training import DetectionRecipe
-from tasks.zoo.spec import ModelSpec
+from snnbench.tasks.zoo.detection_training import DetectionRecipe
+from snnbench.tasks.zoo.spec import ModelSpec
 
 #: score threshold and detections per image for COCO evaluation (dcgs.md §5.4)
 EVAL_SCORE_THRESH = 0.05
@@ -102,7 +102,7 @@ def build_fcos_mobilenet_v2(spec: ModelSpec, num_classes: int = 11, pretrained_b
         torch.manual_seed(FCOS_MOBILENET_INIT_SEED)
         mobilenet = torchvision.models.mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d)
         if pretrained_backbone:
-            from tasks.zoo.weights import load_into, load_state_dict_file, package_mobilenet_v2_path
+            from snnbench.tasks.zoo.weights import load_into, load_state_dict_file, package_mobilenet_v2_path
 
             path = package_mobilenet_v2_path()
             load_into(mobilenet, load_state_dict_file(path), origin=str(path))

@@ -6,8 +6,8 @@ decay, gradient-norm clipping at 10, horizontal flips, fixed seeds. The early, h
 resolution backbone stages stay frozen as in torchvision's detection builders
 (``trainable_backbone_layers``); BN is frozen throughout.
 
-The cache is :mod:`tasks.zoo.cache` (sha256 sidecar, atomic writes) under the same file
-lock as the classifiers (:mod:`tasks.zoo.provide`), so two processes never train the same
+The cache is :mod:`snnbench.tasks.zoo.cache` (sha256 sidecar, atomic writes) under the same file
+lock as the classifiers (:mod:`snnbench.tasks.zoo.provide`), so two processes never train the same
 entry at once and a damaged entry is retrained with a warning.
 """
 
@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tasks.base import DataNotFoundError
-from tasks.zoo.spec import ModelSpec
-from tasks.zoo.training import seed_everything
+from snnbench.tasks.base import DataNotFoundError
+from snnbench.tasks.zoo.spec import ModelSpec
+from snnbench.tasks.zoo.training import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def load_or_train_detector(spec: ModelSpec, task_name: str, detector: nn.Module,
     shapes) is reported with a warning, removed and retrained. Returns the record plus
     ``cache``: hit / miss / retrained, and ``path``.
     """
-    from tasks.zoo.provide import cached_or_trained, check_recipe
+    from snnbench.tasks.zoo.provide import cached_or_trained, check_recipe
 
     check_recipe(spec, task_name)
     recipe = spec.recipes[task_name]

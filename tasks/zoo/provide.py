@@ -9,13 +9,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from bench.cache import file_lock
-from tasks.base import DataNotFoundError
-from tasks.data.arrays import ImageArrays
-from tasks.zoo import cache
-from tasks.zoo.spec import ModelSpec
-from tasks.zoo.training import train_classifier
-from tasks.zoo.weights import load_into
+from snnbench.cache import file_lock
+from snnbench.tasks.base import DataNotFoundError
+from snnbench.tasks.data.arrays import ImageArrays
+from snnbench.tasks.zoo import cache
+from snnbench.tasks.zoo.spec import ModelSpec
+from snnbench.tasks.zoo.training import train_classifier
+from snnbench.tasks.zoo.weights import load_into
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@
   ``features[13]`` (stride 16), plus a ReLU/BN-only head fusing strides 8 and 16 and a
   bilinear x8 upsampling. Every operation is one the SNN engine converts: ReLU/ReLU6 become
   neurons, convolutions, BN and bilinear interpolation are affine. Trained by the zoo
-  (:mod:`tasks.zoo.segmentation_training`).
+  (:mod:`snnbench.tasks.zoo.segmentation_training`).
 
 Every builder takes ``build(spec, num_classes=...)`` and returns a module without weights
 whose ``forward`` maps ``[B, 3, H, W]`` to logits ``[B, num_classes, H, W]``.
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.zoo.spec import ModelSpec, TrainRecipe
+from snnbench.tasks.zoo.spec import ModelSpec, TrainRecipe
 
 #: the stage of MobileNetV2 ``features`` whose output has stride 8 (32 channels)
 MOBILENET_STRIDE8_INDEX = 6

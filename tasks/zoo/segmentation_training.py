@@ -6,7 +6,7 @@ OneCycle schedule, pixel-wise cross-entropy ignoring label 255, random horizonta
 fixed seeds. Batches are ``channels_last`` (about 2x faster for MobileNetV2 on CPU).
 
 The cache entry is ``<model>__<task>__<recipe>__d<data digest>.pt`` plus its sidecar, in the
-zoo directory of :mod:`tasks.zoo.cache`; the data digest folds in the canvas manifest, so
+zoo directory of :mod:`snnbench.tasks.zoo.cache`; the data digest folds in the canvas manifest, so
 regenerated data with other counts or seeds trains a new entry.
 """
 
@@ -24,14 +24,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tasks.base import DataNotFoundError
-from tasks.zoo.spec import ModelSpec, TrainRecipe
-from tasks.zoo.training import seed_everything
-from tasks.zoo.weights import load_into, load_state_dict_file, package_mobilenet_v2_path
+from snnbench.tasks.base import DataNotFoundError
+from snnbench.tasks.zoo.spec import ModelSpec, TrainRecipe
+from snnbench.tasks.zoo.training import seed_everything
+from snnbench.tasks.zoo.weights import load_into, load_state_dict_file, package_mobilenet_v2_path
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tasks.data.voc import VOCSegmentation
-    from tasks.segmentation import SegmentationTask, SegmentationTransform
+    from snnbench.tasks.data.voc import VOCSegmentation
+    from snnbench.tasks.segmentation import SegmentationTask, SegmentationTransform
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tupl
 def evaluate_segmenter(model: nn.Module, data: "VOCSegmentation", transform: "SegmentationTransform",
                        num_classes: int, batch_size: int = 50) -> dict[str, float]:
     """mIoU and pixel accuracy of ``model`` on all of ``data`` (the task metric's convention)."""
-    from tasks.segmentation import ConfusionMIoU, collate
+    from snnbench.tasks.segmentation import ConfusionMIoU, collate
 
     model.eval()
     metric = ConfusionMIoU(num_classes)
@@ -107,7 +107,7 @@ def train_segmenter(model: nn.Module, train: "VOCSegmentation", val: "VOCSegment
 
     Returns a record with the validation mIoU / pixel accuracy, steps and wall time.
     """
-    from tasks.segmentation import IGNORE_INDEX, collate
+    from snnbench.tasks.segmentation import IGNORE_INDEX, collate
 
     init_from_imagenet_backbone(model, recipe.seed)
     rng = np.random.default_rng(recipe.seed)
@@ -162,7 +162,7 @@ def load_or_train_segmenter(spec: ModelSpec, task: "SegmentationTask", model: nn
     removed and retrained. Returns the entry's record plus ``cache`` (hit / miss /
     retrained) and ``path``.
     """
-    from tasks.zoo.provide import cached_or_trained, check_recipe
+    from snnbench.tasks.zoo.provide import cached_or_trained, check_recipe
 
     check_recipe(spec, task.name)
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tasks.data.arrays import ImageArrays
-from tasks.zoo.spec import TrainRecipe
+from snnbench.tasks.data.arrays import ImageArrays
+from snnbench.tasks.zoo.spec import TrainRecipe
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 torchvision weights are looked for in ``$TORCH_HOME/hub/checkpoints/<file>`` (the file
 name of the official URL); timm weights in the Hugging Face hub cache and the torch hub
-cache. A missing file raises :class:`~tasks.base.DataNotFoundError` naming the paths
+cache. A missing file raises :class:`~snnbench.tasks.base.DataNotFoundError` naming the paths
 looked at and how to get the file.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasks.base import DataNotFoundError
+from snnbench.tasks.base import DataNotFoundError
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from methods.ann import StaticModel
-from methods.base import ConversionMethod
+from snnbench.methods.ann import StaticModel
+from snnbench.methods.base import ConversionMethod
 
 
 @dataclass(frozen=True)
