@@ -174,7 +174,7 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
         if spec.method == "ann":
             per_t = {}
             for t in range(1, spec.T + 1):
-                per_t[str(t)] = {"metric": result["ann"], **ann["metrics"], "spikes_per_sample": 0.0,
+                per_t[str(t)] = {"metric": result["ann"], **ann["metrics"], "latency": 1, "spikes_per_sample": 0.0,
                                  "unit_spikes_per_sample": 0.0, "synops_per_sample": 0.0,
                                  "macs_per_sample": ann["dense_macs"], "energy_ratio": 1.0}
             result["per_t"] = per_t
@@ -193,6 +193,8 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
             snn = method.convert(bundle.core, stats, ctx).to(device).eval()
             timings["convert_s"] = time.perf_counter() - t0
             result["conversion"] = snn.describe()
+            fairness = snn.fairness()
+            result["fairness"] = fairness.to_dict()
             stage("simulate")
             t0 = time.perf_counter()
             batch = spec.batch_size or task.default_batch_size
@@ -203,7 +205,8 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
             for t in range(1, spec.T + 1):
                 m = metrics[t]
                 acs, macs = summary.acs[t - 1], summary.macs[t - 1]
-                per_t[str(t)] = {"metric": m[task.metric], **m, "spikes_per_sample": summary.events[t - 1],
+                per_t[str(t)] = {"metric": m[task.metric], **m, "latency": fairness.latency(t),
+                                 "spikes_per_sample": summary.events[t - 1],
                                  "unit_spikes_per_sample": summary.unit_spikes[t - 1],
                                  "synops_per_sample": acs, "macs_per_sample": macs,
                                  "neuron_updates_per_sample": summary.neuron_updates[t - 1],

@@ -90,6 +90,37 @@ class CountPlan:
     first_counted_frame: int = 1
 
 
+@dataclass(frozen=True)
+class Fairness:
+    """What one time-step of a converted network can carry, for honest per-T comparisons.
+
+    A row "at T = 4" of a 1-bit IF network and one of a signed 8-level MT network are not the
+    same budget; these figures travel with every result and leaderboard row.
+
+    Attributes:
+        frames_before_readout: frames simulated before readout step t = 1 (1 for the bias
+            pass of differential coding, tau for SRP's pre-simulation, 0 otherwise), so the
+            latency of readout step t is ``t + frames_before_readout`` frames.
+        levels_per_step: log2 of the number of distinct values one neuron can emit in one
+            step (1 bit for IF: {0, theta}; log2(2n + 1) for a signed n-level MT neuron).
+        max_spikes_per_step: the most unit spikes one neuron can emit in one step (1 for IF,
+            2^(n-1) units for the top level of an n-level MT neuron, the cap of a burst neuron).
+    """
+
+    frames_before_readout: int = 0
+    levels_per_step: float = 1.0
+    max_spikes_per_step: int = 1
+
+    def latency(self, t: int) -> int:
+        """Frames actually simulated up to and including readout step ``t``."""
+        return t + self.frames_before_readout
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frames_before_readout": self.frames_before_readout,
+                "levels_per_step": round(float(self.levels_per_step), 4),
+                "max_spikes_per_step": int(self.max_spikes_per_step)}
+
+
 class SpikingModel(nn.Module, abc.ABC):
     """A converted network, stepped in time with its state kept inside its modules."""
 
@@ -116,6 +147,10 @@ class SpikingModel(nn.Module, abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Provenance of the conversion (neuron counts, coding ...), JSON-friendly."""
         return {}
+
+    def fairness(self) -> Fairness:
+        """Latency offset, levels and spikes per step (see :class:`Fairness`); methods override."""
+        return Fairness()
 
 
 class ConversionMethod(abc.ABC, Generic[S]):
