@@ -16,6 +16,10 @@ updates (elements updated).
 
 Counters are device tensors indexed by t, so the time loop never synchronises with the
 host; nothing but those counters is kept.
+
+Frames simulated before readout (SRP's pre-simulation, ``CountPlan.readout_offset``) cost
+energy like any other: the counts reported at readout step t are cumulative over every
+counted frame up to and including frame t + readout_offset.
 """
 
 from __future__ import annotations
@@ -140,11 +144,16 @@ class OpCounter:
         self.model = model
         self.T = T
         self.plan: CountPlan = model.count_plan()
+        self.offset = int(self.plan.readout_offset)
+        if self.offset < 0:
+            raise ValueError(f"readout_offset must be >= 0, got {self.offset}")
+        #: the last frame counted: readout step T
+        self.last_frame = T + self.offset
         self.device = torch.device(device) if device is not None else _module_device(model)
         self.samples = 0
         self._handles: list[Any] = []
         self._pool_events: dict[int, torch.Tensor] = {}
-        zeros = lambda dtype=torch.int64: torch.zeros(T + 1, dtype=dtype, device=self.device)  # noqa: E731
+        zeros = lambda dtype=torch.int64: torch.zeros(self.last_frame + 1, dtype=dtype, device=self.device)  # noqa: E731
         self.layers = [_LayerCounter(site, zeros()) for site in self.plan.connections]
         self.neurons = [_NeuronCounter(site, zeros(), zeros(torch.float64), zeros()) for site in self.plan.neurons]
 
@@ -177,7 +186,7 @@ class OpCounter:
 
     def _frame(self) -> int | None:
         frame = self.model.frame
-        if frame < self.plan.first_counted_frame or frame > self.T:
+        if frame < self.plan.first_counted_frame or frame > self.last_frame:
             return None
         return frame
 
@@ -256,24 +265,25 @@ class OpCounter:
         """Per-sample counts, cumulative over t; this is where the host sync happens."""
         n = max(self.samples, 1)
         T = self.T
+        readout = slice(self.offset, self.offset + T)  # cumulative index of frames 1..t+offset, t = 1..T
 
         def cumulative(rows: list[torch.Tensor]) -> list[float]:
             if not rows:
                 return [0.0] * T
-            total = torch.stack([r.to(torch.float64) for r in rows]).sum(0)[1:].cumsum(0) / n
+            total = torch.stack([r.to(torch.float64) for r in rows]).sum(0)[1:].cumsum(0)[readout] / n
             return total.tolist()
 
         acs_rows = [c.ops for c in self.layers if c.site.input_kind == "spike"]
         mac_rows = [c.ops for c in self.layers if c.site.input_kind != "spike"]
         layers = []
         for c in self.layers:
-            per_t = (c.ops[1:].to(torch.float64).cumsum(0) / n).tolist()
+            per_t = (c.ops[1:].to(torch.float64).cumsum(0)[readout] / n).tolist()
             layers.append({"layer": c.site.name, "type": c.site.op, "input": c.site.input_kind,
                            "ops": per_t, "dense_ops": c.dense / n})
         for c in self.neurons:
             layers.append({"layer": c.site.name, "type": "neuron", "input": "",
-                           "spikes": (c.events[1:].to(torch.float64).cumsum(0) / n).tolist(),
-                           "unit_spikes": (c.units[1:].cumsum(0) / n).tolist(),
+                           "spikes": (c.events[1:].to(torch.float64).cumsum(0)[readout] / n).tolist(),
+                           "unit_spikes": (c.units[1:].cumsum(0)[readout] / n).tolist(),
                            "neurons": float(c.updates[self.plan.first_counted_frame]) / n})
         return CountSummary(
             samples=self.samples, T=T,

@@ -7,7 +7,7 @@ The contract (stable; consumed by scripts, the sweep ledger and the leaderboard)
      "synops_per_sample", "energy_ratio", ...}, ...},
      "status": "ok" | "failed", "error": null | "<traceback>", "wall_s"}
 
-plus ``cell_key``, ``ann_metrics`` (every ANN metric), ``ann_macs_per_sample``,
+plus ``track`` (``plain`` / ``qcfs``: the kind of ANN, from the model spec), ``cell_key``, ``ann_metrics`` (every ANN metric), ``ann_macs_per_sample``,
 ``energy_model``, ``layers`` (per-layer counts), ``timings`` and ``provenance``.
 """
 
@@ -28,6 +28,7 @@ from snnbench.energy import DEFAULT_ENERGY_MODEL
 from snnbench.plugins import create_method, create_task
 from snnbench.provenance import git_revision, host_info, package_versions
 from snnbench.methods.base import ConversionContext, SpikingModel
+from snnbench.tasks.zoo import model_track
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
         t0 = time.perf_counter()
         bundle = task.build(spec.model, weights=spec.weights, device=device, progress=progress)
         timings["build_s"] = time.perf_counter() - t0
+        result["track"] = model_track(spec.model)
 
         stage("ann")
         t0 = time.perf_counter()

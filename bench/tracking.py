@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: the flat summary steps (only those <= T are logged, plus T itself)
 SUMMARY_STEPS = (1, 2, 4, 6, 8, 16, 32, 64, 128, 256)
-STEP_METRICS = ("metric", "energy_ratio", "spikes_per_sample", "synops_per_sample")
+STEP_METRICS = ("metric", "energy_ratio", "spikes_per_sample", "synops_per_sample", "latency")
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 PARAM_VALUE_LIMIT = 6000
@@ -87,6 +87,8 @@ class SweepTracker:
                 "git.sha": git.get("sha") or "", "git.dirty": git.get("dirty"),
                 "user_settings": json.dumps(spec.get("settings") or {}, sort_keys=True),
                 "energy_model": json.dumps(result.get("energy_model") or {}, sort_keys=True),
+                "track": result.get("track") or "plain",
+                "note": str((result.get("conversion") or {}).get("note") or ""),
                 **{f"version.{k}": v for k, v in versions.items()}}
         run = self.client.create_run(self.experiment_id, run_name=label, tags={"mlflow.parentRunId": self.parent})
         run_id = run.info.run_id

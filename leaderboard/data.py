@@ -9,9 +9,12 @@ Frames of :class:`Results`:
 * ``cells``: one row per successful cell (the latest record of its ``cell_key``): task,
   model, method, resolved ``settings`` (values as strings, so both sources compare
   equal), ``user_keys`` (the settings the user set with ``--set``), seed, T_max, calib and
-  eval sizes, ANN value of the headline metric, energy model.
+  eval sizes, ANN value of the headline metric, energy model, ``track`` (``plain`` /
+  ``qcfs``: the kind of ANN; rows of different tracks are never ranked together) and
+  ``note`` (the conversion's own caveat, e.g. "SRP mechanism, non-QCFS ANN").
 * ``curves``: one row per (cell, t): headline metric, spikes, synaptic ops and energy
-  ratio per sample, cumulative over 1..t (as the runner records them).
+  ratio per sample, cumulative over 1..t (as the runner records them), and ``latency``:
+  the frames simulated up to readout step t (t itself for records without it).
 * ``failed``: one row per failed cell: what it was and the exception line of its error.
 
 Metrics stay in the task's own units (fractions); tables and plots convert to percent.
@@ -34,8 +37,10 @@ SPEC_FIELDS = ("T_max", "calib_size", "eval_size", "weights", "data_root")
 
 CELL_COLUMNS = ["cell_key", "task", "model", "method", "metric_name", "ann", "T_max", "seed", "calib_size",
                 "eval_size", "weights", "data_root", "settings", "user_keys", "energy_model", "e_mac_pj", "e_ac_pj",
-                "git_sha", "finished_at"]
-CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sample", "energy_ratio"]
+                "git_sha", "finished_at", "track", "note"]
+CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sample", "energy_ratio", "latency"]
+#: the track of records written before tracks existed
+DEFAULT_TRACK = "plain"
 FAILED_COLUMNS = ["cell_key", "task", "model", "method", "settings", "seed", "T_max", "error_line", "error"]
 
 
@@ -113,12 +118,15 @@ def results_from_records(records: Iterable[dict[str, Any]], source: str = "") ->
             "user_keys": tuple(user_settings), "energy_model": energy.get("name", "unknown"),
             "e_mac_pj": energy.get("e_mac_pj"), "e_ac_pj": energy.get("e_ac_pj"),
             "git_sha": ((record.get("provenance") or {}).get("git") or {}).get("sha"),
-            "finished_at": (record.get("sweep") or {}).get("finished_at")})
+            "finished_at": (record.get("sweep") or {}).get("finished_at"),
+            "track": record.get("track") or DEFAULT_TRACK,
+            "note": str((record.get("conversion") or {}).get("note") or "")})
         for t_text, row in record["per_t"].items():
             curves.append({"cell_key": key, "t": int(t_text), "metric": _float(row.get("metric")),
                            "spikes_per_sample": _float(row.get("spikes_per_sample")),
                            "synops_per_sample": _float(row.get("synops_per_sample")),
-                           "energy_ratio": _float(row.get("energy_ratio"))})
+                           "energy_ratio": _float(row.get("energy_ratio")),
+                           "latency": _float(row.get("latency", int(t_text)))})
         if record.get("layers"):
             layers[key] = record["layers"]
     curves_frame = pd.DataFrame(curves, columns=CURVE_COLUMNS)

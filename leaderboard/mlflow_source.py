@@ -29,7 +29,7 @@ from snnbench.leaderboard.data import LeaderboardError
 log = logging.getLogger(__name__)
 
 #: per-t metrics the tracker logs with step=t, besides the headline metric
-STEP_KEYS = ("energy_ratio", "spikes_per_sample", "synops_per_sample")
+STEP_KEYS = ("energy_ratio", "spikes_per_sample", "synops_per_sample", "latency")
 PAGE = 5000
 
 
@@ -143,7 +143,8 @@ def _record(client, run, user_keys: tuple[str, ...] | None) -> dict[str, Any]:
         "method": params.get("method"), "task": params.get("task"), "model": params.get("model"),
         "settings": settings, "T": T, "cell_key": tags.get("cell_key"), "status": tags.get("status", "failed"),
         "provenance": {"spec": spec, "git": {"sha": tags.get("git.sha") or None}},
-        "mlflow_run_id": run.info.run_id, "per_t": {}, "error": None}
+        "mlflow_run_id": run.info.run_id, "per_t": {}, "error": None,
+        "track": tags.get("track") or "plain", "conversion": {"note": tags.get("note") or ""}}
     if record["status"] != "ok":
         record["error"] = _artifact_text(client, run, "error.txt") or f"run status {run.info.status}"
         return record

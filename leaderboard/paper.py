@@ -6,6 +6,11 @@ authors' rebuttal) with each row's source tag. Values stay text, exactly as publ
 (``0.10`` stays ``0.10``); uncertain settings (``4?`` in the note) are explained in the
 ``note`` column. Paper rows live in their own tables, one per benchmark and table kind,
 and never enter a measured table, a best-value mark or a Pareto front.
+
+The optional ``track`` column (``plain`` when empty) marks rows on specially trained ANNs:
+QCFS's and SRP's rows are ``qcfs`` and are shown with the QCFS-track section of a task.
+Their ``T`` is as published: SRP's excludes its pre-simulation frames (the note says how
+many), so their latency is T + τ.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ PAPER_FILE = "paper_results.csv"
 REQUIRED = ("paper", "source", "section", "table", "benchmark", "model", "method", "T", "metric", "value",
             "energy_ratio", "ann_value", "note")
 #: group columns of a paper table, in display order (empty ones are dropped)
-GROUP = ("model", "ann_value", "n", "c", "coding", "threshold_rule", "source", "note")
-HEADERS = {"model": "model", "ann_value": "ANN (%)", "n": "n", "c": "c", "coding": "coding",
+GROUP = ("model", "track", "ann_value", "n", "c", "coding", "threshold_rule", "source", "note")
+HEADERS = {"model": "model", "track": "track", "ann_value": "ANN (%)", "n": "n", "c": "c", "coding": "coding",
            "threshold_rule": "threshold rule", "source": "source", "note": "note"}
+#: the track of rows whose ``track`` cell is empty (rows written before the column existed)
+DEFAULT_TRACK = "plain"
 
 
 @dataclass
@@ -50,6 +57,10 @@ def load_paper(path: str | Path | None = None) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise ValueError(f"{path or paper_path()} lacks column(s) {', '.join(missing)}")
+    frame = frame.fillna("")  # rows with fewer cells than the header
+    if "track" not in frame.columns:
+        frame["track"] = DEFAULT_TRACK
+    frame["track"] = frame["track"].where(frame["track"] != "", DEFAULT_TRACK)
     return frame
 
 

@@ -3,6 +3,8 @@ no global backend switch, safe in threads and notebooks).
 
 * :func:`plot_metric_vs_T`: metric against t for one model, one line per SNN row (band:
   ± one standard deviation over seeds), the ANN and 99 %-of-ANN levels dashed.
+* :func:`plot_metric_vs_latency`: the same curves against latency, the frames actually
+  simulated up to each readout step (pre-simulation and bias frames included).
 * :func:`plot_pareto`: metric against energy ratio at the chosen T for every SNN row of a
   task, the Pareto front drawn as a line; ANN references at ratio 1 as grey crosses.
 * :func:`plot_layer_spikes`: spikes per sample of each neuron layer of one cell at a T
@@ -72,6 +74,37 @@ def plot_metric_vs_T(rows: Rows, task: str, model: str, path: Path) -> Path:
     metric = str(block["metric_name"].iloc[0])
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{task} / {model}: {metric} vs T")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_metric_vs_latency(rows: Rows, task: str, model: str, path: Path) -> Path:
+    """Metric (%) against latency (frames simulated up to each readout step) for the rows of
+    (task, model): SRP's curve starts at 1 + τ, differential coding's at 2."""
+    block = rows.of_task(task)
+    block = block[block["model"] == model]
+    fig = _figure()
+    ax = fig.add_subplot()
+    seen: dict[str, int] = {}
+    top = 1
+    for i, (_, row) in enumerate(block[~block["reference"]].iterrows()):
+        style = _LINESTYLES[seen.get(row["method"], 0) % len(_LINESTYLES)]
+        seen[row["method"]] = seen.get(row["method"], 0) + 1
+        curve = rows.curve(row["row_id"])
+        latency = curve["latency"].to_numpy(dtype=float)
+        y = curve["metric"].to_numpy(dtype=float) * PERCENT
+        top = max(top, int(np.nanmax(latency)) if latency.size else 1)
+        ax.plot(latency, y, marker="o", markersize=3, color=f"C{i % 10}", linestyle=style, label=row["label"])
+    ann = float(block["ann"].iloc[0]) * PERCENT
+    ax.axhline(ann, color="0.3", linestyle="--", linewidth=1, label=f"ANN {ann:.2f}")
+    ax.set_xscale("log", base=2)
+    ticks = [2 ** k for k in range(int(np.log2(top)) + 1)] + ([top] if top & (top - 1) else [])
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("latency: frames simulated up to the readout step")
+    metric = str(block["metric_name"].iloc[0])
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{task} / {model}: {metric} vs latency")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)

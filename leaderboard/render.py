@@ -13,8 +13,11 @@ Files written into ``out_dir`` (default ``<results>/leaderboard``):
 * ``ablation.csv``: every ablation pivot in long form (when a sweep varied settings);
 * ``failed_cells.csv``: cells whose latest record failed, with the exception line;
 * ``paper_results.csv``: a copy of the published reference rows shown on the page;
-* ``plot-*.png``: metric vs T per model, metric vs energy with the Pareto front, spikes
-  per layer of one cell, per task.
+* ``plot-*.png``: metric vs T and metric vs latency (frames actually simulated) per model,
+  metric vs energy with the Pareto front, spikes per layer of one cell, per task and track.
+
+Each task gets one section per track: the plain-ANN rows, then (when present) the
+QCFS-track rows with their own ANN reference, table, marks and Pareto front.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from snnbench.leaderboard.data import LeaderboardError, Results, load_results
 from snnbench.leaderboard.html import render_html
 from snnbench.leaderboard.markdown import render_markdown
 from snnbench.leaderboard.paper import benchmarks, load_paper, paper_path, paper_tables
-from snnbench.leaderboard.plots import plot_layer_spikes, plot_metric_vs_T, plot_pareto
+from snnbench.leaderboard.plots import plot_layer_spikes, plot_metric_vs_latency, plot_metric_vs_T, plot_pareto
 from snnbench.leaderboard.rows import Rows, build_rows, natural_key
 from snnbench.leaderboard.tables import PERCENT, AblationTable, TaskTable, ablation_tables, failed_table, task_table
 
@@ -40,8 +43,10 @@ log = logging.getLogger(__name__)
 
 TITLE = "snnbench leaderboard"
 ARTIFACT_DIR = "leaderboard"
-CSV_LEAD = ["task", "metric", "model", "row", "method", "settings", "reference", "seeds", "n_seeds", "T_max",
+CSV_LEAD = ["task", "track", "metric", "model", "row", "method", "settings", "reference", "seeds", "n_seeds", "T_max",
             "ann_metric_pct"]
+#: section heading of each track (the plain track keeps the task's plain heading)
+TRACK_TITLES = {"plain": "", "qcfs": "QCFS track (ANNs trained with QCFS activations)"}
 CSV_TAIL = ["t_to_99pct_ann", "chosen_T", "spikes_per_sample", "synops_per_sample", "energy_ratio", "energy_model",
             "e_mac_pj", "e_ac_pj", "pareto", "best", "cell_keys"]
 
@@ -69,17 +74,28 @@ def choose_layer_cell(table: TaskTable, results: Results, wanted: str | None = N
     return None
 
 
+def _track_suffix(track: str) -> str:
+    return "" if track == "plain" else f"-{d.slug(track)}"
+
+
 def _task_plots(rows: Rows, table: TaskTable, results: Results, out: Path, layers_cell: str | None) -> list[d.Image]:
     task, T = table.task, table.chosen_T
     metric = table.metric_name
+    suffix = _track_suffix(table.track)
     images = []
-    models = sorted(rows.of_task(task)["model"].unique(), key=natural_key)
+    models = sorted(rows.of_task(task, table.track)["model"].unique(), key=natural_key)
     for model in models:
         path = plot_metric_vs_T(rows, task, model, out / f"plot-{d.slug(task)}-{d.slug(model)}-metric-vs-T.png")
         images.append(d.Image(path, f"{metric} vs T, {task} / {model}",
                               f"{task} / {model}: {metric} (%) after t time-steps of one simulation, one line per "
                               "SNN row; dashed: ANN; dotted: 99 % of ANN; band: ± 1 sd over seeds."))
-    path = plot_pareto(table, out / f"plot-{d.slug(task)}-pareto.png")
+        path = plot_metric_vs_latency(rows, task, model,
+                                      out / f"plot-{d.slug(task)}-{d.slug(model)}-metric-vs-latency.png")
+        images.append(d.Image(path, f"{metric} vs latency, {task} / {model}",
+                              f"{task} / {model}: {metric} (%) against latency, the frames actually simulated up "
+                              "to each readout step (T plus SRP's pre-simulation frames, plus differential "
+                              "coding's bias frame); dashed: ANN."))
+    path = plot_pareto(table, out / f"plot-{d.slug(task)}{suffix}-pareto.png")
     images.append(d.Image(path, f"{metric} vs energy ratio, {task}",
                           f"{task}: every SNN row at T={T}; outlined points and the line: the Pareto front (no row "
                           f"is both more accurate and cheaper); grey x: ANN reference at ratio 1. Energy model "
@@ -89,7 +105,7 @@ def _task_plots(rows: Rows, table: TaskTable, results: Results, out: Path, layer
         key, label = chosen
         cell = results.cells[results.cells["cell_key"] == key].iloc[0]
         title = f"{task} / {cell['model']}: {label}, seed {cell['seed']}"
-        path = plot_layer_spikes(results.layers[key], T, title, out / f"plot-{d.slug(task)}-layers.png")
+        path = plot_layer_spikes(results.layers[key], T, title, out / f"plot-{d.slug(task)}{suffix}-layers.png")
         if path is not None:
             images.append(d.Image(path, f"spikes per layer, {task}",
                                   f"Spikes per sample of each neuron layer of cell {key} ({label}, seed "
@@ -113,16 +129,26 @@ def _task_section(table: TaskTable, ablations: list[AblationTable], images: list
                     "of the task. Several seeds: mean ± sample standard deviation. Click a header to sort.",
                     "legend"),
         d.Figures(images)]
+    if table.track != "plain":
+        blocks.insert(0, d.Paragraph(
+            f"{TRACK_TITLES.get(table.track, table.track)}: these rows convert ANNs trained specially for "
+            "conversion, so they are ranked only among themselves, against their own ANN reference, never with "
+            "the plain-ANN rows of this task.", "note"))
     for ablation in ablations:
         blocks.append(d.Section(f"Ablation: {ablation.model} ({', '.join(ablation.keys)})",
                                 f"ablation-{d.slug(table.task)}-{d.slug(ablation.model)}",
                                 [d.ablation_table(ablation)], level=3))
-    blocks += _paper_sections(paper, table.task, level=3)
-    return d.Section(f"{table.task}: {table.metric_name}", f"task-{d.slug(table.task)}", blocks)
+    blocks += _paper_sections(paper, table.task, level=3, track=table.track)
+    heading = f"{table.task}: {table.metric_name}"
+    if table.track != "plain":
+        heading += f", {TRACK_TITLES.get(table.track, table.track + ' track')}"
+    return d.Section(heading, f"task-{d.slug(table.task)}{_track_suffix(table.track)}", blocks)
 
 
-def _paper_sections(paper: pd.DataFrame, benchmark: str, level: int) -> list[d.Section]:
+def _paper_sections(paper: pd.DataFrame, benchmark: str, level: int, track: str | None = None) -> list[d.Section]:
     out = []
+    if track is not None:
+        paper = paper[paper["track"] == track]
     for i, ptable in enumerate(paper_tables(paper, benchmark)):
         kind = "ablation" if ptable.kind == "ablation" else "results"
         out.append(d.Section(
@@ -191,13 +217,19 @@ def render_leaderboard(results_dir: str | Path, out_dir: str | Path | None = Non
                                    "that was simulated")
     tables, sections, ablations_all, written = [], [], [], {}
     for task in measured:
-        table = task_table(rows, task, chosen_T)
-        ablations = ablation_tables(rows, task, table.chosen_T)
-        images = _task_plots(rows, table, results, out, layers_cell)
-        written.update({f"plot:{img.path.name}": img.path for img in images})
-        tables.append(table)
-        ablations_all += ablations
-        sections.append(_task_section(table, ablations, images, paper))
+        for track in rows.tracks(task):
+            table = task_table(rows, task, chosen_T, track=track)
+            ablations = ablation_tables(rows, task, table.chosen_T, track=track)
+            images = _task_plots(rows, table, results, out, layers_cell)
+            written.update({f"plot:{img.path.name}": img.path for img in images})
+            tables.append(table)
+            ablations_all += ablations
+            sections.append(_task_section(table, ablations, images, paper))
+        shown = set(rows.tracks(task))
+        other = paper[(paper["benchmark"] == task) & ~paper["track"].isin(shown)]
+        if not other.empty:  # published rows of a track not measured on this task
+            sections.append(d.Section(f"{task}: published results of other tracks (paper)", f"paper-{d.slug(task)}-other",
+                                      _paper_sections(other, task, level=3), badge="paper"))
     failed = failed_table(results)
     sections.append(_failed_section(failed))
     unmeasured = [b for b in benchmarks(paper) if b not in measured]

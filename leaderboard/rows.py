@@ -10,7 +10,11 @@ the ones the user set with ``--set`` (``provenance.spec.settings``) plus any res
 setting whose value differs between the method's rows; then, in brackets, any of
 T_max / calib_size / eval_size / weights / data_root that differ between rows of the
 task; then ``seed=N`` in per-seed mode when the task has several seeds. Examples:
-``dcgs n=4``, ``rate coding=rate, n=8 [eval_size=200]``, ``ann (reference)``.
+``dcgs n=4``, ``rate coding=rate, n=8 [eval_size=200]``, ``ann (reference)``. A conversion's
+own caveat follows in parentheses: ``srp (SRP mechanism, non-QCFS ANN)``.
+
+Every row carries the ``track`` of its model (``plain`` / ``qcfs``); the tables rank each
+track of a task on its own, under its own heading, with its own ANN reference.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ REFERENCE_METHOD = "ann"
 
 ROW_COLUMNS = ["row_id", "task", "model", "method", "label", "reference", "settings", "varied", "seeds", "cell_keys",
                "T_max", "calib_size", "eval_size", "weights", "data_root", "metric_name", "ann", "energy_model",
-               "e_mac_pj", "e_ac_pj"]
-CURVE_COLUMNS = ["row_id", "t", "metric", "metric_sd", "spikes_per_sample", "synops_per_sample", "energy_ratio"]
+               "e_mac_pj", "e_ac_pj", "track"]
+CURVE_COLUMNS = ["row_id", "t", "metric", "metric_sd", "spikes_per_sample", "synops_per_sample", "energy_ratio",
+                 "latency"]
 
 
 @dataclass
@@ -43,8 +48,14 @@ class Rows:
     rows: pd.DataFrame
     curves: pd.DataFrame
 
-    def of_task(self, task: str) -> pd.DataFrame:
-        return self.rows[self.rows["task"] == task]
+    def of_task(self, task: str, track: str | None = None) -> pd.DataFrame:
+        """Rows of ``task`` (of one ``track`` only, when given)."""
+        rows = self.rows[self.rows["task"] == task]
+        return rows if track is None else rows[rows["track"] == track]
+
+    def tracks(self, task: str) -> list[str]:
+        """Tracks present in ``task``, the plain track first."""
+        return sorted(self.of_task(task)["track"].unique(), key=lambda t: (t != "plain", t))
 
     def curve(self, row_id: int) -> pd.DataFrame:
         return self.curves[self.curves["row_id"] == row_id]
@@ -79,12 +90,12 @@ def varied_settings(cells: pd.DataFrame) -> dict[str, tuple[str, ...]]:
 
 
 def _label(method: str, settings: dict[str, str], varied: tuple[str, ...], extras: list[str],
-           seed: int | None) -> str:
+           seed: int | None, note: str = "") -> str:
     if method == REFERENCE_METHOD:
         text = f"{method} (reference)"
     else:
         parts = ", ".join(f"{k}={settings[k]}" for k in varied if k in settings)
-        text = method + (f" {parts}" if parts else "")
+        text = method + (f" {parts}" if parts else "") + (f" ({note})" if note else "")
     if extras:
         text += " [" + ", ".join(extras) + "]"
     if seed is not None:
@@ -111,7 +122,7 @@ def build_rows(results: Results, per_seed: bool = False) -> Rows:
         several_seeds = task_cells["seed"].nunique() > 1
 
         def group_key(cell: pd.Series) -> tuple:
-            key = (cell["model"], cell["method"], tuple(sorted(cell["settings"].items())),
+            key = (cell["track"], cell["model"], cell["method"], tuple(sorted(cell["settings"].items())),
                    *(_value_text(cell[f]) for f in SPEC_FIELDS))
             return key + ((int(cell["seed"]),) if per_seed else ())
 
@@ -125,7 +136,7 @@ def build_rows(results: Results, per_seed: bool = False) -> Rows:
             extras = [f"{f}={_value_text(first[f])}" for f in spec_varied]
             seeds = tuple(sorted(int(c["seed"]) for c in members))
             label = _label(method, first["settings"], varied.get(method, ()), extras,
-                           seeds[0] if per_seed and several_seeds else None)
+                           seeds[0] if per_seed and several_seeds else None, str(first["note"] or ""))
             energy = {str(c["energy_model"]) for c in members}
             if len(energy) > 1:
                 log.warning("row %s/%s mixes energy models %s", task, label, sorted(energy))
@@ -135,7 +146,7 @@ def build_rows(results: Results, per_seed: bool = False) -> Rows:
                          **{f: first[f] for f in SPEC_FIELDS}, "metric_name": first["metric_name"],
                          "ann": float(np.mean([c["ann"] for c in members])),
                          "energy_model": first["energy_model"], "e_mac_pj": first["e_mac_pj"],
-                         "e_ac_pj": first["e_ac_pj"]})
+                         "e_ac_pj": first["e_ac_pj"], "track": first["track"]})
             curves.append(_mean_curve(results.curves[results.curves["cell_key"].isin(keys)], row_id))
             row_id += 1
     frame = pd.DataFrame(rows, columns=ROW_COLUMNS)
@@ -151,7 +162,7 @@ def build_rows(results: Results, per_seed: bool = False) -> Rows:
 def _mean_curve(curves: pd.DataFrame, row_id: int) -> pd.DataFrame:
     """Mean over seeds at every t; ``metric_sd`` is the sample standard deviation (NaN for one seed)."""
     grouped = curves.groupby("t", sort=True)
-    out = grouped[["metric", "spikes_per_sample", "synops_per_sample", "energy_ratio"]].mean()
+    out = grouped[["metric", "spikes_per_sample", "synops_per_sample", "energy_ratio", "latency"]].mean()
     out["metric_sd"] = grouped["metric"].std(ddof=1)
     out = out.reset_index()
     out.insert(0, "row_id", row_id)

@@ -16,7 +16,9 @@ Semantics:
   reference row is never ranked); ties are all marked; a model with a single SNN row gets
   no marks.
 * The Pareto front (metric higher is better, energy ratio lower is better, at the chosen
-  T) is taken over all SNN rows of the task.
+  T) is taken over all SNN rows of the task and track.
+* Tracks: rows on QCFS-trained ANNs (``track == "qcfs"``) get a table of their own per task,
+  with their own ANN reference; they never enter a plain-track ranking, mark or front.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Column:
 
 @dataclass
 class TaskTable:
-    """The ranking table of one task."""
+    """The ranking table of one task and track (``plain`` rows and ``qcfs`` rows are never ranked together)."""
 
     task: str
     metric_name: str
@@ -64,6 +66,7 @@ class TaskTable:
     columns: list[Column]
     frame: pd.DataFrame                      # display columns + CSV-only columns, one line per row
     best: dict[int, set[str]] = field(default_factory=dict)   # frame index -> best column keys
+    track: str = "plain"
 
     def csv_frame(self) -> pd.DataFrame:
         """The frame as written to ``leaderboard.csv`` (raw values, best columns listed)."""
@@ -135,11 +138,12 @@ def _at(curve: pd.DataFrame, t: int, column: str) -> float:
 
 
 # -- the task table --------------------------------------------------------------------
-def task_table(rows: Rows, task: str, chosen_T: int | None = None) -> TaskTable:
-    """The ranking table of ``task`` at ``chosen_T`` (default: the largest common T)."""
-    task_rows = rows.of_task(task)
+def task_table(rows: Rows, task: str, chosen_T: int | None = None, track: str = "plain") -> TaskTable:
+    """The ranking table of the ``track`` rows of ``task`` at ``chosen_T`` (default: the largest
+    common T). Best marks and the Pareto front are taken within the track only."""
+    task_rows = rows.of_task(task, track)
     if task_rows.empty:
-        raise ValueError(f"task {task!r} has no successful cell")
+        raise ValueError(f"task {task!r} has no successful cell in the {track} track")
     T = int(chosen_T) if chosen_T is not None else default_chosen_T(task_rows)
     if (task_rows["T_max"] < T).any():
         log.warning("task %s: %d row(s) stop before the chosen T=%d; their energy columns are blank",
@@ -173,7 +177,7 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None) -> TaskTable:
             "method": row["method"],
             "settings": ";".join(f"{k}={row['settings'][k]}" for k in row["varied"] if k in row["settings"]),
             "reference": bool(row["reference"]), "seeds": ", ".join(map(str, row["seeds"])),
-            "n_seeds": len(row["seeds"]), "T_max": int(row["T_max"]), "chosen_T": T,
+            "n_seeds": len(row["seeds"]), "T_max": int(row["T_max"]), "chosen_T": T, "track": track,
             "ann_metric_pct": row["ann"] * PERCENT}
         for t in T_values:
             rec[f"metric_pct_T{t}"] = _at(curve, t, "metric") * PERCENT
@@ -196,7 +200,7 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None) -> TaskTable:
     extra = [c for c in frame.columns if c not in display]
     frame = frame[[c for c in display if c in frame.columns] + extra]
     table = TaskTable(task=task, metric_name=metric_name, chosen_T=T, T_values=T_values, energy_label=e_label,
-                      columns=columns, frame=frame)
+                      columns=columns, frame=frame, track=track)
     table.best = best_marks(frame, columns)
     return table
 
@@ -222,7 +226,7 @@ def best_marks(frame: pd.DataFrame, columns: list[Column]) -> dict[int, set[str]
 
 
 # -- ablations -------------------------------------------------------------------------
-def ablation_tables(rows: Rows, task: str, chosen_T: int) -> list[AblationTable]:
+def ablation_tables(rows: Rows, task: str, chosen_T: int, track: str | None = None) -> list[AblationTable]:
     """One pivot per model of ``task`` whose methods were run with several settings.
 
     With one varied setting the index lists its values and the columns the methods; with
@@ -230,7 +234,7 @@ def ablation_tables(rows: Rows, task: str, chosen_T: int) -> list[AblationTable]
     ``method last=value``. Values: the metric (%) at ``chosen_T``, mean over seeds.
     """
     out = []
-    task_rows = rows.of_task(task)
+    task_rows = rows.of_task(task, track)
     for model, block in task_rows[~task_rows["reference"]].groupby("model", sort=False):
         block = block[block["varied"].map(len) > 0]
         keys: list[str] = []

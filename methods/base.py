@@ -88,6 +88,10 @@ class CountPlan:
     neurons: list[NeuronSite] = field(default_factory=list)
     #: the first frame that costs energy (1 for differential coding: frame 0 is the bias pass)
     first_counted_frame: int = 1
+    #: frames simulated (and counted) before readout step 1 among frames 1, 2, ... (SRP's
+    #: pre-simulation tau): readout step t is frame t + readout_offset, and the counts of step
+    #: t are cumulative over frames first_counted_frame .. t + readout_offset
+    readout_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,9 @@ class ConversionMethod(abc.ABC, Generic[S]):
     #: bump when results of the same settings change; part of every cell key
     version: ClassVar[str] = "1"
     settings_cls: ClassVar[type]
+    #: False for methods whose conversion reads no calibration data (QCFS: thresholds are
+    #: the learned λ); the harness still passes one batch as the tracing example
+    uses_calibration_data: ClassVar[bool] = True
 
     def __init__(self, settings: S | Mapping[str, Any] | None = None) -> None:
         if settings is None or isinstance(settings, Mapping):

@@ -140,6 +140,10 @@ class EngineMethod(ConversionMethod[EngineSettings]):
         return SpikingNeuron(theta, rule=s.neuron, n=s.n, coding=s.coding, signed=True, floor=None, ceiling=None,
                              fuse=resolve_fuse(s.fuse), kernel=self._kernel())
 
+    def coding(self) -> str:
+        """The coding of the converted network (``rate`` / ``differential``)."""
+        return self.settings.coding
+
     def _kernel(self) -> str:
         return "torch" if self.settings.neuron != "mt" else self.settings.kernel
 
@@ -154,10 +158,8 @@ class EngineMethod(ConversionMethod[EngineSettings]):
             raise ValueError("conversion needs an example input (ConversionContext.example)")
         graph = self.graph(model, ctx.example)
         resolved = self.resolved(graph)
-        kind = self._stat_kind(graph, ctx.T)
-        thetas = {site.name: self.site_threshold(site, stats, kind, ctx.T, resolved["threshold_scale"])
-                  for site in graph.sites}
-        coding = self.settings.coding
+        thetas, statistic = self.site_thresholds(graph, stats, ctx)
+        coding = self.coding()
         def graded(node, fn, positions, label):
             if graph.kinds[node.name] == "product":
                 return ProductUnit(fn, positions, coding=coding, label=label)
@@ -167,8 +169,20 @@ class EngineMethod(ConversionMethod[EngineSettings]):
                                             graded_unit=graded)
         zero_sites = sum(int((t == 0).all()) for t in thetas.values())
         description = {"method": self.name, **resolved, "sites": len(graph.sites), "silent_sites": zero_sites,
-                       "statistic": kind.key(),
+                       "statistic": statistic,
                        "theta_mean": float(torch.stack([t.float().mean() for t in thetas.values()]).mean())
                        if thetas else 0.0}
-        snn = SimulatedNetwork(net.eval(), coding=coding, description=description).to(ctx.device)
+        snn = self.make_network(net.eval(), coding, description).to(ctx.device)
         return snn, graph, unit_paths
+
+    def site_thresholds(self, graph: NetworkGraph, stats: Stats, ctx: ConversionContext
+                        ) -> tuple[dict[str, torch.Tensor], str]:
+        """θ of every neuron site and the name of the statistic it came from (methods with
+        thresholds of their own, such as QCFS's learned λ, override this)."""
+        kind = self._stat_kind(graph, ctx.T)
+        scale = self.resolved(graph)["threshold_scale"]
+        return {site.name: self.site_threshold(site, stats, kind, ctx.T, scale) for site in graph.sites}, kind.key()
+
+    def make_network(self, net: nn.Module, coding: str, description: dict[str, Any]) -> SimulatedNetwork:
+        """The spiking model around the converted graph (SRP substitutes its pre-simulating network)."""
+        return SimulatedNetwork(net, coding=coding, description=description)

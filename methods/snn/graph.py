@@ -8,7 +8,8 @@ Conversion works on a traced copy of the ANN (the user's model is never modified
 2. **Normalise**: functional activations (``F.relu`` in torchvision's BasicBlock is a module
    called twice; ``x.relu()``, ``torch.relu``) become one module per call site, so every
    stateful unit sees exactly one call per frame. With neurons at activations, a MaxPool
-   fed by a ReLU is moved in front of it (max and ReLU commute; dcgs.md §2.8).
+   fed by a ReLU is moved in front of it (max and ReLU commute; dcgs.md §2.8). A QCFS
+   activation (methods/snn/quantized_activation.py) counts as a ReLU clipped at its λ.
 3. **Classify** every node that depends on the input: *affine* (conv, linear, BN, average
    pooling, adds, reshapes, interpolation, products with a constant: applied unchanged to
    every frame, dcgs.md §2.4), *activation* (ReLU, ReLU6), *graded* (any other
@@ -35,6 +36,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from snnbench.methods.snn.quantized_activation import QCFS
+
 Placement = Literal["activations", "inputs"]
 
 
@@ -55,7 +58,9 @@ AFFINE_MODULES = CONNECTION_MODULES + (
     nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.PixelShuffle, nn.PixelUnshuffle,
 )
-ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6)
+#: a QCFS activation is a clipped ReLU [0, λ] to the engine (its quantisation is what the
+#: spiking neurons produce by themselves); the qcfs and srp methods read its λ
+ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, QCFS)
 GRADED_MODULES = (
     nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Softmax, nn.LogSoftmax, nn.Mish,
     nn.ELU, nn.LeakyReLU, nn.Hardtanh, nn.Softplus, nn.LayerNorm, nn.GroupNorm,
@@ -296,6 +301,8 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def _activation_range(module: nn.Module) -> tuple[float, float | None]:
+    if isinstance(module, QCFS):
+        return 0.0, float(module.threshold())
     return (0.0, 6.0) if isinstance(module, nn.ReLU6) else (0.0, None)
 
 

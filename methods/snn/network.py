@@ -14,6 +14,7 @@ decoded leaf by leaf. State lives in the units, so memory does not grow with T.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator, Literal
 
 import torch
@@ -21,7 +22,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from snnbench.methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
+from snnbench.methods.base import ConnectionSite, CountPlan, Fairness, NeuronSite, SpikingModel
 from snnbench.methods.snn.graph import CONNECTION_MODULES, CONV_MODULES
 from snnbench.methods.snn.units import AnalogOp, GradedUnit, ProductUnit, SpikingNeuron, reset_units
 
@@ -100,6 +101,21 @@ class SimulatedNetwork(SpikingModel):
         neurons = [NeuronSite(name, m, unit=m.unit_amplitude) for name, m in gm.named_modules()
                    if isinstance(m, SpikingNeuron)]
         return CountPlan(connections=connections, neurons=neurons, first_counted_frame=1)
+
+    def fairness(self) -> Fairness:
+        """Differential coding simulates its bias frame before readout step 1; the levels and
+        spikes per step are those of the richest neuron (IF: {0, θ} or {-θ, 0, θ}; an n-level
+        MT neuron: 2n + 1 values when signed, up to 2^(n-1) unit spikes in one step)."""
+        levels, spikes = 1.0, 1
+        for m in self.net.modules():
+            if not isinstance(m, SpikingNeuron):
+                continue
+            per_sign = m.n if m.rule == "mt" else 1
+            values = (2 * per_sign + 1) if m.signed else (per_sign + 1)
+            levels = max(levels, math.log2(values))
+            spikes = max(spikes, 2 ** (m.n - 1) if m.rule == "mt" else 1)
+        return Fairness(frames_before_readout=1 if self.coding == "differential" else 0,
+                        levels_per_step=levels, max_spikes_per_step=spikes)
 
     def describe(self) -> dict[str, Any]:
         neurons = [m for m in self.net.modules() if isinstance(m, SpikingNeuron)]

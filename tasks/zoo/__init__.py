@@ -3,18 +3,21 @@
 ``list_models()`` / ``get_model_spec(name)`` read the ``snnbench.models`` entry-point group
 (each entry resolves to a :class:`ModelSpec` or a list of them). Names of the form
 ``torchvision/NAME`` and ``timm/NAME`` build any classifier those libraries know, with
-weights from ``--weights`` or the local caches.
+weights from ``--weights`` or the local caches; ``qcfs/NAME`` (``qcfs/NAME_L<levels>``) builds a
+torchvision architecture with QCFS activations for a user's QCFS checkpoint (QCFS track).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
 from importlib import metadata
 
 from snnbench.registry import MODELS_GROUP, DuplicateNameError, UnknownNameError, unknown_name_message
 from snnbench.tasks.zoo.spec import ModelSpec, TrainRecipe
 
-__all__ = ["ModelSpec", "TrainRecipe", "get_model_spec", "list_models", "model_origin", "reset_model_registry"]
+__all__ = ["ModelSpec", "TrainRecipe", "get_model_spec", "list_models", "model_origin", "model_track",
+           "reset_model_registry"]
 
 _SPECS: dict[str, tuple[ModelSpec, str]] = {}
 
@@ -52,10 +55,12 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 
 
 def dynamic_spec(name: str) -> ModelSpec | None:
-    """A spec for ``torchvision/NAME`` or ``timm/NAME`` (ImageNet classifiers), else None."""
+    """A spec for ``torchvision/NAME``, ``timm/NAME`` (ImageNet classifiers) or ``qcfs/NAME``, else None."""
     from snnbench.tasks.zoo.catalog import build_timm, build_torchvision
 
     lib, _, arch = name.partition("/")
+    if lib == "qcfs" and arch:
+        return _qcfs_torchvision_spec(name, arch)
     if lib == "torchvision" and arch:
         import torchvision
 
@@ -77,6 +82,38 @@ def dynamic_spec(name: str) -> ModelSpec | None:
     return None
 
 
+_LEVELS_SUFFIX = re.compile(r"^(?P<arch>.+)_L(?P<levels>[0-9]+)$")
+
+
+def _qcfs_torchvision_spec(name: str, arch_text: str) -> ModelSpec:
+    """``qcfs/ARCH`` or ``qcfs/ARCH_L<levels>``: a torchvision ARCH with QCFS activations (no default weights)."""
+    import torchvision
+
+    from snnbench.tasks.zoo.catalog import TORCHVISION_QCFS_LEVELS, build_torchvision_qcfs
+
+    match = _LEVELS_SUFFIX.match(arch_text)
+    arch, levels = (match["arch"], int(match["levels"])) if match else (arch_text, TORCHVISION_QCFS_LEVELS)
+    known = torchvision.models.list_models(module=torchvision.models)
+    if arch not in known:
+        raise UnknownNameError(unknown_name_message("torchvision classifier (for qcfs/NAME)", arch, known))
+    if levels < 1:
+        raise UnknownNameError(f"{name}: the QCFS level count after _L must be at least 1")
+    return ModelSpec(name=name, description=f"torchvision {arch} with QCFS activations (L={levels}) and average "
+                     "pools; pass your QCFS checkpoint with --weights", family="classification",
+                     tasks=("imagenet", "cifar10", "cifar100"), build=build_torchvision_qcfs, source="none",
+                     meta={"arch": arch, "qcfs_levels": levels, "activation": "QCFS (Bu et al., ICLR 2022)",
+                           "pooling": "max-pool replaced by average pool (as the QCFS code does)"},
+                     track="qcfs")
+
+
+def model_track(name: str) -> str:
+    """The track (``plain`` / ``qcfs``) of model ``name``; ``plain`` when it is not a known spec."""
+    try:
+        return get_model_spec(name).track
+    except Exception:  # noqa: BLE001 - detection/segmentation names or user models: the plain track
+        return "plain"
+
+
 def get_model_spec(name: str) -> ModelSpec:
     """The spec of ``name``; unknown names raise an error listing the valid ones."""
     specs = _discover()
@@ -86,7 +123,8 @@ def get_model_spec(name: str) -> ModelSpec:
     if dyn is not None:
         return dyn
     raise UnknownNameError(unknown_name_message("model", name, specs) +
-                           " (or torchvision/NAME, timm/NAME for any classifier of those libraries)")
+                           " (or torchvision/NAME, timm/NAME for any classifier of those libraries, "
+                           "qcfs/NAME for a torchvision architecture with QCFS activations)")
 
 
 def model_origin(name: str) -> str:

