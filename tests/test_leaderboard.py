@@ -279,6 +279,7 @@ def test_pareto_mask_and_error_line():
 # -- published rows --------------------------------------------------------------------
 def test_paper_csv_transcribes_dcgs_section_6():
     paper = load_paper()
+    paper = paper[paper["paper"].str.startswith("DCGS")]   # other papers' rows (SRP, QCFS ...) are tested with them
     assert paper.groupby("benchmark").size().to_dict() == {"imagenet": 12, "coco": 32, "voc": 28}
     assert set(paper["metric"]) == {"top1", "map", "miou"} and set(paper["unit"]) == {"%"}
 
