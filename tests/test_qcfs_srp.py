@@ -192,6 +192,26 @@ def test_differential_coding_latency_is_t_plus_one():
     assert rate.frames_before_readout == 0 and rate.latency(4) == 4
 
 
+def test_clip_statistic_above_the_ceiling_is_capped_so_t1_can_fire():
+    """A percentile of QCFS outputs all equal to λ may come back one ulp above λ (CUDA quantile);
+    the threshold is capped at the ceiling, so an IF neuron driven above λ still fires at t = 1."""
+    from snnbench.methods.snn.stats import StatKind
+
+    lam = 1.25
+    model = nn.Sequential(identity_linear(2, 2), QCFS(4, lam), identity_linear(2, 2)).eval()
+    x = torch.tensor([[3.0, 3.0]])
+    method = create_method("rate", {})
+    ctx = ConversionContext(T=1, example=x)
+    (kind,) = method.stat_kinds(model, ctx)
+    assert kind == StatKind("percentile", granularity="layer", placement="activations", p=99.9)
+    stats = Stats()
+    above = torch.nextafter(torch.tensor(lam), torch.tensor(2 * lam)).reshape(1)
+    stats.add(kind, {"1": {"value": above}})
+    snn = method.convert(model, stats, ctx).eval()
+    out = run(snn, x, 1)[0]
+    assert torch.allclose(out, torch.full((1, 2), lam))
+
+
 # -- zoo models ------------------------------------------------------------------------------
 def test_zoo_qcfs_specs_and_torchvision_qcfs_checkpoints(tmp_path):
     from snnbench.tasks.zoo import get_model_spec, model_track

@@ -127,6 +127,12 @@ class EngineMethod(ConversionMethod[EngineSettings]):
             theta = threshold_iteration(values["mean"], values["var"], s.levels_for_iteration(T), s.iteration_mode)
         else:
             theta = values["value"]
+            if site.ceiling is not None:
+                # a statistic of the clipped output (ReLU6, QCFS's λ) cannot exceed the clip; on
+                # CUDA torch.quantile over values all equal to the clip can return it plus one ulp,
+                # and an IF threshold one ulp above the ceiling never fires at t = 1 (its ceiling
+                # room is then below θ): every output stays silent (10 % top-1 seen on an H200)
+                theta = theta.clamp(max=site.ceiling)
         return (scale * theta.float()).clamp_min(0)
 
     def make_neuron(self, site: Site, theta: torch.Tensor) -> SpikingNeuron:
