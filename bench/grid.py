@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from snnbench.cell import CellSpec
 from snnbench.plugins import create_task, method_class
+from snnbench.tasks.zoo import model_track
 from snnbench.methods.settings import SettingsError, describe_field, settings_fields, settings_from_dict
 
 
@@ -100,13 +101,18 @@ def expand_grid(methods: list[str], tasks: list[str], models: list[str] | None, 
     eval_sizes = dict(options.task_eval_sizes)
     cells: list[CellSpec] = []
     used_models: set[str] = set()
+    skipped: list[str] = []  # (method, model) pairs of a track the method does not take
     for task_name in tasks:
         task = create_task(task_name, data_root=options.data_root)
         compatible = task.models()
         chosen = [m for m in models if m in compatible] if models else task.sweep_models()
         used_models.update(chosen)
         for model in chosen:
+            track = model_track(model)
             for method in methods:
+                if track not in getattr(method_class(method), "tracks", (track,)):
+                    skipped.append(f"{method} on {model} ({track} track)")
+                    continue
                 for combo in (combos if takes_sets[method] else [{}]):
                     for seed in seeds:
                         cells.append(CellSpec(
@@ -123,6 +129,9 @@ def expand_grid(methods: list[str], tasks: list[str], models: list[str] | None, 
             for m in unused:
                 get_model_spec(m)  # unknown names raise with the valid list
             raise GridError(f"model(s) {', '.join(unused)} fit none of the tasks {', '.join(tasks)}")
+    if not cells and skipped:
+        raise GridError(f"no cell left: {'; '.join(skipped)}: these methods need a model of another track "
+                        "(qcfs needs a QCFS-trained model such as vgg_small_qcfs)")
     return cells
 
 

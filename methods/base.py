@@ -172,6 +172,9 @@ class ConversionMethod(abc.ABC, Generic[S]):
     #: False for methods whose conversion reads no calibration data (QCFS: thresholds are
     #: the learned λ); the harness still passes one batch as the tracing example
     uses_calibration_data: ClassVar[bool] = True
+    #: model tracks the method converts (``plain``: ordinary ANNs, ``qcfs``: QCFS-trained);
+    #: a sweep grid skips the models of other tracks
+    tracks: ClassVar[tuple[str, ...]] = ("plain", "qcfs")
 
     def __init__(self, settings: S | Mapping[str, Any] | None = None) -> None:
         if settings is None or isinstance(settings, Mapping):

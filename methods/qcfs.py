@@ -88,6 +88,7 @@ class QCFSConversion(EngineMethod):
     version = "1"
     settings_cls = QCFSSettings  # type: ignore[assignment]
     uses_calibration_data = False
+    tracks = ("qcfs",)
 
     def graph(self, model: nn.Module, example: torch.Tensor) -> NetworkGraph:
         return build_network_graph(model, example, "activations")

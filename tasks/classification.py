@@ -100,7 +100,10 @@ class ArrayClassificationTask(Task):
         self.split("test")
 
     def sweep_models(self) -> list[str]:
-        return self.models()
+        """The task's models of the plain track (QCFS-track models are swept when named)."""
+        from snnbench.tasks.zoo import model_track
+
+        return [m for m in self.models() if model_track(m) == "plain"]
 
     def default_model(self) -> str:
         return "vgg_small"

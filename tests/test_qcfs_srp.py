@@ -319,3 +319,17 @@ def test_paper_rows_of_srp_and_qcfs_carry_their_track():
     vgg = srp[(srp["benchmark"] == "imagenet") & (srp["model"] == "VGG-16") & (srp["T"] == "2")]
     assert vgg["value"].tolist() == ["61.37"] and "tau=14" in vgg["note"].iloc[0]
     assert set(paper[paper["method"] == "dcgs"]["track"]) == {"plain"}
+
+
+def test_sweep_grid_keeps_qcfs_models_out_of_the_defaults_and_qcfs_off_plain_models():
+    from snnbench.grid import GridError, GridOptions, expand_grid
+
+    options = GridOptions(T=4)
+    default = expand_grid(["rate"], ["digits"], None, {}, [0], options)
+    assert "vgg_small_qcfs" not in {c.model for c in default} and "vgg_small" in {c.model for c in default}
+    cells = expand_grid(["qcfs", "srp", "dcgs"], ["digits"], ["vgg_small_qcfs", "vgg_small"], {}, [0], options)
+    pairs = {(c.method, c.model) for c in cells}
+    assert pairs == {("qcfs", "vgg_small_qcfs"), ("srp", "vgg_small_qcfs"), ("dcgs", "vgg_small_qcfs"),
+                     ("srp", "vgg_small"), ("dcgs", "vgg_small")}
+    with pytest.raises(GridError, match="vgg_small_qcfs"):
+        expand_grid(["qcfs"], ["digits"], ["vgg_small"], {}, [0], options)
