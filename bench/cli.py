@@ -73,6 +73,33 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- flag validation shared by bench run and bench sweep ----------------------------------
+VALID_DEVICES = "cpu, cuda, cuda:N or auto"
+
+
+def check_device(device: str) -> None:
+    """``--device`` must be cpu, cuda, cuda:N or auto (whether CUDA exists is checked where the cell runs)."""
+    name, _, index = str(device).partition(":")
+    ok = (device in ("cpu", "cuda", "auto") or (name == "cuda" and index.isdigit()))
+    if not ok:
+        raise UsageError(f"--device must be {VALID_DEVICES}, not {device!r}")
+
+
+def check_cell_flags(args: argparse.Namespace) -> None:
+    """The cell flags every command validates the same way: --T, sizes, --device.
+
+    Raises:
+        UsageError: naming the flag (exit status 2).
+    """
+    if args.T is not None and args.T < 1:
+        raise UsageError("--T must be at least 1")
+    for flag in ("calib_size", "eval_size", "batch_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be positive, not {value}")
+    check_device(args.device)
+
+
 # -- bench run -------------------------------------------------------------------------
 def build_cell(args: argparse.Namespace):
     """Validate names and settings up front and build the :class:`CellSpec`."""
@@ -90,17 +117,13 @@ def build_cell(args: argparse.Namespace):
     if args.task not in spec.tasks:
         raise UsageError(f"model {model!r} does not fit task {args.task!r}; models for {args.task}: "
                          f"{', '.join(task.models())}")
+    check_cell_flags(args)
     T = args.T if args.T is not None else DEFAULT_T
-    if T < 1:
-        raise UsageError("--T must be at least 1")
-    for flag in ("calib_size", "eval_size", "batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be positive")
     del method
     task.check_data()
     return CellSpec(method=args.method, task=args.task, model=model, settings=settings, T=T, seed=args.seed,
-                    calib_size=args.calib_size or DEFAULT_CALIB_SIZE, eval_size=args.eval_size,
+                    calib_size=args.calib_size if args.calib_size is not None else DEFAULT_CALIB_SIZE,
+                    eval_size=args.eval_size,
                     batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device)
 
 
