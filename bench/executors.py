@@ -27,7 +27,8 @@ import logging
 import os
 import time
 import traceback
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from snnbench.cell import CellSpec
 
@@ -101,6 +102,35 @@ class SerialExecutor:
             on_result(cell, result)
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_only(ray) -> Iterator[None]:
+    """Start a local Ray instance whose servers (GCS, raylet, agents, workers) listen on 127.0.0.1 only.
+
+    Ray binds its gRPC servers to every interface unless the node's address is the
+    loopback one, and it replaces a loopback ``_node_ip_address`` by the machine's
+    reachable IP; the single-machine mode it uses on macOS/Windows (clusters disabled)
+    keeps 127.0.0.1. That mode is switched on for the start of the local instance only
+    (the environment variable for Ray's own processes, the constant for this one).
+    """
+    from ray._private import ray_constants
+
+    old_env = os.environ.get(LOOPBACK_ENV)
+    old_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = old_env
+
+
 class RayExecutor:
     """Runs cells as Ray tasks; see the module docstring for the failure policy."""
 
@@ -125,8 +155,9 @@ class RayExecutor:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local sessions: no token file to manage
         if not ray.is_initialized():
             if self.address == "local":
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False, runtime_env=self.runtime_env,
-                         log_to_driver=False, _system_config={"task_oom_retries": 0})
+                with _loopback_only(ray):
+                    ray.init(num_cpus=self.num_cpus, include_dashboard=False, runtime_env=self.runtime_env,
+                             log_to_driver=False, _system_config={"task_oom_retries": 0})
             else:
                 ray.init(address=self.address, runtime_env=self.runtime_env, log_to_driver=False)
         return ray

@@ -85,13 +85,17 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _data_key(spec: CellSpec) -> dict[str, Any]:
-    return {"task": spec.task, "model": spec.model, "weights": spec.weights, "data_root": spec.data_root}
+def _data_key(spec: CellSpec, bundle) -> dict[str, Any]:
+    """What cached ANN numbers and statistics depend on, including the identity of the weights loaded."""
+    from snnbench.tasks.zoo.weights import bundle_weights_sha256
+
+    return {"task": spec.task, "model": spec.model, "weights": spec.weights, "data_root": spec.data_root,
+            "weights_sha256": bundle_weights_sha256(bundle)}
 
 
 def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[str, Any]:
     """ANN metric and dense MACs on the evaluation set, cached per (task, model, eval size)."""
-    key = digest({**_data_key(spec), "eval_size": spec.eval_size, "what": "ann-eval-v1"})
+    key = digest({**_data_key(spec, bundle), "eval_size": spec.eval_size, "what": "ann-eval-v1"})
 
     def compute() -> dict[str, Any]:
         from snnbench.methods.ann import ANNReference
@@ -116,7 +120,7 @@ def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionConte
     from snnbench.methods.snn.stats import Stats, collect_stats
 
     kinds = method.stat_kinds(bundle.core, ctx)
-    base = {**_data_key(spec), "calib_size": spec.calib_size, "calib_batch": spec.calib_batch_size, "seed": spec.seed}
+    base = {**_data_key(spec, bundle), "calib_size": spec.calib_size, "calib_batch": spec.calib_batch_size, "seed": spec.seed}
     key_of = {kind: digest({**base, "kind": kind.key()}) for kind in kinds}
     stats = Stats()
     with cache.lock("stats", digest(base)):
@@ -144,6 +148,7 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
     result: dict[str, Any] = {
         "method": spec.method, "task": spec.task, "model": spec.model, "settings": dict(spec.settings),
         "T": spec.T, "metric": None, "ann": None, "per_t": {}, "status": "failed", "error": None, "wall_s": 0.0,
+        "weights_sha256": None,
     }
     timings: dict[str, float] = {}
     stage = on_stage or (lambda _: None)
@@ -160,6 +165,9 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
         t0 = time.perf_counter()
         bundle = task.build(spec.model, weights=spec.weights, device=device, progress=progress)
         timings["build_s"] = time.perf_counter() - t0
+        from snnbench.tasks.zoo.weights import bundle_weights_sha256
+
+        result["weights_sha256"] = bundle_weights_sha256(bundle)
 
         stage("ann")
         t0 = time.perf_counter()

@@ -176,8 +176,9 @@ def summary_table(records: list[dict[str, Any]]) -> str:
             rows.append((label, "ok", f"{r['metric']}={last.get('metric', float('nan')):.4f}",
                          f"{r['ann']:.4f}", "" if er is None else f"{er:.3f}", f"{r.get('wall_s', 0):.1f}"))
         else:
-            first_line = (r.get("error") or "").strip().splitlines()
-            rows.append((label, "FAILED", (first_line[-1] if first_line else "")[:60], "", "", f"{r.get('wall_s', 0):.1f}"))
+            from snnbench.leaderboard.data import error_line
+
+            rows.append((label, "FAILED", error_line(r.get("error"))[:60], "", "", f"{r.get('wall_s', 0):.1f}"))
     header = ("cell", "status", "metric at T", "ANN", "energy@T", "wall s")
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
