@@ -213,9 +213,12 @@ class SweepTracker:
                     else (experiment, "", f"{key}/{record.get('status', '')}") in logged)
             if done:
                 continue
-            self.log_cell(dict(record, cell_key=key), experiment=experiment,
-                          extra_tags={"snnbench.backfilled": "true"})
-            backfilled += 1
+            try:
+                self.log_cell(dict(record, cell_key=key), experiment=experiment,
+                              extra_tags={"snnbench.backfilled": "true"})
+                backfilled += 1
+            except Exception as err:  # noqa: BLE001 - one bad record must not stop the others
+                log.warning("could not log ledger record %s of cell %s to MLflow: %s", record_id, key, err)
         if killed or backfilled:
             log.warning("MLflow reconciled with the ledger: %d run(s) of dead sweeps marked KILLED, %d ledger "
                         "record(s) without an MLflow run logged now", killed, backfilled)

@@ -75,6 +75,24 @@ def _kill_launcher(patch: str) -> str:
     return ("import os, signal, sys\n" + patch + "\nfrom snnbench.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 
 
+def _processes_running(text: str) -> list[int]:
+    """PIDs of live processes whose command line contains ``text`` (from /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if text in cmdline and stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X"):
+            pids.append(int(entry))
+    return pids
+
+
 def _all_lines_are_records(path: Path) -> list[dict]:
     lines = path.read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -197,8 +215,6 @@ def test_sigkill_between_ledger_and_mlflow_is_reconciled_on_the_next_start(tmp_p
 
 # -- item 3: --cell-timeout --------------------------------------------------------------
 def test_timeout_cannot_be_swallowed_and_counts_from_the_cell_start(tmp_path, plugin_site, digits_vgg):
-    import psutil
-
     from snnbench.executors import SerialExecutor
     from snnbench.grid import GridOptions, expand_grid, parse_sets
     from snnbench.sweep import run_sweep
@@ -206,18 +222,14 @@ def test_timeout_cannot_be_swallowed_and_counts_from_the_cell_start(tmp_path, pl
     small = GridOptions(T=4, calib_size=100, eval_size=200)
     eats = expand_grid(["swallower"], ["digits"], ["vgg_small"], parse_sets(["delay=120"]), [0], small)
     quick = expand_grid(["sleepy"], ["digits"], ["vgg_small"], parse_sets(["delay=0.5"]), [0], small)
-    started = time.monotonic()
     outcome = run_sweep(eats + quick, tmp_path, SerialExecutor(str(tmp_path / "cache"), cell_timeout=6),
                         experiment="t", track=False)
-    elapsed = time.monotonic() - started
     swallowed, fast = outcome.results
     assert swallowed["status"] == "failed" and swallowed["error"].startswith("timeout after 6 s")
     assert 6 <= swallowed["wall_s"] < 12
     # the quick cell's child needs seconds to import torch before it starts: not counted
     assert fast["status"] == "ok", fast["error"]
-    assert elapsed < 110
-    assert not [p for p in psutil.Process().children(recursive=True) if "snnbench.cell_process" in " ".join(
-        p.cmdline())]
+    assert not _processes_running("snnbench.cell_process")   # the killed child and its group are gone
 
 
 def test_default_serial_path_stays_in_process(tmp_path, digits_vgg, monkeypatch):
@@ -298,6 +310,7 @@ def test_retrained_weights_never_reuse_cached_numbers_and_rows_stay_apart(tmp_pa
     zoo = tmp_path / "zoo"
     shutil.copytree(os.environ["SNNBENCH_ZOO_DIR"], zoo)
     monkeypatch.setenv("SNNBENCH_ZOO_DIR", str(zoo))
+    monkeypatch.setenv("SNNBENCH_ZOO_REFERENCE", "off")   # the user's own zoo cache, not shipped checkpoints
     (weights_file,) = [p for p in zoo.glob("vgg_small__digits__*.pt")]
     cells = expand_grid(["ann"], ["digits"], ["vgg_small"], {}, [0], GridOptions(T=2, calib_size=50, eval_size=200))
     results = tmp_path / "r"
@@ -446,10 +459,11 @@ def test_next_bench_ui_stops_the_orphan_of_a_killed_one(tmp_path):
 def test_ray_local_is_loopback_only_and_queued_cells_do_not_time_out(tmp_path, plugin_site, digits_vgg,
                                                                       monkeypatch):
     import ipaddress
-
-    import psutil
+    import shutil
 
     ray = pytest.importorskip("ray")
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to list listening sockets")
     from snnbench.executors import RayExecutor
     from snnbench.grid import GridOptions, expand_grid, parse_sets
     from snnbench.sweep import run_sweep
@@ -459,23 +473,13 @@ def test_ray_local_is_loopback_only_and_queued_cells_do_not_time_out(tmp_path, p
     queued = expand_grid(["sleepy"], ["digits"], ["vgg_small"], parse_sets(["delay=3,3.1,3.2"]), [0], small)
     eats = expand_grid(["swallower"], ["digits"], ["vgg_small"], parse_sets(["delay=120"]), [0], small)
     executor = RayExecutor(str(tmp_path / "cache"), address="local", retries=1, cell_timeout=8, num_cpus=1)
-    listening: list[str] = []
-
-    def record_listeners(cell, result, real=None):
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == "LISTEN" and conn.pid:
-                try:
-                    name = " ".join(psutil.Process(conn.pid).cmdline())
-                except psutil.Error:
-                    continue
-                if "ray" in name or "raylet" in name or "gcs_server" in name:
-                    listening.append(conn.laddr.ip)
-
     try:
         outcome = run_sweep(queued + eats, tmp_path, executor, experiment="q", track=False)
-        record_listeners(None, None)
+        sockets = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     finally:
         ray.shutdown()
+    listening = [line.split()[3].rsplit(":", 1)[0].strip("[]").replace("*", "0.0.0.0") for line in sockets.splitlines()
+                 if any(name in line for name in ('"raylet"', '"gcs_server"', '"ray::'))]
     by_method = {}
     for r in outcome.results:
         by_method.setdefault(r["method"], []).append(r)
