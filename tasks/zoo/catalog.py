@@ -17,6 +17,8 @@ from snnbench.tasks.zoo.architectures import ResNetSmall, VGGSmall, vit_mini
 from snnbench.tasks.zoo.spec import ModelSpec, TrainRecipe
 
 SMALL_TASKS = ("fashion_mnist", "digits", "cifar10", "cifar100")
+#: tasks every ImageNet classifier serves (``agreement`` needs no labels, only the 1000-class head)
+IMAGENET_TASKS = ("imagenet", "agreement")
 
 
 def _small_recipes() -> dict[str, TrainRecipe]:
@@ -65,12 +67,12 @@ def build_timm(spec: ModelSpec, num_classes: int = 1000, **_: object) -> nn.Modu
 
 
 def _tv(name: str, weights: str, description: str, source: str = "torchvision") -> ModelSpec:
-    return ModelSpec(name=name, description=description, family="classification", tasks=("imagenet",),
+    return ModelSpec(name=name, description=description, family="classification", tasks=IMAGENET_TASKS,
                      build=build_torchvision, source=source, weights=weights)  # type: ignore[arg-type]
 
 
 def _timm(name: str, tag: str, description: str) -> ModelSpec:
-    return ModelSpec(name=name, description=description, family="classification", tasks=("imagenet",),
+    return ModelSpec(name=name, description=description, family="classification", tasks=IMAGENET_TASKS,
                      build=build_timm, source="timm", weights=tag)
 
 
