@@ -67,7 +67,7 @@ def _alarm(seconds: float | None) -> Iterator[None]:
 
 
 def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: int | None = None,
-                        timeout: float | None = None) -> dict[str, Any]:
+                        timeout: float | None = None, progress: bool = False) -> dict[str, Any]:
     """Run one cell here and return its result dict (what a Ray task executes)."""
     import torch
 
@@ -79,7 +79,7 @@ def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: i
     cell = CellSpec.from_dict(spec)
     cache = DiskCache(cache_root) if cache_root else MemoryCache()
     with _alarm(timeout):
-        return run_cell(cell, cache=cache, progress=False)
+        return run_cell(cell, cache=cache, progress=progress)
 
 
 class SerialExecutor:
@@ -87,14 +87,16 @@ class SerialExecutor:
 
     name = "serial"
 
-    def __init__(self, cache_root: str | None, cell_timeout: float | None = None) -> None:
+    def __init__(self, cache_root: str | None, cell_timeout: float | None = None, progress: bool = False) -> None:
         self.cache_root = cache_root
         self.cell_timeout = cell_timeout
+        self.progress = progress  # the inner per-cell bar (batches x t); terminals only
 
     def run(self, cells: list[CellSpec], on_start: OnStart, on_result: OnResult) -> None:
         for cell in cells:
             on_start(cell)
-            on_result(cell, run_cell_in_process(cell.to_dict(), self.cache_root, timeout=self.cell_timeout))
+            on_result(cell, run_cell_in_process(cell.to_dict(), self.cache_root, timeout=self.cell_timeout,
+                                                progress=self.progress))
 
 
 class RayExecutor:
