@@ -29,7 +29,7 @@ from snnbench.tasks.classification import check_model_fits, default_weights_path
 from snnbench.tasks.data import photos
 from snnbench.tasks.data.arrays import subset_indices
 from snnbench.tasks.zoo import get_model_spec, list_models
-from snnbench.tasks.zoo.weights import load_into, load_state_dict_file
+from snnbench.tasks.zoo.weights import adapt_state_dict, load_into, load_state_dict_file
 
 
 class AgreementMetric(StepMetric):
@@ -130,7 +130,7 @@ class AgreementTask(Task):
         check_model_fits(self, spec)
         net = spec.build(spec, num_classes=1000)
         path = weights or default_weights_path(spec)
-        load_into(net, load_state_dict_file(path), origin=path)
+        load_into(net, adapt_state_dict(load_state_dict_file(path)), origin=path)
         info = {"model": model, "weights": os.path.abspath(path), "transform": eval_transform(spec, net)}
         return ModelBundle(core=net.eval().to(device), info=info)
 

@@ -90,12 +90,12 @@ def test_sweep_to_a_file_prints_one_line_per_cell_and_keeps_warnings_in_the_reco
 
 
 def test_quiet_prints_nothing_on_success_and_verbose_shows_warnings(tmp_path, digits_vgg):
-    proc, stdout = _sweep(tmp_path, "-q", methods="dcgs")
+    proc, stdout = _sweep(tmp_path, "-q", methods="rate")
     assert proc.returncode == 0, proc.stderr
     assert stdout == "" and proc.stderr == ""
     assert len((tmp_path / "results" / "ledger.jsonl").read_text().splitlines()) == 1
     # -v: the same warnings are shown as well as captured
-    proc, stdout = _sweep(tmp_path, "-v", methods="dcgs", results="verbose")
+    proc, stdout = _sweep(tmp_path, "-v", methods="rate", results="verbose")
     assert proc.returncode == 0, proc.stderr
     assert "recompile_limit" in proc.stderr and "No CUDA runtime" in proc.stderr
     assert len([line for line in stdout.splitlines() if CELL_LINE.match(line)]) == 1

