@@ -25,10 +25,20 @@ class UsageError(Exception):
 
 
 # --------------------------------------------------------------------------------------
-def setup_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * verbosity
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+def setup_logging(verbosity: int, quiet: bool = False) -> None:
+    """Configure logging once for the whole command (see :mod:`snnbench.console`)."""
+    from snnbench.console import configure_logging
+
+    configure_logging(verbose=verbosity, quiet=quiet)
+
+
+def _verbosity_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """-q/-v on the top-level parser and on every sub-command (``bench sweep -q`` and ``bench -q sweep``)."""
+    default = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="count", default=default,
+                        help="more output: -v shows information and third-party warnings, -vv debug")
+    parser.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="print nothing but errors")
 
 
 def _add_cell_options(p: argparse.ArgumentParser) -> None:
@@ -275,7 +285,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"list": cmd_list, "r
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="snnbench: benchmark training-free ANN-to-SNN "
                                      "conversion methods across tasks, models and time-steps.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    _verbosity_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("list", help="list methods, tasks and models")
@@ -308,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("--zoo-dir", default=None)
     for extra in _EXTRA_PARSERS:
         extra(sub)
+    for name, subparser in sub.choices.items():
+        _verbosity_options(subparser, top=False)
+        if name == "zoo":
+            for zoo_parser in zoo.choices.values():
+                _verbosity_options(zoo_parser, top=False)
     return parser
 
 
@@ -322,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, quiet=args.quiet)
     if not args.command:
         parser.print_help()
         return 2

@@ -55,28 +55,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _progress(iterable, desc: str, total: int | None, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, disable=None)
-
-
 def simulate(snn: SpikingModel, task, bundle, batches, T: int, desc: str = "", total: int | None = None,
              progress: bool = False) -> tuple[dict[int, dict[str, float]], Any]:
-    """Step ``snn`` to T over evaluation batches; metric per t and op counts."""
+    """Step ``snn`` to T over evaluation batches; metric per t and op counts.
+
+    ``total`` is the number of batches, if known, for the progress bar over batches x t.
+    """
+    from snnbench.console import step_bar
+
     metric = task.new_metric()
-    with torch.inference_mode(), OpCounter(snn, T) as counter:
-        for inputs, targets in _progress(batches, desc, total, progress):
-            x, meta = bundle.prepare(inputs)
-            x = x.to(_device_of(snn))
-            snn.reset()
-            for t, out in enumerate(snn.simulate(x, T), start=1):
-                metric.update(t, bundle.finish(out, meta), targets)
-            counter.add_samples(x.shape[0])
-        summary = counter.summary()
+    bar = step_bar(desc, total, T, progress)
+    try:
+        with torch.inference_mode(), OpCounter(snn, T) as counter:
+            for inputs, targets in batches:
+                x, meta = bundle.prepare(inputs)
+                x = x.to(_device_of(snn))
+                snn.reset()
+                for t, out in enumerate(snn.simulate(x, T), start=1):
+                    metric.update(t, bundle.finish(out, meta), targets)
+                    bar.update(1)
+                counter.add_samples(x.shape[0])
+            summary = counter.summary()
+    finally:
+        bar.close()
     return metric.compute(), summary
+
+
+def _batch_count(task, eval_size: int | None, batch_size: int) -> int | None:
+    """Evaluation batches of a cell, for the progress bar (None when the set size is unknown)."""
+    try:
+        n = task.eval_set_size()
+    except Exception:  # noqa: BLE001 - only a progress-bar total
+        n = None
+    if n is None:
+        return None
+    n = min(n, eval_size) if eval_size else n
+    return -(-n // batch_size)
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -108,7 +122,8 @@ def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[st
         ctx = ConversionContext(T=1, example=example.to(_device_of(bundle.core)))
         reference = ANNReference().convert(bundle.core, None, ctx)
         metrics, summary = simulate(reference, task, bundle, itertools.chain([first], batches), T=1,
-                                    desc=f"ann/{spec.model}/{spec.task}", progress=progress)
+                                    desc=f"ann/{spec.model}/{spec.task}", progress=progress,
+                                    total=_batch_count(task, spec.eval_size, batch))
         return {"metrics": metrics[1], "dense_macs": summary.dense_macs, "samples": summary.samples,
                 "layers": summary.layers, "wall_s": time.perf_counter() - start}
 
@@ -142,7 +157,21 @@ def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionConte
 
 def run_cell(spec: CellSpec, cache=None, progress: bool = False,
              on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run one cell; never raises for a failing cell: returns ``status="failed"`` with the traceback."""
+    """Run one cell; never raises for a failing cell: returns ``status="failed"`` with the traceback.
+
+    Third-party warnings raised meanwhile (torch's CUDA_HOME notice, dynamo recompile
+    messages, ...) stay off the console and are stored in ``result["warnings"]``
+    (:func:`snnbench.console.capture_warnings`).
+    """
+    from snnbench.console import capture_warnings
+
+    with capture_warnings() as captured:
+        result = _run_cell(spec, cache, progress, on_stage)
+    result["warnings"] = captured.to_list()
+    return result
+
+
+def _run_cell(spec: CellSpec, cache, progress: bool, on_stage: Callable[[str], None] | None) -> dict[str, Any]:
     start = time.perf_counter()
     cache = cache if cache is not None else MemoryCache()
     result: dict[str, Any] = {
@@ -207,7 +236,8 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
             t0 = time.perf_counter()
             batch = spec.batch_size or task.default_batch_size
             metrics, summary = simulate(snn, task, bundle, task.eval_batches(spec.eval_size, batch, bundle), spec.T,
-                                        desc=spec.label(), progress=progress)
+                                        desc=spec.label(), progress=progress,
+                                        total=_batch_count(task, spec.eval_size, batch))
             timings["simulate_s"] = time.perf_counter() - t0
             per_t = {}
             for t in range(1, spec.T + 1):
