@@ -191,6 +191,9 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--weights", default=None)
     p.add_argument("--device", default="cpu")
+    from snnbench.cell import EVAL_TS_HELP
+
+    p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
 
 
 def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, Any]]:
@@ -208,7 +211,8 @@ def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, 
     options = GridOptions(T=T, calib_size=args.calib_size or (EMBEDDED_CAMPAIGN.calib_size if campaign
                                                                   else DEFAULT_CALIB_SIZE),
                           eval_size=args.eval_size, batch_size=args.batch_size, data_root=args.data_root,
-                          weights=args.weights, device=args.device, task_eval_sizes=eval_sizes)
+                          weights=args.weights, device=args.device, task_eval_sizes=eval_sizes,
+                          eval_ts=args.eval_ts)
     if T < 1:
         raise ValueError("--T must be at least 1")
     cells = expand_grid(methods, tasks, models, parse_sets(args.sets), seeds, options)
