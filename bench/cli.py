@@ -52,6 +52,9 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="dataset location (task-specific; see bench list)")
     p.add_argument("--weights", default=None, help="ANN weights file (state dict) instead of the default source")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    from snnbench.cell import EVAL_TS_HELP
+
+    p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
 
 
 # -- bench list ------------------------------------------------------------------------
@@ -131,11 +134,18 @@ def build_cell(args: argparse.Namespace):
     check_cell_flags(args)
     T = args.T if args.T is not None else DEFAULT_T
     del method
+    from snnbench.cell import resolve_eval_ts
+
+    try:
+        resolve_eval_ts(args.eval_ts, T)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     task.check_data()
     return CellSpec(method=args.method, task=args.task, model=model, settings=settings, T=T, seed=args.seed,
                     calib_size=args.calib_size if args.calib_size is not None else DEFAULT_CALIB_SIZE,
                     eval_size=args.eval_size,
-                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device)
+                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device,
+                    eval_ts=args.eval_ts)
 
 
 def format_result_table(result: dict[str, Any], steps: list[int] | None = None) -> str:
@@ -154,7 +164,8 @@ def format_result_table(result: dict[str, Any], steps: list[int] | None = None) 
     for t in steps:
         row = per_t[str(t)]
         er = row["energy_ratio"]
-        lines.append(f"{t:>5} {row['metric']:>8.4f} {row['spikes_per_sample']:>14.4g} "
+        score = "-" if row["metric"] is None else format(row["metric"], ".4f")  # t outside --eval-ts
+        lines.append(f"{t:>5} {score:>8} {row['spikes_per_sample']:>14.4g} "
                      f"{row['synops_per_sample']:>14.4g} {er if er is None else format(er, '12.4f'):>12}")
     return "\n".join(lines)
 

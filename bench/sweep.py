@@ -184,6 +184,9 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--weights", default=None)
     p.add_argument("--device", default="cpu")
+    from snnbench.cell import EVAL_TS_HELP
+
+    p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -237,7 +240,8 @@ def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, 
         calib_size = EMBEDDED_CAMPAIGN.calib_size if campaign else DEFAULT_CALIB_SIZE
     options = GridOptions(T=T, calib_size=calib_size,
                           eval_size=args.eval_size, batch_size=args.batch_size, data_root=args.data_root,
-                          weights=args.weights, device=args.device, task_eval_sizes=eval_sizes)
+                          weights=args.weights, device=args.device, task_eval_sizes=eval_sizes,
+                          eval_ts=args.eval_ts)
     cells = expand_grid(methods, tasks, models, parse_sets(args.sets), seeds, options)
     if campaign:
         cells = [c for c in cells if EMBEDDED_CAMPAIGN.includes(c)]
