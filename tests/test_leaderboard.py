@@ -426,8 +426,9 @@ def test_page_renders_in_headless_chromium(rendered, tmp_path):
     dom = _chromium(["--dump-dom", probe.as_uri()], tmp_path / "profile1")
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
-    assert 'data-images-rendered="4/4"' in html
-    assert html.count('data-rendered="yes"') == 4 and 'data-rendered="no"' not in html
+    # per model: metric vs T and metric vs latency (2 models), then the Pareto and layer plots
+    assert 'data-images-rendered="6/6"' in html
+    assert html.count('data-rendered="yes"') == 6 and 'data-rendered="no"' not in html
     assert html.count('data-sortable="ready"') == html.count("<table")
     # clicking the energy header sorts the table by energy ratio, ascending
     assert 'data-probe-sorted="0.399|0.454|0.537|0.537|0.671|1.000|1.000"' in html
