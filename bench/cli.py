@@ -52,6 +52,9 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="dataset location (task-specific; see bench list)")
     p.add_argument("--weights", default=None, help="ANN weights file (state dict) instead of the default source")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    from snnbench.cell import EVAL_TS_HELP
+
+    p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
 
 
 # -- bench list ------------------------------------------------------------------------
@@ -84,6 +87,33 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- flag validation shared by bench run and bench sweep ----------------------------------
+VALID_DEVICES = "cpu, cuda, cuda:N or auto"
+
+
+def check_device(device: str) -> None:
+    """``--device`` must be cpu, cuda, cuda:N or auto (whether CUDA exists is checked where the cell runs)."""
+    name, _, index = str(device).partition(":")
+    ok = (device in ("cpu", "cuda", "auto") or (name == "cuda" and index.isdigit()))
+    if not ok:
+        raise UsageError(f"--device must be {VALID_DEVICES}, not {device!r}")
+
+
+def check_cell_flags(args: argparse.Namespace) -> None:
+    """The cell flags every command validates the same way: --T, sizes, --device.
+
+    Raises:
+        UsageError: naming the flag (exit status 2).
+    """
+    if args.T is not None and args.T < 1:
+        raise UsageError("--T must be at least 1")
+    for flag in ("calib_size", "eval_size", "batch_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be positive, not {value}")
+    check_device(args.device)
+
+
 # -- bench run -------------------------------------------------------------------------
 def build_cell(args: argparse.Namespace):
     """Validate names and settings up front and build the :class:`CellSpec`."""
@@ -101,18 +131,21 @@ def build_cell(args: argparse.Namespace):
     if args.task not in spec.tasks:
         raise UsageError(f"model {model!r} does not fit task {args.task!r}; models for {args.task}: "
                          f"{', '.join(task.models())}")
+    check_cell_flags(args)
     T = args.T if args.T is not None else DEFAULT_T
-    if T < 1:
-        raise UsageError("--T must be at least 1")
-    for flag in ("calib_size", "eval_size", "batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be positive")
     del method
+    from snnbench.cell import resolve_eval_ts
+
+    try:
+        resolve_eval_ts(args.eval_ts, T)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     task.check_data()
     return CellSpec(method=args.method, task=args.task, model=model, settings=settings, T=T, seed=args.seed,
-                    calib_size=args.calib_size or DEFAULT_CALIB_SIZE, eval_size=args.eval_size,
-                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device)
+                    calib_size=args.calib_size if args.calib_size is not None else DEFAULT_CALIB_SIZE,
+                    eval_size=args.eval_size,
+                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device,
+                    eval_ts=args.eval_ts)
 
 
 def format_result_table(result: dict[str, Any], steps: list[int] | None = None) -> str:
@@ -131,7 +164,8 @@ def format_result_table(result: dict[str, Any], steps: list[int] | None = None) 
     for t in steps:
         row = per_t[str(t)]
         er = row["energy_ratio"]
-        lines.append(f"{t:>5} {row['metric']:>8.4f} {row['spikes_per_sample']:>14.4g} "
+        score = "-" if row["metric"] is None else format(row["metric"], ".4f")  # t outside --eval-ts
+        lines.append(f"{t:>5} {score:>8} {row['spikes_per_sample']:>14.4g} "
                      f"{row['synops_per_sample']:>14.4g} {er if er is None else format(er, '12.4f'):>12}")
     return "\n".join(lines)
 
@@ -194,6 +228,13 @@ def _zoo_train(args: argparse.Namespace) -> int:
         raise UsageError(f"the zoo trains {args.name} on {', '.join(spec.recipes)}, not {task_name}")
     if args.reference and not args.retrain:
         raise UsageError("--reference publishes a freshly trained checkpoint: pass --force with it")
+    if args.device:
+        import os
+
+        from snnbench.runner import resolve_device
+        from snnbench.tasks.zoo.training import TRAIN_DEVICE_ENV
+
+        os.environ[TRAIN_DEVICE_ENV] = str(resolve_device(args.device))
     task = create_task(task_name, data_root=args.data_root, zoo_dir=args.zoo_dir)
     bundle = task.build(args.name, progress=sys.stderr.isatty(), retrain=args.retrain)
     record = bundle.info["zoo"]
@@ -293,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --force: publish the result as the shipped reference checkpoint (maintainers)")
 
     zt.add_argument("--zoo-dir", default=None)
+    zt.add_argument("--device", default=None,
+                    help="train on cpu (default), cuda or cuda:N; the checkpoint is evaluated and saved on the CPU")
     for extra in _EXTRA_PARSERS:
         extra(sub)
     for name, subparser in sub.choices.items():

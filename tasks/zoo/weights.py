@@ -8,7 +8,9 @@ looked at and how to get the file.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,42 @@ import torch
 from torch import nn
 
 from snnbench.tasks.base import DataNotFoundError
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (memoized per path, size and modification time)."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    memo = (real, stat.st_size, stat.st_mtime_ns)
+    if memo not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with open(real, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_MEMO[memo] = h.hexdigest()
+    return _SHA_MEMO[memo]
+
+
+def bundle_weights_sha256(bundle: Any) -> str | None:
+    """The identity of the weights a :class:`~snnbench.tasks.base.ModelBundle` was loaded from.
+
+    ``bundle.weights_sha256`` when the task set it, else the sha256 of the file named by
+    ``bundle.info["weights"]`` (zoo cache entry, torch hub / HF cache file or ``--weights``);
+    None when the weights came from no file.
+    """
+    if getattr(bundle, "weights_sha256", None):
+        return bundle.weights_sha256
+    path = (getattr(bundle, "info", None) or {}).get("weights")
+    if path and os.path.isfile(path):
+        return file_sha256(path)
+    return None
+
+
+class WeightsRefusedError(DataNotFoundError):
+    """A weights file holds pickled code (not only tensors); it is never executed."""
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -31,7 +69,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         state: Any = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise WeightsRefusedError(
+                f"{path} holds pickled Python code, not only tensors, and is refused: snnbench loads weights with "
+                "weights_only=True and never runs code from a weights file. Re-save it as a plain state dict "
+                "(torch.save(model.state_dict(), FILE)) or as .safetensors") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
