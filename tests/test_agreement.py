@@ -83,7 +83,7 @@ def test_views_crop_and_mirror(tmp_path):
     img.putpixel((0, 0), (255, 0, 0))  # a red top-left pixel
     img.save(tmp_path / "a.png")
     samples = [(tmp_path / "a.png", v) for v in photos.VIEWS]
-    data = photos.ViewDataset(samples, lambda im: torch.as_tensor(np.asarray(im)))
+    data = photos.ViewDataset(samples, lambda im: torch.from_numpy(np.array(im)))
     by_name = {v.name: data[i][0] for i, v in enumerate(photos.VIEWS)}
     assert by_name["full"].shape == (10, 10, 3) and by_name["full"][0, 0, 0] == 255
     assert by_name["full_flip"][0, 9, 0] == 255 and by_name["full_flip"][0, 0, 0] == 0
