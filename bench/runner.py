@@ -24,7 +24,7 @@ import torch
 from snnbench.cache import MemoryCache, digest
 from snnbench.cell import CellSpec
 from snnbench.counting import OpCounter
-from snnbench.energy import DEFAULT_ENERGY_MODEL
+from snnbench.energy import DEFAULT_ENERGY_MODEL, ENERGY_MODELS, EnergyInputs, all_ratios, ratio_key
 from snnbench.plugins import create_method, create_task
 from snnbench.provenance import git_revision, host_info, package_versions
 from snnbench.methods.base import ConversionContext, SpikingModel
@@ -170,13 +170,15 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
         result["ann_macs_per_sample"] = ann["dense_macs"]
         energy = DEFAULT_ENERGY_MODEL
         result["energy_model"] = energy.to_dict()
+        result["energy_models"] = {name: model.to_dict() for name, model in ENERGY_MODELS.items()}
 
         if spec.method == "ann":
             per_t = {}
             for t in range(1, spec.T + 1):
                 per_t[str(t)] = {"metric": result["ann"], **ann["metrics"], "latency": 1, "spikes_per_sample": 0.0,
                                  "unit_spikes_per_sample": 0.0, "synops_per_sample": 0.0,
-                                 "macs_per_sample": ann["dense_macs"], "energy_ratio": 1.0}
+                                 "macs_per_sample": ann["dense_macs"], "energy_ratio": 1.0,
+                                 **{ratio_key(name): 1.0 for name in ENERGY_MODELS}}
             result["per_t"] = per_t
             result["layers"] = ann["layers"]
         else:
@@ -202,6 +204,8 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
                                         desc=spec.label(), progress=progress)
             timings["simulate_s"] = time.perf_counter() - t0
             per_t = {}
+            raw = EnergyInputs(layers=summary.layers, neuron_updates=summary.neuron_updates,
+                               ann_dense_macs=ann["dense_macs"], T=spec.T)
             for t in range(1, spec.T + 1):
                 m = metrics[t]
                 acs, macs = summary.acs[t - 1], summary.macs[t - 1]
@@ -212,7 +216,9 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
                                  "neuron_updates_per_sample": summary.neuron_updates[t - 1],
                                  "energy_ratio": energy.ratio(acs, macs, ann["dense_macs"]),
                                  # the official DCGS convention: every op priced as an AC
-                                 "energy_ratio_all_ac": energy.ratio(acs + macs, 0.0, ann["dense_macs"])}
+                                 "energy_ratio_all_ac": energy.ratio(acs + macs, 0.0, ann["dense_macs"]),
+                                 # every named convention from the same raw counts (snnbench.energy)
+                                 **all_ratios(raw, t)}
             result["per_t"] = per_t
             result["layers"] = summary.layers
             result["eval_samples"] = summary.samples
