@@ -111,12 +111,25 @@ def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[st
     return cache.get_or_compute("ann", key, compute)
 
 
+def calibration_batches(spec: CellSpec, task, bundle):
+    """Core-input batches for calibration: ``calib_size`` training images, or with
+    ``calib_split="eval"`` the first ``calib_size`` evaluation images (the DCGS paper's
+    protocol, dcgs.md §3.5; allowed only when asked for explicitly)."""
+    if spec.calib_split == "train":
+        return task.calib_batches(spec.calib_size, spec.calib_batch_size, spec.seed, bundle)
+    if spec.calib_split != "eval":
+        raise ValueError(f"calib_split must be 'train' or 'eval', got {spec.calib_split!r}")
+    return (bundle.prepare(inputs)[0] for inputs, _ in task.eval_batches(spec.calib_size, spec.calib_batch_size,
+                                                                          bundle))
+
+
 def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionContext, cache, progress: bool):
     """The statistics ``method`` asks for; each kind computed once and cached."""
     from snnbench.methods.snn.stats import Stats, collect_stats
 
     kinds = method.stat_kinds(bundle.core, ctx)
-    base = {**_data_key(spec), "calib_size": spec.calib_size, "calib_batch": spec.calib_batch_size, "seed": spec.seed}
+    base = {**_data_key(spec), "calib_size": spec.calib_size, "calib_batch": spec.calib_batch_size, "seed": spec.seed,
+            **({"calib_split": spec.calib_split} if spec.calib_split != "train" else {})}
     key_of = {kind: digest({**base, "kind": kind.key()}) for kind in kinds}
     stats = Stats()
     with cache.lock("stats", digest(base)):
@@ -182,7 +195,7 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
             result["per_t"] = per_t
             result["layers"] = ann["layers"]
         else:
-            calib = lambda: task.calib_batches(spec.calib_size, spec.calib_batch_size, spec.seed, bundle)  # noqa: E731
+            calib = lambda: calibration_batches(spec, task, bundle)  # noqa: E731
             example = next(iter(calib()))
             ctx = ConversionContext(T=spec.T, device=device, example=example.to(device),
                                     calib_batches=lambda: (b.to(device) for b in calib()))

@@ -6,6 +6,10 @@ authors' rebuttal) with each row's source tag. Values stay text, exactly as publ
 (``0.10`` stays ``0.10``); uncertain settings (``4?`` in the note) are explained in the
 ``note`` column. Paper rows live in their own tables, one per benchmark and table kind,
 and never enter a measured table, a best-value mark or a Pareto front.
+
+A published energy ratio carries its convention (``energy_model``: ``dcgs-official`` for
+the DCGS rows, computed by the official counter, dcgs.md §5.3) and is shown only when the
+leaderboard renders that convention (:func:`under_convention`; issue 17).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from snnbench.leaderboard.rows import natural_key
 
 PAPER_FILE = "paper_results.csv"
 REQUIRED = ("paper", "source", "section", "table", "benchmark", "model", "method", "T", "metric", "value",
-            "energy_ratio", "ann_value", "note")
+            "energy_ratio", "energy_model", "ann_value", "note")
 #: group columns of a paper table, in display order (empty ones are dropped)
 GROUP = ("model", "ann_value", "n", "c", "coding", "threshold_rule", "source", "note")
 HEADERS = {"model": "model", "ann_value": "ANN (%)", "n": "n", "c": "c", "coding": "coding",
@@ -53,6 +57,13 @@ def load_paper(path: str | Path | None = None) -> pd.DataFrame:
     return frame
 
 
+def under_convention(paper: pd.DataFrame, energy_model: str) -> pd.DataFrame:
+    """A copy whose energy ratios are blank except those published under ``energy_model``."""
+    out = paper.copy()
+    out.loc[out["energy_model"] != energy_model, "energy_ratio"] = ""
+    return out
+
+
 def paper_tables(paper: pd.DataFrame, benchmark: str) -> list[PaperTable]:
     """The published tables of ``benchmark`` (a task name such as ``coco``), main tables first."""
     rows = paper[paper["benchmark"] == benchmark]
@@ -70,8 +81,9 @@ def paper_tables(paper: pd.DataFrame, benchmark: str) -> list[PaperTable]:
             for t in Ts:
                 rec[f"{metric} T={t}"] = by_T[t]["value"] if t in by_T else ""
             if has_er:
+                convention = ",".join(sorted({m for m in block["energy_model"] if m})) or "?"
                 for t in Ts:
-                    rec[f"ER T={t}"] = by_T[t]["energy_ratio"] if t in by_T else ""
+                    rec[f"ER T={t} ({convention})"] = by_T[t]["energy_ratio"] if t in by_T else ""
             records.append(rec)
         frame = pd.DataFrame(records)
         note = frame.pop("note") if "note" in frame else None
