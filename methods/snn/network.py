@@ -14,6 +14,7 @@ decoded leaf by leaf. State lives in the units, so memory does not grow with T.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator, Literal
 
 import torch
@@ -21,7 +22,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from snnbench.methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
+from snnbench.methods.base import ConnectionSite, CountPlan, Fairness, NeuronSite, SpikingModel
 from snnbench.methods.snn.graph import CONNECTION_MODULES, CONV_MODULES
 from snnbench.methods.snn.units import AnalogOp, GradedUnit, ProductUnit, SpikingNeuron, reset_units
 
@@ -100,6 +101,21 @@ class SimulatedNetwork(SpikingModel):
         neurons = [NeuronSite(name, m, unit=m.unit_amplitude) for name, m in gm.named_modules()
                    if isinstance(m, SpikingNeuron)]
         return CountPlan(connections=connections, neurons=neurons, first_counted_frame=1)
+
+    def fairness(self) -> Fairness:
+        """Differential coding reads out after its bias pass (1 frame before step 1); the
+        neurons emit one level per step: an n-level MT neuron 0 or ±θ/2^k (k < n), i.e.
+        2n + 1 values signed, n + 1 unsigned, at most 2^(n-1) unit spikes (the top level);
+        an IF neuron 0 or ±θ (3 values signed, 2 unsigned: 1 bit), one unit spike. The
+        network's figures are the largest over its neurons."""
+        neurons = [m for m in self.net.modules() if isinstance(m, SpikingNeuron)]
+        levels, spikes = 0.0, 0
+        for m in neurons:
+            per_sign = m.n if m.rule == "mt" else 1
+            levels = max(levels, math.log2(1 + per_sign * (2 if m.signed else 1)))
+            spikes = max(spikes, 2 ** (m.n - 1) if m.rule == "mt" else 1)
+        return Fairness(frames_before_readout=1 if self.coding == "differential" else 0,
+                        levels_per_step=levels if neurons else 0.0, max_spikes_per_step=spikes)
 
     def describe(self) -> dict[str, Any]:
         neurons = [m for m in self.net.modules() if isinstance(m, SpikingNeuron)]
