@@ -179,6 +179,10 @@ class OpCounter:
             self._handles.append(counter.site.module.register_forward_hook(self._neuron_hook(counter)))
             if hasattr(counter.site.module, "count_spikes"):  # neurons that can count in their own pass
                 counter.site.module.count_spikes = True
+        for counter in self.layers:  # convolutions reading a neuron directly: its pass maps the hits too
+            source = counter.site.spikes_from
+            if counter.site.op == "conv" and source is not None and hasattr(source, "count_positions"):
+                source.count_positions = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -192,6 +196,9 @@ class OpCounter:
             if hasattr(counter.site.module, "count_spikes"):
                 counter.site.module.count_spikes = False
                 counter.site.module.last_counts = None
+            if hasattr(counter.site.module, "count_positions"):
+                counter.site.module.count_positions = False
+                counter.site.module.last_hits = None
 
     def _frame(self) -> int | None:
         frame = self.model.frame
@@ -229,19 +236,21 @@ class OpCounter:
         """(effective ops, dense ops, ops of the non-zero elements of ``x`` itself)."""
         op = counter.site.op
         pool = counter.site.events_from
-        own_nonzero = x != 0
         if pool is not None:
             events = self._pool_events.pop(id(pool), None)
             if events is None or events.numel() != x.numel():
                 raise RuntimeError(f"layer {counter.site.name}: no spike counts from its average pool this frame")
             nonzero = events.reshape(x.shape)
         else:
-            nonzero = own_nonzero
+            nonzero = None  # read from x only when the feeding neuron did not count (below)
+        source = counter.site.spikes_from
         if op == "linear":
             out_features = module.out_features
             dense = x.numel() * out_features
-            own = own_nonzero.sum() * out_features
-            return (nonzero.sum() * out_features if pool is not None else own), dense, own
+            counted = getattr(source, "last_counts", None) if pool is None else None
+            own_events = counted[0] if counted is not None else torch.count_nonzero(x)  # the layer's own view
+            events = own_events if nonzero is None else nonzero.sum()
+            return events * out_features, dense, own_events * out_features
         if op == "conv":
             spatial = tuple(x.shape[2:])
             cached = counter.fanout.get(spatial)
@@ -250,12 +259,15 @@ class OpCounter:
                 cached = counter.fanout[spatial] = (fan, int(fan.sum()))
             fan, fan_total = cached
             per_input_channel = module.out_channels // module.groups
-            own = (own_nonzero.sum(dim=(0, 1)) * fan).sum() * per_input_channel
-            if pool is None:
+            counted = getattr(source, "last_hits", None) if pool is None else None
+            if counted is None or tuple(counted.shape) != spatial:  # not counted by the neuron: read the input
+                counted = None
+            own_hits = counted if counted is not None else (x != 0).sum(dim=(0, 1))  # non-zero inputs per position
+            own = (own_hits * fan).sum() * per_input_channel
+            if nonzero is None:
                 effective = own
-            else:
-                hits = nonzero.sum(dim=(0, 1))  # [spatial...] count of non-zero inputs per position
-                effective = (hits * fan).sum() * per_input_channel
+            else:  # behind an average pool: every spike of the pooled cell
+                effective = (nonzero.sum(dim=(0, 1)) * fan).sum() * per_input_channel
             dense = fan_total * x.shape[0] * x.shape[1] * per_input_channel
             return effective, dense, own
         if op == "product":  # product units count their own (three-term) ops while counting is on

@@ -65,6 +65,7 @@ class GridOptions:
     task_eval_sizes: tuple[tuple[str, int | None], ...] = ()
     calib_batch_size: int | None = None
     calib_split: str = "train"
+    eval_ts: str = "auto"
 
 
 def validate_sets_for_method(method: str, sets: dict[str, list[str]]) -> bool:
@@ -117,7 +118,7 @@ def expand_grid(methods: list[str], tasks: list[str], models: list[str] | None, 
                             **({"calib_batch_size": options.calib_batch_size} if options.calib_batch_size else {}),
                             eval_size=eval_sizes.get(task_name, options.eval_size),
                             batch_size=options.batch_size, data_root=options.data_root, weights=options.weights,
-                            device=options.device))
+                            device=options.device, eval_ts=options.eval_ts))
     if models:
         unused = [m for m in models if m not in used_models]
         if unused:
