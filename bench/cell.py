@@ -69,6 +69,9 @@ class CellSpec:
     calib_size: int = DEFAULT_CALIB_SIZE
     eval_size: int | None = None
     calib_batch_size: int = DEFAULT_CALIB_BATCH
+    #: "train" (default) or "eval": the paper's protocol, statistics on the evaluation
+    #: images (only with an explicit flag; rows say "calibrated on eval")
+    calib_split: str = "train"
     batch_size: int | None = None
     data_root: str | None = None
     weights: str | None = None
@@ -95,6 +98,8 @@ class CellSpec:
             "data_root": self.data_root,
             "weights": self.weights,
             "energy_model": DEFAULT_ENERGY_MODEL.name,
+            # only when not the default, so that existing cell keys stay valid
+            **({"calib_split": self.calib_split} if self.calib_split != "train" else {}),
         }
 
     def key(self) -> str:

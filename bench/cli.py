@@ -46,6 +46,14 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method setting (repeatable), e.g. --set n=4 --set coding=rate")
     p.add_argument("--calib-size", type=int, default=None, help="calibration images from the training split (1000)")
+    p.add_argument("--calib-batch-size", type=int, default=None,
+                   help="calibration batch size (percentile/max statistics depend on it; default 100)")
+    p.add_argument("--calibrate-on-eval", action="store_true",
+                   help="calibrate on the first --calib-size evaluation images (the DCGS paper's protocol; "
+                        "the ledger and leaderboard mark the cell 'calibrated on eval')")
+    p.add_argument("--energy-model", default=None, metavar="NAME",
+                   help="energy convention of the printed energy ratio (default horowitz45nm-v1; every "
+                        "convention is in the JSON as energy_ratio@NAME)")
     p.add_argument("--eval-size", type=int, default=None, help="evaluation images (default: the whole split)")
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (task default)")
     p.add_argument("--seed", type=int, default=0, help="seed for the calibration subset and the method")
@@ -107,7 +115,7 @@ def check_cell_flags(args: argparse.Namespace) -> None:
     """
     if args.T is not None and args.T < 1:
         raise UsageError("--T must be at least 1")
-    for flag in ("calib_size", "eval_size", "batch_size"):
+    for flag in ("calib_size", "eval_size", "batch_size", "calib_batch_size"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be positive, not {value}")
@@ -133,6 +141,13 @@ def build_cell(args: argparse.Namespace):
                          f"{', '.join(task.models())}")
     check_cell_flags(args)
     T = args.T if args.T is not None else DEFAULT_T
+    if getattr(args, "energy_model", None):
+        from snnbench.energy import get_energy_model
+
+        try:
+            get_energy_model(args.energy_model)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     del method
     from snnbench.cell import resolve_eval_ts
 
@@ -144,12 +159,18 @@ def build_cell(args: argparse.Namespace):
     return CellSpec(method=args.method, task=args.task, model=model, settings=settings, T=T, seed=args.seed,
                     calib_size=args.calib_size if args.calib_size is not None else DEFAULT_CALIB_SIZE,
                     eval_size=args.eval_size,
+                    calib_split="eval" if getattr(args, "calibrate_on_eval", False) else "train",
+                    **({"calib_batch_size": args.calib_batch_size} if getattr(args, "calib_batch_size", None) else {}),
                     batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device,
                     eval_ts=args.eval_ts)
 
 
-def format_result_table(result: dict[str, Any], steps: list[int] | None = None) -> str:
-    """A small human-readable table of a cell result."""
+def format_result_table(result: dict[str, Any], steps: list[int] | None = None,
+                        energy_model: str | None = None) -> str:
+    """A small human-readable table of a cell result (energy ratio under ``energy_model``)."""
+    from snnbench.energy import DEFAULT_ENERGY_MODEL, ratio_key
+
+    energy_key = ratio_key(energy_model) if energy_model else "energy_ratio"
     lines = [f"{result['method']}/{result['model']}/{result['task']}  status={result['status']}  "
              f"wall={result['wall_s']:.1f}s"]
     if result["status"] != "ok":
@@ -160,10 +181,11 @@ def format_result_table(result: dict[str, Any], steps: list[int] | None = None) 
     per_t = result["per_t"]
     T = result["T"]
     steps = steps or sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= T} | {T})
-    lines.append(f"{'T':>5} {metric:>8} {'spikes/sample':>14} {'synops/sample':>14} {'energy ratio':>12}")
+    lines.append(f"{'T':>5} {metric:>8} {'spikes/sample':>14} {'synops/sample':>14} {'energy ratio':>12}"
+                 f"  [{energy_model or DEFAULT_ENERGY_MODEL.name}]")
     for t in steps:
         row = per_t[str(t)]
-        er = row["energy_ratio"]
+        er = row.get(energy_key)
         score = "-" if row["metric"] is None else format(row["metric"], ".4f")  # t outside --eval-ts
         lines.append(f"{t:>5} {score:>8} {row['spikes_per_sample']:>14.4g} "
                      f"{row['synops_per_sample']:>14.4g} {er if er is None else format(er, '12.4f'):>12}")
@@ -178,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, default=str))
     else:
-        print(format_result_table(result))
+        print(format_result_table(result, energy_model=getattr(args, "energy_model", None)))
     return 0 if result["status"] == "ok" else 1
 
 

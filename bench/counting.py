@@ -10,6 +10,19 @@ Per connection layer and frame t:
 * dense ops = the same with every input element present (padding excluded); one frame of
   these is the ANN's cost.
 
+Raw counts kept per layer and frame besides, so that every energy convention of
+:mod:`snnbench.energy` derives from one simulation (issue 17):
+
+* ``input_ops``: Σ over non-zero elements *of the layer's own input* of their fan-out. It
+  differs from the effective ops only behind an average pool, where the layer sees one
+  value per pooled cell (the official DCGS counter's and NeuroBench's view) instead of the
+  spikes inside it;
+* ``unit_input_ops``: ``input_ops`` of the calls whose whole input lies in {-1, 0, 1}
+  (NeuroBench classes a layer's ops as ACs only then);
+* ``input_nonzero``: non-zero input elements (AdaFire's density = input_nonzero / numel);
+* ``dense_ungrouped``: one frame of C_in·C_out·k·H_out·W_out (AdaFire's MAC formula:
+  padding included, groups ignored).
+
 Per spiking module and frame: events (non-zero outputs), unit spikes (|s| / unit
 amplitude: a level θ/2^k of an n-level MT neuron is 2^(n-1-k) unit spikes) and neuron
 updates (elements updated).
@@ -100,7 +113,12 @@ def _string_padding(mode: str, kernel: tuple[int, ...], dilation: tuple[int, ...
 class _LayerCounter:
     site: ConnectionSite
     ops: torch.Tensor            # [T + 1] effective ops per frame (summed over samples)
+    input_ops: torch.Tensor      # [T + 1] fan-out of the non-zero elements of the layer's own input
+    unit_input_ops: torch.Tensor  # [T + 1] input_ops of calls whose input is all in {-1, 0, 1}
+    input_nonzero: torch.Tensor  # [T + 1] non-zero input elements
     dense: int = 0               # dense ops summed over counted samples (one frame each)
+    dense_ungrouped: int = 0     # AdaFire's C_in·C_out·k·H_out·W_out, summed over counted samples
+    input_numel: int = 0         # input elements per frame, summed over counted samples
     fanout: dict[tuple, tuple[torch.Tensor, int]] = field(default_factory=dict)
 
 
@@ -154,7 +172,7 @@ class OpCounter:
         self._handles: list[Any] = []
         self._pool_events: dict[int, torch.Tensor] = {}
         zeros = lambda dtype=torch.int64: torch.zeros(self.last_frame + 1, dtype=dtype, device=self.device)  # noqa: E731
-        self.layers = [_LayerCounter(site, zeros()) for site in self.plan.connections]
+        self.layers = [_LayerCounter(site, zeros(), zeros(), zeros(), zeros()) for site in self.plan.connections]
         self.neurons = [_NeuronCounter(site, zeros(), zeros(torch.float64), zeros()) for site in self.plan.neurons]
 
     # -- hooks ---------------------------------------------------------------------------
@@ -203,10 +221,17 @@ class OpCounter:
             if t is None:
                 return
             x = args[0]
-            effective, dense = self._connection_ops(counter, module, x)
+            effective, dense, own = self._connection_ops(counter, module, x)
             counter.ops[t] += effective
+            counter.input_ops[t] += own
+            if counter.site.op != "product":
+                counter.unit_input_ops[t] += own * ((x == 0) | (x.abs() == 1)).all()
+                counter.input_nonzero[t] += torch.count_nonzero(x)
             if t == self.plan.first_counted_frame:
                 counter.dense += dense
+                if counter.site.op != "product":
+                    counter.input_numel += x.numel()
+                    counter.dense_ungrouped += _ungrouped_macs(module, output)
         return hook
 
     def _pool_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -215,7 +240,9 @@ class OpCounter:
             return
         self._pool_events[id(module)] = pooled_event_counts(module, args[0] != 0)
 
-    def _connection_ops(self, counter: _LayerCounter, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _connection_ops(self, counter: _LayerCounter, module: nn.Module, x: torch.Tensor
+                        ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """(effective ops, dense ops, ops of the non-zero elements of ``x`` itself)."""
         op = counter.site.op
         pool = counter.site.events_from
         if pool is not None:
@@ -229,10 +256,10 @@ class OpCounter:
         if op == "linear":
             out_features = module.out_features
             dense = x.numel() * out_features
-            own = getattr(source, "last_counts", None) if pool is None else None
-            if own is not None:  # the neuron counted its events in its own pass: no read of x
-                return own[0] * out_features, dense
-            return (x != 0 if nonzero is None else nonzero).sum() * out_features, dense
+            counted = getattr(source, "last_counts", None) if pool is None else None
+            own_events = counted[0] if counted is not None else torch.count_nonzero(x)  # the layer's own view
+            events = own_events if nonzero is None else nonzero.sum()
+            return events * out_features, dense, own_events * out_features
         if op == "conv":
             spatial = tuple(x.shape[2:])
             cached = counter.fanout.get(spatial)
@@ -241,14 +268,19 @@ class OpCounter:
                 cached = counter.fanout[spatial] = (fan, int(fan.sum()))
             fan, fan_total = cached
             per_input_channel = module.out_channels // module.groups
-            hits = getattr(source, "last_hits", None) if pool is None else None
-            if hits is None or tuple(hits.shape) != spatial:  # not counted by the neuron: read the input
-                hits = (x != 0 if nonzero is None else nonzero).sum(dim=(0, 1))  # non-zero inputs per position
-            effective = (hits * fan).sum() * per_input_channel
+            counted = getattr(source, "last_hits", None) if pool is None else None
+            if counted is None or tuple(counted.shape) != spatial:  # not counted by the neuron: read the input
+                counted = None
+            own_hits = counted if counted is not None else (x != 0).sum(dim=(0, 1))  # non-zero inputs per position
+            own = (own_hits * fan).sum() * per_input_channel
+            if nonzero is None:
+                effective = own
+            else:  # behind an average pool: every spike of the pooled cell
+                effective = (nonzero.sum(dim=(0, 1)) * fan).sum() * per_input_channel
             dense = fan_total * x.shape[0] * x.shape[1] * per_input_channel
-            return effective, dense
+            return effective, dense, own
         if op == "product":  # product units count their own (three-term) ops while counting is on
-            return module.last_ops, module.last_dense
+            return module.last_ops, module.last_dense, module.last_ops
         raise ValueError(f"unknown connection op {op!r} for layer {counter.site.name}")
 
     def _neuron_hook(self, counter: _NeuronCounter):
@@ -289,10 +321,13 @@ class OpCounter:
         acs_rows = [c.ops for c in self.layers if c.site.input_kind == "spike"]
         mac_rows = [c.ops for c in self.layers if c.site.input_kind != "spike"]
         layers = []
+        cum = lambda row: (row[1:].to(torch.float64).cumsum(0)[readout] / n).tolist()  # noqa: E731
         for c in self.layers:
-            per_t = (c.ops[1:].to(torch.float64).cumsum(0)[readout] / n).tolist()
             layers.append({"layer": c.site.name, "type": c.site.op, "input": c.site.input_kind,
-                           "ops": per_t, "dense_ops": c.dense / n})
+                           "ops": cum(c.ops), "dense_ops": c.dense / n,
+                           "input_ops": cum(c.input_ops), "unit_input_ops": cum(c.unit_input_ops),
+                           "input_nonzero": cum(c.input_nonzero), "input_numel": c.input_numel / n,
+                           "dense_ungrouped": c.dense_ungrouped / n, "pooled": c.site.events_from is not None})
         for c in self.neurons:
             layers.append({"layer": c.site.name, "type": "neuron", "input": "",
                            "spikes": (c.events[1:].to(torch.float64).cumsum(0)[readout] / n).tolist(),
@@ -307,6 +342,19 @@ class OpCounter:
             dense_macs=sum(c.dense for c in self.layers) / n,
             layers=layers,
         )
+
+
+def _ungrouped_macs(module: nn.Module, output: torch.Tensor) -> int:
+    """AdaFire's MAC formula for one call: C_in·C_out·k·H_out·W_out (groups ignored,
+    padding included) for conv, in·out per position for linear, summed over the batch."""
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    if isinstance(module, nn.modules.conv._ConvNd):
+        k = 1
+        for size in module.kernel_size:
+            k *= size
+        return output.numel() * module.in_channels * k
+    return 0
 
 
 def _module_device(model: nn.Module) -> torch.device:

@@ -64,6 +64,8 @@ class GridOptions:
     weights: str | None = None
     device: str = "cpu"
     task_eval_sizes: tuple[tuple[str, int | None], ...] = ()
+    calib_batch_size: int | None = None
+    calib_split: str = "train"
     eval_ts: str = "auto"
 
 
@@ -118,7 +120,8 @@ def expand_grid(methods: list[str], tasks: list[str], models: list[str] | None, 
                     for seed in seeds:
                         cells.append(CellSpec(
                             method=method, task=task_name, model=model, settings=dict(combo), T=options.T,
-                            seed=seed, calib_size=options.calib_size,
+                            seed=seed, calib_size=options.calib_size, calib_split=options.calib_split,
+                            **({"calib_batch_size": options.calib_batch_size} if options.calib_batch_size else {}),
                             eval_size=eval_sizes.get(task_name, options.eval_size),
                             batch_size=options.batch_size, data_root=options.data_root, weights=options.weights,
                             device=options.device, eval_ts=options.eval_ts))

@@ -24,7 +24,7 @@ import torch
 from snnbench.cache import MemoryCache, digest
 from snnbench.cell import CellSpec, resolve_eval_ts
 from snnbench.counting import OpCounter
-from snnbench.energy import DEFAULT_ENERGY_MODEL
+from snnbench.energy import DEFAULT_ENERGY_MODEL, ENERGY_MODELS, EnergyInputs, all_ratios, ratio_key
 from snnbench.plugins import create_method, create_task
 from snnbench.provenance import git_revision, host_info, package_versions
 from snnbench.methods.base import ConversionContext, SpikingModel
@@ -136,12 +136,25 @@ def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[st
     return cache.get_or_compute("ann", key, compute)
 
 
+def calibration_batches(spec: CellSpec, task, bundle):
+    """Core-input batches for calibration: ``calib_size`` training images, or with
+    ``calib_split="eval"`` the first ``calib_size`` evaluation images (the DCGS paper's
+    protocol, dcgs.md §3.5; allowed only when asked for explicitly)."""
+    if spec.calib_split == "train":
+        return task.calib_batches(spec.calib_size, spec.calib_batch_size, spec.seed, bundle)
+    if spec.calib_split != "eval":
+        raise ValueError(f"calib_split must be 'train' or 'eval', got {spec.calib_split!r}")
+    return (bundle.prepare(inputs)[0] for inputs, _ in task.eval_batches(spec.calib_size, spec.calib_batch_size,
+                                                                          bundle))
+
+
 def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionContext, cache, progress: bool):
     """The statistics ``method`` asks for; each kind computed once and cached."""
     from snnbench.methods.snn.stats import Stats, collect_stats
 
     kinds = method.stat_kinds(bundle.core, ctx)
-    base = {**_data_key(spec, bundle), "calib_size": spec.calib_size, "calib_batch": spec.calib_batch_size, "seed": spec.seed}
+    base = {**_data_key(spec, bundle), "calib_size": spec.calib_size, "calib_batch": spec.calib_batch_size,
+            "seed": spec.seed, **({"calib_split": spec.calib_split} if spec.calib_split != "train" else {})}
     key_of = {kind: digest({**base, "kind": kind.key()}) for kind in kinds}
     stats = Stats()
     with cache.lock("stats", digest(base)):
@@ -214,17 +227,19 @@ def _run_cell(spec: CellSpec, cache, progress: bool, on_stage: Callable[[str], N
         result["ann_macs_per_sample"] = ann["dense_macs"]
         energy = DEFAULT_ENERGY_MODEL
         result["energy_model"] = energy.to_dict()
+        result["energy_models"] = {name: model.to_dict() for name, model in ENERGY_MODELS.items()}
 
         if spec.method == "ann":
             per_t = {}
             for t in range(1, spec.T + 1):
                 per_t[str(t)] = {"metric": result["ann"], **ann["metrics"], "latency": 1, "spikes_per_sample": 0.0,
                                  "unit_spikes_per_sample": 0.0, "synops_per_sample": 0.0,
-                                 "macs_per_sample": ann["dense_macs"], "energy_ratio": 1.0}
+                                 "macs_per_sample": ann["dense_macs"], "energy_ratio": 1.0,
+                                 **{ratio_key(name): 1.0 for name in ENERGY_MODELS}}
             result["per_t"] = per_t
             result["layers"] = ann["layers"]
         else:
-            calib = lambda: task.calib_batches(spec.calib_size, spec.calib_batch_size, spec.seed, bundle)  # noqa: E731
+            calib = lambda: calibration_batches(spec, task, bundle)  # noqa: E731
             example = next(iter(calib()))
             ctx = ConversionContext(T=spec.T, device=device, example=example.to(device),
                                     calib_batches=lambda: (b.to(device) for b in calib()))
@@ -249,6 +264,8 @@ def _run_cell(spec: CellSpec, cache, progress: bool, on_stage: Callable[[str], N
                                         total=_batch_count(task, spec.eval_size, batch))
             timings["simulate_s"] = time.perf_counter() - t0
             per_t = {}
+            raw = EnergyInputs(layers=summary.layers, neuron_updates=summary.neuron_updates,
+                               ann_dense_macs=ann["dense_macs"], T=spec.T)
             for t in range(1, spec.T + 1):
                 m = metrics.get(t, {})  # a t outside eval_ts: counts only, metric None
                 acs, macs = summary.acs[t - 1], summary.macs[t - 1]
@@ -259,7 +276,9 @@ def _run_cell(spec: CellSpec, cache, progress: bool, on_stage: Callable[[str], N
                                  "neuron_updates_per_sample": summary.neuron_updates[t - 1],
                                  "energy_ratio": energy.ratio(acs, macs, ann["dense_macs"]),
                                  # the official DCGS convention: every op priced as an AC
-                                 "energy_ratio_all_ac": energy.ratio(acs + macs, 0.0, ann["dense_macs"])}
+                                 "energy_ratio_all_ac": energy.ratio(acs + macs, 0.0, ann["dense_macs"]),
+                                 # every named convention from the same raw counts (snnbench.energy)
+                                 **all_ratios(raw, t)}
             result["per_t"] = per_t
             result["layers"] = summary.layers
             result["eval_samples"] = summary.samples

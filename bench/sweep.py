@@ -130,15 +130,19 @@ def _run_sweep_locked(cells: list[CellSpec], results_dir: Path, executor, experi
 
 
 # -- summary ---------------------------------------------------------------------------
-def summary_table(records: list[dict[str, Any]]) -> str:
-    """Fixed-width table: one row per cell with the metric and energy ratio at T."""
+def summary_table(records: list[dict[str, Any]], energy_model: str | None = None) -> str:
+    """Fixed-width table: one row per cell with the metric and energy ratio at T (under
+    ``energy_model``, default the result's ``energy_ratio``)."""
+    from snnbench.energy import ratio_key
+
+    energy_key = ratio_key(energy_model) if energy_model else "energy_ratio"
     rows = []
     for r in records:
         settings = ",".join(f"{k}={v}" for k, v in (r.get("provenance", {}).get("spec", {}).get("settings") or {}).items())
         label = f"{r['method']}/{r['model']}/{r['task']}" + (f" [{settings}]" if settings else "")
         if r.get("status") == "ok":
             last = r["per_t"].get(str(r["T"]), {})
-            er = last.get("energy_ratio")
+            er = last.get(energy_key)
             rows.append((label, "ok", f"{r['metric']}={last.get('metric', float('nan')):.4f}",
                          f"{r['ann']:.4f}", "" if er is None else f"{er:.3f}", f"{r.get('wall_s', 0):.1f}"))
         else:
@@ -179,6 +183,12 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="write the ledger only")
     p.add_argument("--no-leaderboard", action="store_true", help="do not render the leaderboard at the end")
     p.add_argument("--calib-size", type=int, default=None)
+    p.add_argument("--calib-batch-size", type=int, default=None,
+                   help="calibration batch size (percentile/max statistics depend on it; default 100)")
+    p.add_argument("--calibrate-on-eval", action="store_true",
+                   help="calibrate on the evaluation images (the DCGS paper's protocol); rows are marked")
+    p.add_argument("--energy-model", default=None, metavar="NAME",
+                   help="energy convention of the leaderboard rendered at the end (default horowitz45nm-v1)")
     p.add_argument("--eval-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--data-root", default=None)
@@ -241,7 +251,8 @@ def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, 
     options = GridOptions(T=T, calib_size=calib_size,
                           eval_size=args.eval_size, batch_size=args.batch_size, data_root=args.data_root,
                           weights=args.weights, device=args.device, task_eval_sizes=eval_sizes,
-                          eval_ts=args.eval_ts)
+                          eval_ts=args.eval_ts, calib_batch_size=getattr(args, "calib_batch_size", None),
+                          calib_split="eval" if getattr(args, "calibrate_on_eval", False) else "train")
     cells = expand_grid(methods, tasks, models, parse_sets(args.sets), seeds, options)
     if campaign:
         cells = [c for c in cells if EMBEDDED_CAMPAIGN.includes(c)]
@@ -254,6 +265,10 @@ def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from snnbench.executors import RayExecutor, SerialExecutor
 
+    if getattr(args, "energy_model", None):
+        from snnbench.energy import get_energy_model
+
+        get_energy_model(args.energy_model)  # unknown names: an error listing the valid ones
     cells, params = grid_from_args(args)
     if args.dry_run:
         ledger = Ledger(args.results)
@@ -294,7 +309,7 @@ def _sweep_holding_lock(args: argparse.Namespace, cells: list[CellSpec], params:
     if verbosity() >= 0:  # -q: errors only
         records = list(Ledger(args.results).latest().values())
         keys = {c.key() for c in outcome.cells}
-        print(summary_table([r for r in records if r.get("cell_key") in keys]))
+        print(summary_table([r for r in records if r.get("cell_key") in keys], getattr(args, "energy_model", None)))
         print(f"\n{len(outcome.results)} cells run ({len(outcome.failed)} failed), {len(outcome.skipped)} already "
               f"done; ledger: {Ledger(args.results).path}")
     if not args.no_leaderboard:
@@ -313,4 +328,5 @@ def render_leaderboard_after_sweep(args: argparse.Namespace, outcome: SweepOutco
         return
     quiet = contextlib.redirect_stdout(io.StringIO()) if verbosity() < 0 else contextlib.nullcontext()
     with quiet:
-        render_after_sweep(args.results, getattr(outcome, "tracker", None))
+        render_after_sweep(args.results, getattr(outcome, "tracker", None),
+                           energy_model=getattr(args, "energy_model", None))

@@ -40,6 +40,9 @@ def add_leaderboard_parser(subparsers: Any) -> None:
                    help="with --from-mlflow: only this MLflow experiment (default: all)")
     p.add_argument("--per-seed", action="store_true",
                    help="one row per seed (default: seeds of a configuration averaged, ± sample std)")
+    p.add_argument("--energy-model", default=None, metavar="NAME",
+                   help="energy convention of every energy column (default horowitz45nm-v1; "
+                        "see README 'Energy accounting')")
     p.add_argument("--layers-cell", default=None, metavar="CELL_KEY",
                    help="cell (cell_key or a prefix) whose per-layer spikes are plotted (default: the best SNN row)")
 
@@ -58,7 +61,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
                                    from_mlflow=getattr(args, "from_mlflow", False),
                                    experiment=getattr(args, "experiment", None),
                                    per_seed=getattr(args, "per_seed", False),
-                                   layers_cell=getattr(args, "layers_cell", None))
+                                   layers_cell=getattr(args, "layers_cell", None),
+                                   energy_model=getattr(args, "energy_model", None))
     except LeaderboardError as err:
         print(f"bench leaderboard: error: {err}", file=sys.stderr)
         return 2

@@ -32,6 +32,9 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
+#: result["fairness"] keys carried to every row (snnbench.methods.base.Fairness)
+FAIRNESS_FIELDS = ("frames_before_readout", "levels_per_step", "max_spikes_per_step")
+
 #: spec fields that, when they differ between rows of a task, are shown in row labels
 SPEC_FIELDS = ("T_max", "calib_size", "eval_size", "weights", "weights_sha", "data_root")
 #: hex digits of a weights sha256 shown in row labels
@@ -39,7 +42,7 @@ WEIGHTS_SHA_DIGITS = 12
 
 CELL_COLUMNS = ["cell_key", "task", "model", "method", "metric_name", "ann", "T_max", "seed", "calib_size",
                 "eval_size", "weights", "weights_sha", "data_root", "settings", "user_keys", "energy_model", "e_mac_pj", "e_ac_pj",
-                "git_sha", "finished_at", "track", "note"]
+                "git_sha", "finished_at", "track", "note", *FAIRNESS_FIELDS, "calib_split"]
 CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sample", "energy_ratio", "latency"]
 #: the track of records written before tracks existed
 DEFAULT_TRACK = "plain"
@@ -129,8 +132,21 @@ def _int_or_none(value: Any) -> int | None:
 
 
 # -- records -> frames -----------------------------------------------------------------
-def results_from_records(records: Iterable[dict[str, Any]], source: str = "") -> Results:
-    """Frames from ledger-format records (one per cell_key, already de-duplicated)."""
+def results_from_records(records: Iterable[dict[str, Any]], source: str = "",
+                         energy_model: str | None = None) -> Results:
+    """Frames from ledger-format records (one per cell_key, already de-duplicated).
+
+    ``energy_model`` (default ``horowitz45nm-v1``) picks the convention of the
+    ``energy_ratio`` curve: ``per_t[t]["energy_ratio@NAME"]`` (blank for records written
+    before that convention existed); unknown names are an error listing the valid ones.
+    """
+    from snnbench.energy import DEFAULT_ENERGY_MODEL, get_energy_model, ratio_key
+
+    try:
+        chosen = get_energy_model(energy_model or DEFAULT_ENERGY_MODEL.name)
+    except ValueError as err:
+        raise LeaderboardError(str(err)) from None
+    chosen_key = ratio_key(chosen.name)
     cells, curves, failed = [], [], []
     layers: dict[str, list[dict[str, Any]]] = {}
     for record in records:
@@ -147,6 +163,10 @@ def results_from_records(records: Iterable[dict[str, Any]], source: str = "") ->
                            "error_line": error_line(record.get("error")), "error": record.get("error") or ""})
             continue
         energy = record.get("energy_model") or {}
+        if chosen.name != energy.get("name", DEFAULT_ENERGY_MODEL.name) or any(
+                chosen_key in row for row in record["per_t"].values()):
+            energy = chosen.to_dict()
+        fairness = record.get("fairness") or {}
         cells.append({
             **base, "metric_name": record.get("metric"), "ann": float(record["ann"]),
             "calib_size": _int_or_none(spec.get("calib_size")), "eval_size": _int_or_none(spec.get("eval_size")),
@@ -159,12 +179,15 @@ def results_from_records(records: Iterable[dict[str, Any]], source: str = "") ->
             "git_sha": ((record.get("provenance") or {}).get("git") or {}).get("sha"),
             "finished_at": (record.get("sweep") or {}).get("finished_at"),
             "track": record.get("track") or DEFAULT_TRACK,
-            "note": str((record.get("conversion") or {}).get("note") or "")})
+            "note": str((record.get("conversion") or {}).get("note") or ""),
+            **{f: fairness.get(f) for f in FAIRNESS_FIELDS},
+            "calib_split": spec.get("calib_split") or "train"})
         for t_text, row in record["per_t"].items():
             curves.append({"cell_key": key, "t": int(t_text), "metric": _float(row.get("metric")),
                            "spikes_per_sample": _float(row.get("spikes_per_sample")),
                            "synops_per_sample": _float(row.get("synops_per_sample")),
-                           "energy_ratio": _float(row.get("energy_ratio")),
+                           "energy_ratio": _float(row.get(chosen_key, row.get("energy_ratio")
+                                                          if chosen is DEFAULT_ENERGY_MODEL else None)),
                            "latency": _float(row.get("latency", int(t_text)))})
         if record.get("layers"):
             layers[key] = record["layers"]
@@ -182,7 +205,7 @@ def _float(value: Any) -> float | None:
 
 
 # -- sources ---------------------------------------------------------------------------
-def load_ledger(results_dir: str | Path) -> Results:
+def load_ledger(results_dir: str | Path, energy_model: str | None = None) -> Results:
     """Latest record of every cell in ``<results_dir>/ledger.jsonl``.
 
     Raises:
@@ -198,14 +221,15 @@ def load_ledger(results_dir: str | Path) -> Results:
     if not records:
         raise LeaderboardError(f"the ledger {ledger.path} holds no cell result yet")
     log.debug("read %d cells from %s", len(records), ledger.path)
-    return results_from_records(records, source=f"ledger {ledger.path}")
+    return results_from_records(records, source=f"ledger {ledger.path}", energy_model=energy_model)
 
 
-def load_results(results_dir: str | Path, from_mlflow: bool = False, experiment: str | None = None) -> Results:
+def load_results(results_dir: str | Path, from_mlflow: bool = False, experiment: str | None = None,
+                 energy_model: str | None = None) -> Results:
     """Results from the ledger (default) or from ``sqlite:///<results_dir>/mlflow.db``."""
     if from_mlflow:
         from snnbench.leaderboard.mlflow_source import mlflow_records
 
         records, source = mlflow_records(results_dir, experiment)
-        return results_from_records(records, source=source)
-    return load_ledger(results_dir)
+        return results_from_records(records, source=source, energy_model=energy_model)
+    return load_ledger(results_dir, energy_model=energy_model)

@@ -11,6 +11,10 @@ The optional ``track`` column (``plain`` when empty) marks rows on specially tra
 QCFS's and SRP's rows are ``qcfs`` and are shown with the QCFS-track section of a task.
 Their ``T`` is as published: SRP's excludes its pre-simulation frames (the note says how
 many), so their latency is T + τ.
+
+A published energy ratio carries its convention (``energy_model``: ``dcgs-official`` for
+the DCGS rows, computed by the official counter, dcgs.md §5.3) and is shown only when the
+leaderboard renders that convention (:func:`under_convention`; issue 17).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from snnbench.leaderboard.rows import natural_key
 
 PAPER_FILE = "paper_results.csv"
 REQUIRED = ("paper", "source", "section", "table", "benchmark", "model", "method", "T", "metric", "value",
-            "energy_ratio", "ann_value", "note")
+            "energy_ratio", "energy_model", "ann_value", "note")
 #: group columns of a paper table, in display order (empty ones are dropped)
 GROUP = ("model", "track", "ann_value", "n", "c", "coding", "threshold_rule", "source", "note")
 HEADERS = {"model": "model", "track": "track", "ann_value": "ANN (%)", "n": "n", "c": "c", "coding": "coding",
@@ -64,6 +68,13 @@ def load_paper(path: str | Path | None = None) -> pd.DataFrame:
     return frame
 
 
+def under_convention(paper: pd.DataFrame, energy_model: str) -> pd.DataFrame:
+    """A copy whose energy ratios are blank except those published under ``energy_model``."""
+    out = paper.copy()
+    out.loc[out["energy_model"] != energy_model, "energy_ratio"] = ""
+    return out
+
+
 def paper_tables(paper: pd.DataFrame, benchmark: str) -> list[PaperTable]:
     """The published tables of ``benchmark`` (a task name such as ``coco``), main tables first."""
     rows = paper[paper["benchmark"] == benchmark]
@@ -81,8 +92,9 @@ def paper_tables(paper: pd.DataFrame, benchmark: str) -> list[PaperTable]:
             for t in Ts:
                 rec[f"{metric} T={t}"] = by_T[t]["value"] if t in by_T else ""
             if has_er:
+                convention = ",".join(sorted({m for m in block["energy_model"] if m})) or "?"
                 for t in Ts:
-                    rec[f"ER T={t}"] = by_T[t]["energy_ratio"] if t in by_T else ""
+                    rec[f"ER T={t} ({convention})"] = by_T[t]["energy_ratio"] if t in by_T else ""
             records.append(rec)
         frame = pd.DataFrame(records)
         note = frame.pop("note") if "note" in frame else None

@@ -34,7 +34,7 @@ from snnbench.leaderboard import document as d
 from snnbench.leaderboard.data import LeaderboardError, Results, load_results
 from snnbench.leaderboard.html import render_html
 from snnbench.leaderboard.markdown import render_markdown
-from snnbench.leaderboard.paper import benchmarks, load_paper, paper_path, paper_tables
+from snnbench.leaderboard.paper import benchmarks, load_paper, paper_path, paper_tables, under_convention
 from snnbench.leaderboard.plots import plot_layer_spikes, plot_metric_vs_latency, plot_metric_vs_T, plot_pareto
 from snnbench.leaderboard.rows import Rows, build_rows, natural_key
 from snnbench.leaderboard.tables import PERCENT, AblationTable, TaskTable, ablation_tables, failed_table, task_table
@@ -47,7 +47,7 @@ CSV_LEAD = ["task", "track", "metric", "model", "row", "method", "settings", "re
             "ann_metric_pct"]
 #: section heading of each track (the plain track keeps the task's plain heading)
 TRACK_TITLES = {"plain": "", "qcfs": "QCFS track (ANNs trained with QCFS activations)"}
-CSV_TAIL = ["t_to_99pct_ann", "chosen_T", "spikes_per_sample", "synops_per_sample", "energy_ratio", "energy_model",
+CSV_TAIL = ["t_to_99pct_ann", "latency", "levels_per_step", "max_spikes_per_step", "chosen_T", "spikes_per_sample", "synops_per_sample", "energy_ratio", "energy_model",
             "e_mac_pj", "e_ac_pj", "pareto", "best", "cell_keys"]
 
 
@@ -155,7 +155,8 @@ def _paper_sections(paper: pd.DataFrame, benchmark: str, level: int, track: str 
             f"Published {kind} (paper): {benchmark}, {ptable.section}", f"paper-{d.slug(benchmark)}-{i}",
             [d.Paragraph(f"Published by {ptable.paper}; transcribed from {ptable.section}, each row with its source "
                          f"tag. Not measured by snnbench and never ranked with the measured rows. {ptable.metric} "
-                         "in %; ER = energy ratio as published.", "paper-note"),
+                         "in %; ER = energy ratio as published, shown only when the leaderboard renders its own convention "
+                         "(bench leaderboard --energy-model NAME).", "paper-note"),
              d.paper_table(ptable, i)], level=level, badge="paper"))
     return out
 
@@ -186,7 +187,7 @@ def _csv(tables: list[TaskTable]) -> pd.DataFrame:
 # -- entry points ----------------------------------------------------------------------
 def render_leaderboard(results_dir: str | Path, out_dir: str | Path | None = None, chosen_T: int | None = None, *,
                        from_mlflow: bool = False, experiment: str | None = None, per_seed: bool = False,
-                       layers_cell: str | None = None) -> dict[str, Path]:
+                       layers_cell: str | None = None, energy_model: str | None = None) -> dict[str, Path]:
     """Build every leaderboard file of ``results_dir``; returns ``{name: path}`` of what was written.
 
     Args:
@@ -198,17 +199,21 @@ def render_leaderboard(results_dir: str | Path, out_dir: str | Path | None = Non
         experiment: with ``from_mlflow``, only this experiment.
         per_seed: one row per seed instead of the mean over seeds.
         layers_cell: cell_key (or prefix) whose per-layer spikes are plotted.
+        energy_model: the energy convention of every energy column (default
+            ``horowitz45nm-v1``); paper rows show their energy ratio only under their own.
 
     Raises:
         LeaderboardError: nothing to render, or a bad option.
     """
     if chosen_T is not None and int(chosen_T) < 1:
         raise LeaderboardError(f"--T must be at least 1, got {chosen_T}")
-    results = load_results(results_dir, from_mlflow=from_mlflow, experiment=experiment)
+    results = load_results(results_dir, from_mlflow=from_mlflow, experiment=experiment, energy_model=energy_model)
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / ARTIFACT_DIR
     out.mkdir(parents=True, exist_ok=True)
     rows = build_rows(results, per_seed=per_seed)
-    paper = load_paper()
+    from snnbench.energy import DEFAULT_ENERGY_MODEL
+
+    paper = under_convention(load_paper(), energy_model or DEFAULT_ENERGY_MODEL.name)
     measured = sorted(rows.rows["task"].unique())
     if chosen_T is not None:
         too_far = [t for t in measured if int(rows.of_task(t)["T_max"].max()) < int(chosen_T)]
@@ -275,14 +280,14 @@ def _footer(results: Results) -> str:
     return f"{TITLE}; results from {results.source}; git revision(s) of the cells: {', '.join(shas) or 'unknown'}."
 
 
-def render_after_sweep(results_dir: str | Path, tracker: Any = None) -> None:
+def render_after_sweep(results_dir: str | Path, tracker: Any = None, energy_model: str | None = None) -> None:
     """Render into ``<results_dir>/leaderboard`` and log the files to the sweep's parent run.
 
     Called by ``bench sweep`` at its end; never raises (a failure is a logged warning), so
     a leaderboard problem never fails a finished sweep.
     """
     try:
-        paths = render_leaderboard(results_dir)
+        paths = render_leaderboard(results_dir, energy_model=energy_model)
     except Exception as err:  # noqa: BLE001 - the sweep's results are safe; the leaderboard is a by-product
         log.warning("leaderboard not rendered: %s (run `bench leaderboard --results %s -v` to retry)",
                     err, results_dir)

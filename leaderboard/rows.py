@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from snnbench.leaderboard.data import SPEC_FIELDS, Results
+from snnbench.leaderboard.data import FAIRNESS_FIELDS, SPEC_FIELDS, Results
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ REFERENCE_METHOD = "ann"
 
 ROW_COLUMNS = ["row_id", "task", "model", "method", "label", "reference", "settings", "varied", "seeds", "cell_keys",
                "T_max", "calib_size", "eval_size", "weights", "weights_sha", "data_root", "metric_name", "ann", "energy_model",
-               "e_mac_pj", "e_ac_pj", "track"]
+               "e_mac_pj", "e_ac_pj", "track", *FAIRNESS_FIELDS, "calib_split"]
 CURVE_COLUMNS = ["row_id", "t", "metric", "metric_sd", "spikes_per_sample", "synops_per_sample", "energy_ratio",
                  "latency"]
 
@@ -130,7 +130,7 @@ def build_rows(results: Results, per_seed: bool = False) -> Rows:
 
         def group_key(cell: pd.Series) -> tuple:
             key = (cell["track"], cell["model"], cell["method"], tuple(sorted(cell["settings"].items())),
-                   *(_value_text(cell[f]) for f in SPEC_FIELDS))
+                   *(_value_text(cell[f]) for f in SPEC_FIELDS), _value_text(cell.get("calib_split")))
             return key + ((int(cell["seed"]),) if per_seed else ())
 
         groups: dict[tuple, list[pd.Series]] = {}
@@ -144,6 +144,8 @@ def build_rows(results: Results, per_seed: bool = False) -> Rows:
             seeds = tuple(sorted(int(c["seed"]) for c in members))
             label = _label(method, first["settings"], varied.get(method, ()), extras,
                            seeds[0] if per_seed and several_seeds else None, str(first["note"] or ""))
+            if first.get("calib_split") == "eval":  # the paper's protocol: statistics on evaluation images
+                label += " [calibrated on eval]"
             energy = {str(c["energy_model"]) for c in members}
             if len(energy) > 1:
                 log.warning("row %s/%s mixes energy models %s", task, label, sorted(energy))
@@ -153,7 +155,9 @@ def build_rows(results: Results, per_seed: bool = False) -> Rows:
                          **{f: first[f] for f in SPEC_FIELDS}, "metric_name": first["metric_name"],
                          "ann": float(np.mean([c["ann"] for c in members])),
                          "energy_model": first["energy_model"], "e_mac_pj": first["e_mac_pj"],
-                         "e_ac_pj": first["e_ac_pj"], "track": first["track"]})
+                         "e_ac_pj": first["e_ac_pj"], "track": first["track"],
+                         **{f: first.get(f) for f in FAIRNESS_FIELDS},
+                         "calib_split": first.get("calib_split", "train")})
             curves.append(_mean_curve(results.curves[results.curves["cell_key"].isin(keys)], row_id))
             row_id += 1
     frame = pd.DataFrame(rows, columns=ROW_COLUMNS)

@@ -132,6 +132,18 @@ def energy_label(task_rows: pd.DataFrame) -> str:
                      for r in seen.itertuples())
 
 
+def _fairness(row: pd.Series, T: int) -> dict[str, Any]:
+    """Latency in frames at T, levels and max spikes per step (blank for pre-contract records;
+    the ANN reference: one frame, no spikes)."""
+    if row["reference"]:
+        return {"latency": 1, "levels_per_step": math.nan, "max_spikes_per_step": math.nan}
+    before = row.get("frames_before_readout")
+    missing = before is None or pd.isna(before)
+    return {"latency": math.nan if missing else T + int(before),
+            "levels_per_step": math.nan if missing else float(row["levels_per_step"]),
+            "max_spikes_per_step": math.nan if missing else int(row["max_spikes_per_step"])}
+
+
 def _at(curve: pd.DataFrame, t: int, column: str) -> float:
     hit = curve.loc[curve["t"] == t, column]
     return float(hit.iloc[0]) if not hit.empty and not pd.isna(hit.iloc[0]) else math.nan
@@ -164,6 +176,10 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None, track: str = 
         columns.append(Column(f"metric_pct_T{t}", f"{metric_name} T={t}", "pct", "max",
                               f"metric_pct_T{t}_sd" if multi_seed else None))
     columns += [Column("t_to_99pct_ann", "T to 99% ANN", "int", "min"),
+                # fairness (snnbench.methods.base.Fairness): what one step of the row can carry
+                Column("latency", f"latency @T={T} (frames)", "int"),
+                Column("levels_per_step", "levels/step (bits)", "ratio"),
+                Column("max_spikes_per_step", "max spikes/step", "int"),
                 Column("spikes_per_sample", f"spikes/sample @T={T}", "count", "min"),
                 Column("synops_per_sample", f"SynOps/sample @T={T}", "count", "min"),
                 Column("energy_ratio", f"energy ratio @T={T} ({e_label})", "ratio", "min"),
@@ -186,11 +202,13 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None, track: str = 
         rec["t_to_99pct_ann"] = math.nan if reach is None else reach
         for key in ("spikes_per_sample", "synops_per_sample", "energy_ratio"):
             rec[key] = _at(curve, T, key)
+        rec.update(_fairness(row, T))
         rec.update(energy_model=row["energy_model"], e_mac_pj=row["e_mac_pj"], e_ac_pj=row["e_ac_pj"],
                    cell_keys=";".join(row["cell_keys"]))
         records.append(rec)
     frame = pd.DataFrame(records)
-    frame["t_to_99pct_ann"] = frame["t_to_99pct_ann"].astype("Int64")
+    for key in ("t_to_99pct_ann", "latency", "max_spikes_per_step"):
+        frame[key] = pd.to_numeric(frame[key]).astype("Int64")
     measured = ~frame["reference"]
     metric_T = frame[f"metric_pct_T{T}"].to_numpy(dtype=float)
     energy = frame["energy_ratio"].to_numpy(dtype=float)

@@ -15,7 +15,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from snnbench.methods.base import ConnectionSite, ConversionContext, ConversionMethod, CountPlan, SpikingModel
+from snnbench.methods.base import (ConnectionSite, ConversionContext, ConversionMethod, CountPlan, Fairness,
+                                   SpikingModel)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ class StaticModel(SpikingModel):
 
     def reset(self) -> None:
         self.frame = 0
+
+    def fairness(self) -> Fairness:
+        """One frame, no spikes; a float32 activation carries 32 bits per step."""
+        return Fairness(frames_before_readout=0, levels_per_step=32.0, max_spikes_per_step=0)
 
     def simulate(self, x: torch.Tensor, T: int) -> Iterator[Any]:
         self.frame = 1

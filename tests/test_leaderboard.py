@@ -173,12 +173,13 @@ def test_markdown_html_and_csv_show_the_same_numbers(rendered, board):
     md = rendered["md"].read_text()
     headers, md_rows = md_table(md, "model")
     assert headers == ["model", "method + settings", "seeds", "ANN top1 (%)", "top1 T=1", "top1 T=2", "top1 T=4",
-                       "top1 T=8", "T to 99% ANN", "spikes/sample @T=8", "SynOps/sample @T=8", ENERGY_HEADER,
+                       "top1 T=8", "T to 99% ANN", "latency @T=8 (frames)", "levels/step (bits)",
+                       "max spikes/step", "spikes/sample @T=8", "SynOps/sample @T=8", ENERGY_HEADER,
                        "Pareto front"]
     assert ["vgg_small", "dcgs n=4", "0, 1", "100.00", "99.50 ± 0.71", "**100.00 ± 0.00**", "**100.00 ± 0.00**",
-            "**100.00 ± 0.00**", "**1**", "3.75k", "578k", "**0.399**", "yes"] in md_rows
-    assert ["vgg_small", "rate n=4", "0", "100.00", "64.50", "77.50", "95.50", "99.50", "6", "**3.32k**", "**515k**",
-            "0.537", ""] in md_rows
+            "**100.00 ± 0.00**", "**1**", "", "", "", "3.75k", "578k", "**0.399**", "yes"] in md_rows
+    assert ["vgg_small", "rate n=4", "0", "100.00", "64.50", "77.50", "95.50", "99.50", "6", "", "", "",
+            "**3.32k**", "**515k**", "0.537", ""] in md_rows  # fairness blank: records from before the contract
     table = html_tables(rendered["html"])["lb-digits"]
     assert "sortable" in table["class"] and table["headers"] == headers
     html_rows = [["**" + text + "**" if "best" in css.split() else text for text, css in row] for row in table["rows"]]
@@ -187,7 +188,7 @@ def test_markdown_html_and_csv_show_the_same_numbers(rendered, board):
     for row in md_rows:
         rec = board.loc[(row[0], row[1])]
         assert row[7].strip("*").split(" ")[0] == f"{rec['metric_pct_T8']:.2f}"
-        assert row[11].strip("*") == f"{rec['energy_ratio']:.3f}"
+        assert row[14].strip("*") == f"{rec['energy_ratio']:.3f}"
 
 
 def test_failed_cells_are_listed_apart_with_their_exception(rendered):
@@ -444,3 +445,54 @@ def test_page_renders_in_headless_chromium(rendered, tmp_path):
         assert image.size == (1400, 2000)
         colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colors is not None and len(colors) > 500            # tables, text and plots, not a blank page
+
+
+# -- issue 17: one energy convention at a time; fairness columns -------------------------
+def _with_conventions(records: list[dict]) -> list[dict]:
+    out = []
+    for record in records:
+        record = copy.deepcopy(record)
+        for row in (record.get("per_t") or {}).values():
+            if row.get("energy_ratio") is not None:
+                row["energy_ratio@dcgs-official"] = row["energy_ratio"] / 2
+        if record.get("method") != "ann":
+            record["fairness"] = {"frames_before_readout": 1, "levels_per_step": 4.0875, "max_spikes_per_step": 128}
+        out.append(record)
+    return out
+
+
+def test_energy_model_choice_renames_headers_and_picks_its_ratios(tmp_path):
+    records = _with_conventions(fixture_records())
+    (tmp_path / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    default = pd.read_csv(render_leaderboard(tmp_path, out_dir=tmp_path / "h")["csv"])
+    paths = render_leaderboard(tmp_path, out_dir=tmp_path / "d", energy_model="dcgs-official")
+    chosen = pd.read_csv(paths["csv"])
+    snn = ~chosen["reference"]
+    assert (chosen["energy_model"] == "dcgs-official").all()
+    assert chosen.loc[snn, "energy_ratio"].tolist() == pytest.approx((default.loc[snn, "energy_ratio"] / 2).tolist())
+    tables = html_tables(paths["html"])
+    headers = next(t["headers"] for k, t in tables.items() if k.startswith("lb-"))
+    assert any(h.startswith("energy ratio @T=8 (dcgs-official") for h in headers)
+    assert ENERGY_HEADER not in headers
+    # fairness columns, in the HTML and the CSV: latency = T + bias pass
+    assert {"latency @T=8 (frames)", "levels/step (bits)", "max spikes/step"} <= set(headers)
+    assert set(chosen.loc[snn, "latency"]) == {9} and set(chosen.loc[snn, "max_spikes_per_step"]) == {128}
+    assert "max spikes/step" in paths["md"].read_text()
+    with pytest.raises(LeaderboardError, match="valid: horowitz45nm-v1"):
+        render_leaderboard(tmp_path, out_dir=tmp_path / "x", energy_model="nope")
+
+
+def test_paper_energy_ratios_only_under_their_own_convention(tmp_path):
+    records = []
+    for record in fixture_records():
+        record = copy.deepcopy(record)
+        record["task"], record["metric"] = "coco", "map"
+        records.append(record)
+    (tmp_path / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def paper_headers(**kw) -> list[str]:
+        tables = html_tables(render_leaderboard(tmp_path, out_dir=tmp_path / str(len(kw)), **kw)["html"])
+        return [h for k, t in tables.items() if k.startswith("paper-coco") for h in t["headers"]]
+
+    assert not any(h.startswith("ER ") for h in paper_headers())
+    assert "ER T=6 (dcgs-official)" in paper_headers(energy_model="dcgs-official")

@@ -53,6 +53,11 @@ class EngineSettings:
             ``SNNBENCH_FUSE`` is not 0; any compilation failure falls back to eager.
         kernel: ``auto`` (the fused Triton MT kernel on CUDA tensors, PyTorch otherwise),
             ``torch`` or ``triton`` (force; on CPU only under ``TRITON_INTERPRET=1``).
+        if_v_init: IF initial potential ``half`` (θ/2) or ``zero`` (SpikingJelly's default).
+        if_negative: signed IF negative spike at ``below_zero`` (v < 0) or
+            ``at_or_below_zero`` (v <= 0, the official DCGS code).
+        input_percentile_of: at layer-input sites (transformer recipe), the percentile of
+            ``abs`` (|x|, default) or ``signed`` x (the official code's ``quantile(x)``).
     """
 
     neuron: Literal["mt", "if"] = "mt"
@@ -67,6 +72,9 @@ class EngineSettings:
     placement: Literal["auto", "activations", "inputs"] = "auto"
     fuse: bool | None = None
     kernel: Literal["auto", "torch", "triton"] = "auto"
+    if_v_init: Literal["half", "zero"] = "half"
+    if_negative: Literal["below_zero", "at_or_below_zero"] = "below_zero"
+    input_percentile_of: Literal["abs", "signed"] = "abs"
 
     def validate(self) -> None:
         if self.kernel == "triton" and self.neuron != "mt":
@@ -106,7 +114,8 @@ class EngineMethod(ConversionMethod[EngineSettings]):
         s, r = self.settings, self.resolved(graph)
         common = dict(granularity=r["granularity"], placement=graph.placement)
         if r["threshold"] == "percentile":
-            return StatKind("percentile", p=s.percentile, scope=s.percentile_scope, **common)
+            return StatKind("percentile", p=s.percentile, scope=s.percentile_scope,
+                            input_value=s.input_percentile_of, **common)
         if r["threshold"] == "max":
             return StatKind("max", **common)
         if r["threshold"] == "grid":
@@ -142,9 +151,11 @@ class EngineMethod(ConversionMethod[EngineSettings]):
             # rate-coded MT neurons use them as the official baseline does (MTH_with_neg)
             signed = s.coding == "differential" or s.neuron == "mt"
             return SpikingNeuron(theta, rule=s.neuron, n=s.n, coding=s.coding, signed=signed, floor=site.floor,
-                                 ceiling=site.ceiling, fuse=resolve_fuse(s.fuse), kernel=self._kernel())
+                                 ceiling=site.ceiling, fuse=resolve_fuse(s.fuse), kernel=self._kernel(),
+                                 if_v_init=s.if_v_init, if_negative=s.if_negative)
         return SpikingNeuron(theta, rule=s.neuron, n=s.n, coding=s.coding, signed=True, floor=None, ceiling=None,
-                             fuse=resolve_fuse(s.fuse), kernel=self._kernel())
+                             fuse=resolve_fuse(s.fuse), kernel=self._kernel(), if_v_init=s.if_v_init,
+                             if_negative=s.if_negative)
 
     def coding(self) -> str:
         """The coding of the converted network (``rate`` / ``differential``)."""

@@ -38,9 +38,10 @@ _FALSE_WORDS = {"0", "false", "off", "no"}
 
 def fire(m: torch.Tensor, theta: torch.Tensor, rule: str, n: int, signed: bool,
          lower: torch.Tensor | None, upper: torch.Tensor | None) -> torch.Tensor:
+    """``rule``: ``mt``, ``if`` or ``if_le`` (IF whose negative spikes fire at v <= 0)."""
     if rule == "mt":
         return mt_fire(m, theta, n, signed=signed, lower_room=lower, upper_room=upper)
-    return if_fire(m, theta, signed=signed, lower_room=lower, upper_room=upper)
+    return if_fire(m, theta, signed=signed, lower_room=lower, upper_room=upper, negative_at_zero=rule == "if_le")
 
 
 def differential_step(x: torch.Tensor, b: torch.Tensor, v: torch.Tensor, e_in: torch.Tensor, e_out: torch.Tensor,

@@ -109,19 +109,19 @@ class SimulatedNetwork(SpikingModel):
         return CountPlan(connections=connections, neurons=neurons, first_counted_frame=1)
 
     def fairness(self) -> Fairness:
-        """Differential coding simulates its bias frame before readout step 1; the levels and
-        spikes per step are those of the richest neuron (IF: {0, θ} or {-θ, 0, θ}; an n-level
-        MT neuron: 2n + 1 values when signed, up to 2^(n-1) unit spikes in one step)."""
-        levels, spikes = 1.0, 1
-        for m in self.net.modules():
-            if not isinstance(m, SpikingNeuron):
-                continue
+        """Differential coding reads out after its bias pass (1 frame before step 1); the
+        neurons emit one level per step: an n-level MT neuron 0 or ±θ/2^k (k < n), i.e.
+        2n + 1 values signed, n + 1 unsigned, at most 2^(n-1) unit spikes (the top level);
+        an IF neuron 0 or ±θ (3 values signed, 2 unsigned: 1 bit), one unit spike. The
+        network's figures are the largest over its neurons."""
+        neurons = [m for m in self.net.modules() if isinstance(m, SpikingNeuron)]
+        levels, spikes = 0.0, 0
+        for m in neurons:
             per_sign = m.n if m.rule == "mt" else 1
-            values = (2 * per_sign + 1) if m.signed else (per_sign + 1)
-            levels = max(levels, math.log2(values))
+            levels = max(levels, math.log2(1 + per_sign * (2 if m.signed else 1)))
             spikes = max(spikes, 2 ** (m.n - 1) if m.rule == "mt" else 1)
         return Fairness(frames_before_readout=1 if self.coding == "differential" else 0,
-                        levels_per_step=levels, max_spikes_per_step=spikes)
+                        levels_per_step=levels if neurons else 0.0, max_spikes_per_step=spikes)
 
     def describe(self) -> dict[str, Any]:
         neurons = [m for m in self.net.modules() if isinstance(m, SpikingNeuron)]

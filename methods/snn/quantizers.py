@@ -188,11 +188,13 @@ def mt_fire_argmin(m: torch.Tensor, theta: torch.Tensor, n: int) -> torch.Tensor
 
 
 def if_fire(v: torch.Tensor, theta: torch.Tensor, signed: bool = False,
-            lower_room: torch.Tensor | None = None, upper_room: torch.Tensor | None = None) -> torch.Tensor:
+            lower_room: torch.Tensor | None = None, upper_room: torch.Tensor | None = None,
+            negative_at_zero: bool = False) -> torch.Tensor:
     """Spike of an IF neuron with potential ``v`` (initial potential θ/2 held in ``v``).
 
-    +θ where v >= θ (and ``upper_room >= θ``); if ``signed``, -θ where v < 0 (and
-    ``lower_room >= θ``). θ = 0 never fires.
+    +θ where v >= θ (and ``upper_room >= θ``); if ``signed``, -θ where v < 0 (v <= 0 with
+    ``negative_at_zero``, the official DCGS code's rule) and ``lower_room >= θ``. θ = 0
+    never fires.
     """
     theta = torch.as_tensor(theta, dtype=v.dtype, device=v.device)
     live = theta > 0
@@ -201,7 +203,7 @@ def if_fire(v: torch.Tensor, theta: torch.Tensor, signed: bool = False,
         pos &= upper_room >= theta
     out = torch.where(pos, theta.expand_as(v), torch.zeros_like(v))
     if signed:
-        neg = (v < 0) & live
+        neg = ((v <= 0) if negative_at_zero else (v < 0)) & live
         if lower_room is not None:
             neg &= lower_room >= theta
         out = torch.where(neg, -theta.expand_as(v), out)

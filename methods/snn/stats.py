@@ -57,9 +57,13 @@ class StatKind:
     levels: int = 0
     grid_points: int = MSE_GRID_POINTS
     grid_step: float = MSE_GRID_STEP
+    #: at layer-input sites: statistics of |x| (``abs``, default) or of signed x (``signed``)
+    input_value: Literal["abs", "signed"] = "abs"
 
     def key(self) -> str:
         d = asdict(self)
+        if self.input_value == "abs":  # the default keeps the cache keys of earlier versions
+            d.pop("input_value")
         if self.quantity != "percentile":
             d.pop("p"), d.pop("scope")
         if self.quantity != "mse_grid":
@@ -235,10 +239,11 @@ class StatProbe(nn.Module):
         site = self.site
         if site.kind == "activation":
             post = x.clamp(min=site.floor, max=site.ceiling) if site.ceiling is not None else x.clamp_min(site.floor)
-        else:  # a signed neuron's levels are ±θ: its scale statistics are of |x|
+        else:  # a signed neuron's levels are ±θ: its scale statistics are of |x| (or x if asked)
             post = x.abs()
         for acc in self.accumulators:
-            acc.observe(x, post)
+            signed_input = site.kind != "activation" and acc.kind.input_value == "signed"
+            acc.observe(x, x if signed_input else post)
         return post if site.kind == "activation" else x
 
 

@@ -70,6 +70,10 @@ class SpikingNeuron(StatefulUnit):
         floor: keep the decoded output >= floor (0 for ReLU: the non-negativity mask of
             dcgs.md §1.4); ``None`` for a free signed neuron.
         ceiling: keep the decoded output <= ceiling (6 for ReLU6); ``None`` for no cap.
+        if_v_init: IF initial potential, ``half`` (θ/2, the default) or ``zero``
+            (SpikingJelly's default).
+        if_negative: signed IF fires -θ at ``below_zero`` (v < 0, default) or
+            ``at_or_below_zero`` (v <= 0, the official DCGS code).
 
     Rate coding, step t (v_0 = θ/2 for IF, 0 for MT):
         m = v + x;  s = fire(m);  v = m - s;  C += s;  decoded output = C / t.
@@ -87,8 +91,15 @@ class SpikingNeuron(StatefulUnit):
     def __init__(self, theta: torch.Tensor, rule: Literal["mt", "if"] = "mt", n: int = 8,
                  coding: Coding = "differential", signed: bool = True, floor: float | None = 0.0,
                  ceiling: float | None = None, fuse: bool = False,
-                 kernel: Literal["auto", "torch", "triton"] = "auto") -> None:
+                 kernel: Literal["auto", "torch", "triton"] = "auto", if_v_init: str = "half",
+                 if_negative: str = "below_zero") -> None:
         super().__init__()
+        if if_v_init not in ("half", "zero") or if_negative not in ("below_zero", "at_or_below_zero"):
+            raise ValueError(f"if_v_init must be half|zero and if_negative below_zero|at_or_below_zero, got "
+                             f"{if_v_init!r}, {if_negative!r}")
+        self.if_v_init, self.if_negative = if_v_init, if_negative
+        #: the rule the step functions see: IF with v <= 0 negative firing is ``if_le``
+        self.fire_rule = "if_le" if rule == "if" and if_negative == "at_or_below_zero" else rule
         if rule not in ("mt", "if"):
             raise ValueError(f"neuron rule must be 'mt' or 'if', got {rule!r}")
         if coding not in ("rate", "differential"):
@@ -134,7 +145,8 @@ class SpikingNeuron(StatefulUnit):
     def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
         if self.v_init is not None:
             return self.v_init.to(like.dtype).expand_as(like).clone()
-        v0 = self.theta / 2 if self.rule == "if" else torch.zeros_like(self.theta)
+        half = self.rule == "if" and self.if_v_init == "half"
+        v0 = self.theta / 2 if half else torch.zeros_like(self.theta)
         return v0.expand_as(like).clone()
 
     def set_corrections(self, input_bias: torch.Tensor | None = None, v_init: torch.Tensor | None = None) -> None:
@@ -192,7 +204,7 @@ class SpikingNeuron(StatefulUnit):
         if self._use_triton(x):
             return self._triton_step(x, self.t)
         t = torch.tensor(float(self.t))  # a CPU scalar: no host-to-device copy (or sync) per step
-        s, self.v, self.c_out = self._step_fn("rate")(x, self.v, self.c_out, self.theta, t, self.rule, self.n,
+        s, self.v, self.c_out = self._step_fn("rate")(x, self.v, self.c_out, self.theta, t, self.fire_rule, self.n,
                                                       self.signed, self.floor, self.ceiling)
         return self._counted(s)
 
@@ -221,7 +233,7 @@ class SpikingNeuron(StatefulUnit):
             return self._triton_step(x, t)
         tt = torch.tensor(float(t))  # a CPU scalar: no host-to-device copy (or sync) per step
         s, self.v, self.e_in, self.e_out = self._step_fn("differential")(
-            x, self.b, self.v, self.e_in, self.e_out, self.theta, tt, self.rule, self.n, self.signed, self.floor,
+            x, self.b, self.v, self.e_in, self.e_out, self.theta, tt, self.fire_rule, self.n, self.signed, self.floor,
             self.ceiling)
         return self._counted(s)
 
