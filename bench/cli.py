@@ -41,6 +41,8 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="dataset location (task-specific; see bench list)")
     p.add_argument("--weights", default=None, help="ANN weights file (state dict) instead of the default source")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: the CPUs available to this process, see bench/threads.py)")
 
 
 # -- bench list ------------------------------------------------------------------------
@@ -126,10 +128,14 @@ def format_result_table(result: dict[str, Any], steps: list[int] | None = None) 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from snnbench.threads import apply_threads
+
+    threads = apply_threads(args.threads)  # before any torch work
     from snnbench.runner import run_cell
 
     spec = build_cell(args)
     result = run_cell(spec, progress=not args.json and sys.stderr.isatty())
+    result["threads"] = threads
     if args.json:
         print(json.dumps(result, default=str))
     else:

@@ -66,20 +66,25 @@ def _alarm(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: int | None = None,
+def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: float | None = None,
                         timeout: float | None = None) -> dict[str, Any]:
-    """Run one cell here and return its result dict (what a Ray task executes)."""
-    import torch
+    """Run one cell here and return its result dict (what a Ray task executes).
 
+    ``threads``: the CPUs the cell was given (None: what the process may use); set before
+    any torch work (bench/threads.py) and recorded in ``result["threads"]``.
+    """
+    from snnbench.threads import apply_threads
+
+    used = apply_threads(threads)
     from snnbench.cache import DiskCache, MemoryCache
     from snnbench.runner import run_cell
 
-    if threads:
-        torch.set_num_threads(threads)
     cell = CellSpec.from_dict(spec)
     cache = DiskCache(cache_root) if cache_root else MemoryCache()
     with _alarm(timeout):
-        return run_cell(cell, cache=cache, progress=False)
+        result = run_cell(cell, cache=cache, progress=False)
+    result["threads"] = used
+    return result
 
 
 class SerialExecutor:
@@ -87,14 +92,16 @@ class SerialExecutor:
 
     name = "serial"
 
-    def __init__(self, cache_root: str | None, cell_timeout: float | None = None) -> None:
+    def __init__(self, cache_root: str | None, cell_timeout: float | None = None, threads: int | None = None) -> None:
         self.cache_root = cache_root
         self.cell_timeout = cell_timeout
+        self.threads = threads  # None: every CPU available to this process (bench/threads.py)
 
     def run(self, cells: list[CellSpec], on_start: OnStart, on_result: OnResult) -> None:
         for cell in cells:
             on_start(cell)
-            on_result(cell, run_cell_in_process(cell.to_dict(), self.cache_root, timeout=self.cell_timeout))
+            on_result(cell, run_cell_in_process(cell.to_dict(), self.cache_root, self.threads,
+                                                timeout=self.cell_timeout))
 
 
 class RayExecutor:
@@ -134,7 +141,7 @@ class RayExecutor:
         pending: dict[Any, tuple[CellSpec, int, float]] = {}
 
         def submit(cell: CellSpec, attempt: int) -> None:
-            threads = max(1, int(self.cpus_per_cell))
+            threads = max(1.0, self.cpus_per_cell)  # capped to the worker's CPUs in bench/threads.py
             ref = remote.options(num_cpus=self.cpus_per_cell, num_gpus=1 if wants_gpu(cell) else 0).remote(
                 cell.to_dict(), self.cache_root, threads, None)
             pending[ref] = (cell, attempt, time.monotonic())

@@ -1,0 +1,245 @@
+"""snnbench vs the official DCGS code on the same network, thresholds and inputs.
+
+    python -m benchmarks.bench_official --official-dcgs DIR [--model resnet18] [--size 224]
+        [--batch 4] [--T 4,8,16,32,64] [--device cpu|cuda] [--threads 2] [--repeats 3]
+
+DIR is a checkout of https://github.com/h-z-h-cell/ANN-to-SNN-DCGS that *you* fetched
+(nothing of it is vendored here); its ``neurons``, ``utils`` and ``forwards`` packages are
+imported from DIR.
+
+One network, two implementations:
+
+1. snnbench traces and normalises the ANN (one ReLU module per call site, MaxPool moved
+   in front of its ReLU as the official converter also does), collects statistics on the
+   input batch and converts it with ``dcgs`` (differential coding, MT neurons, n = 8,
+   threshold iteration, channel thresholds) -> per-site θ.
+2. The official network is a copy of that same normalised graph in which every neuron
+   site's ReLU is the official ``MTH_diff`` neuron with *the same θ*, run by the
+   official forward functions: multi-step (``forward_snn_diff_rate_m``: T+1 frames on the
+   batch axis, the default of every shipped config) and single-step
+   (``forward_snn_diff_rate_s``), decoded by the official ``decodeoutput``.
+
+For every T it checks that the decoded outputs at t = T agree (max |Δ| / max |y|; the two
+track the ReLU mask's room with different float32 sums, so they agree to rounding, not
+bitwise) and reports the wall time per frame and image of a full simulation of T frames
+(snnbench eager and fused, official m and s) next to the ANN's time per image, and the
+peak memory above the level before the simulation (CUDA: ``max_memory_allocated``; CPU:
+resident set size sampled every 2 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from benchmarks.common import environment, print_table, resolve_device, synchronize, write_json
+
+OFFICIAL_PACKAGES = ("utils", "neurons", "forwards")
+
+
+def load_official(root: str) -> dict[str, Any]:
+    """Import the official ``neurons``, ``utils`` and ``forwards`` packages from ``root``."""
+    path = Path(root).expanduser().resolve()
+    missing = [p for p in OFFICIAL_PACKAGES if not (path / p / "__init__.py").is_file()]
+    if missing:
+        raise SystemExit(f"--official-dcgs {path}: not a checkout of h-z-h-cell/ANN-to-SNN-DCGS "
+                         f"(missing packages: {', '.join(missing)}); git clone the repository and pass its folder")
+    for name in list(sys.modules):  # any other module of the same names would shadow the checkout's
+        if name.split(".")[0] in OFFICIAL_PACKAGES:
+            del sys.modules[name]
+    sys.path.insert(0, str(path))
+    try:
+        return {name: importlib.import_module(name) for name in OFFICIAL_PACKAGES}
+    finally:
+        sys.path.remove(str(path))
+
+
+def build_model(name: str) -> torch.nn.Module:
+    import torchvision
+
+    from benchmarks.common import benchmark_models
+
+    torch.manual_seed(0)
+    if name in ("resnet18", "resnet34", "resnet50", "vgg16"):
+        return getattr(torchvision.models, name)(num_classes=1000).eval()
+    return benchmark_models()[name][0]()
+
+
+class OfficialNetwork(torch.nn.Module):
+    """The official forward functions bound to a network (what ``forward_replace`` sets up)."""
+
+    def __init__(self, net: torch.nn.Module, official: dict[str, Any], T: int, step_mode: str) -> None:
+        super().__init__()
+        utils, forwards = official["utils"], official["forwards"]
+        self.net, self.T, self.step_mode, self._utils = net, T, step_mode, utils
+        self.merge = utils.MergeTemporalDim()
+        self.expand = utils.ExpandTemporalDim(T + 1)
+        self._forward = forwards.forward_snn_diff_rate_m if step_mode == "m" else forwards.forward_snn_diff_rate_s
+
+    def init_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoded outputs [T, batch, ...] (estimates at t = 1..T)."""
+        self._utils.reset(self.net)  # single-step neurons keep their clock in .T
+        return self._forward(self, x.clone())  # add_dimention_diff edits its input in place
+
+
+def build_pair(model: torch.nn.Module, x: torch.Tensor, T: int, official: dict[str, Any], n: int = 8):
+    """(snnbench SNN with fuse off, with fuse on, official m-mode net, official s-mode net)."""
+    from snnbench.methods.base import ConversionContext
+    from snnbench.methods.dcgs import DCGS
+    from snnbench.methods.snn.stats import collect_stats
+
+    def method(fuse: bool) -> DCGS:
+        return DCGS({"n": n, "fuse": fuse, "granularity": "channel"})
+
+    ctx = ConversionContext(T=T, example=x, device=x.device, calib_batches=lambda: iter([x]))
+    stats = collect_stats(model, [x], method(False).stat_kinds(model, ctx))
+    eager, graph, paths = method(False).build(model, stats, ctx)
+    fast = method(True).convert(model, stats, ctx)
+    if graph.placement != "activations":
+        raise SystemExit("bench_official compares CNNs (neurons at activations, MTH_diff); got a transformer")
+    nets = {}
+    for mode in ("m", "s"):
+        net = copy.deepcopy(graph.module)
+        for site in graph.sites:
+            theta = eager.net.get_submodule(paths[site.name]).theta.detach().clone()
+            if site.ceiling is not None:
+                raise SystemExit(f"site {site.name} is a clipped ReLU; the official MTH_diff models a plain ReLU")
+            neuron = official["neurons"].MTH_diff(T=T, thresh=theta, step_mode=mode, num_thresholds=n)
+            parent, _, leaf = site.name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, leaf, neuron)
+        nets[mode] = OfficialNetwork(net.to(x.device).eval(), official, T, mode)
+    return eager.to(x.device).eval(), fast.to(x.device).eval(), nets["m"], nets["s"]
+
+
+def snnbench_outputs(snn, x: torch.Tensor, T: int) -> torch.Tensor:
+    snn.reset()
+    out = None
+    for out in snn.simulate(x, T):
+        pass
+    return out
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device):
+    """Yields a dict whose ``"mb"`` is set to the peak memory above the starting level on exit."""
+    from benchmarks.bench_memory import rss_bytes
+
+    result: dict[str, float] = {}
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        yield result
+        synchronize(device)
+        result["mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return
+    base = rss_bytes()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        peak[0] = max(peak[0], rss_bytes())
+        result["mb"] = (peak[0] - base) / 2**20
+
+
+def measure(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, float]:
+    """(median seconds, peak MB of the first timed run) after one warm-up run."""
+    fn()
+    synchronize(device)
+    times, mb = [], None
+    for _ in range(repeats):
+        with peak_memory(device) as mem:
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+        mb = mem["mb"] if mb is None else mb
+    times.sort()
+    return times[len(times) // 2], mb
+
+
+def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--official-dcgs", required=True, metavar="DIR",
+                   help="a checkout of github.com/h-z-h-cell/ANN-to-SNN-DCGS (fetched by you; not vendored)")
+    p.add_argument("--model", default="resnet18", help="resnet18, resnet34, resnet50, vgg16 or a benchmark model")
+    p.add_argument("--size", type=int, default=224, help="input height = width (torchvision models)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--T", default="4,8,16,32,64", help="comma-separated time-steps")
+    p.add_argument("--n", type=int, default=8, help="MT levels per sign")
+    p.add_argument("--modes", default="eager,fused,official_m,official_s",
+                   help="which implementations to time (comma-separated)")
+    p.add_argument("--tolerance", type=float, default=5e-2, help="largest accepted relative output gap at t = T")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
+    p.add_argument("--out", default=None, help="JSON output path (default benchmarks/out/bench_official.json)")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    official = load_official(args.official_dcgs)
+    model = build_model(args.model).to(device)
+    from benchmarks.common import benchmark_models
+
+    shape = benchmark_models()[args.model][1] if args.model in benchmark_models() else (3, args.size, args.size)
+    torch.manual_seed(1)
+    x = torch.randn(args.batch, *shape, device=device)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    rows: list[dict[str, Any]] = []
+    with torch.inference_mode():
+        ann_s, ann_mb = measure(lambda: model(x), device, args.repeats)
+        ann_ms = 1e3 * ann_s / args.batch
+        for T in [int(t) for t in args.T.split(",")]:
+            eager, fast, off_m, off_s = build_pair(model, x, T, official, args.n)
+            reference = snnbench_outputs(eager, x, T)
+            runners = {"eager": lambda: snnbench_outputs(eager, x, T), "fused": lambda: snnbench_outputs(fast, x, T),
+                       "official_m": lambda: off_m(x)[-1], "official_s": lambda: off_s(x)[-1]}
+            for mode in modes:
+                out = runners[mode]()
+                gap = relative_gap(out, reference)
+                seconds, mb = measure(runners[mode], device, args.repeats)
+                per_frame = 1e3 * seconds / (T * args.batch)
+                rows.append({"T": T, "impl": mode, "ms_per_frame_image": per_frame, "x_ann": per_frame / ann_ms,
+                             "peak_mb": mb, "gap_vs_snnbench": gap, "agrees": gap <= args.tolerance})
+                print(f"T={T:<3} {mode:<11} {per_frame:8.2f} ms/frame/image  {per_frame / ann_ms:5.2f}x ANN  "
+                      f"peak +{mb:7.1f} MB  gap {gap:.2e}", flush=True)
+    print(f"\n{args.model} {shape} batch {args.batch} on {device}: ANN {ann_ms:.2f} ms/image (peak +{ann_mb:.1f} MB)\n")
+    print_table(rows, ["T", "impl", "ms_per_frame_image", "x_ann", "peak_mb", "gap_vs_snnbench", "agrees"])
+    payload = {"benchmark": "official", "model": args.model, "input_shape": list(shape), "batch": args.batch,
+               "ann_ms_per_image": ann_ms, "ann_peak_mb": ann_mb, "rows": rows,
+               "official_dcgs": str(Path(args.official_dcgs).resolve()),
+               "environment": environment(device, args.threads)}
+    write_json("bench_official", payload, args.out)
+    return 0 if all(r["agrees"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
