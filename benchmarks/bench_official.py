@@ -94,33 +94,46 @@ class OfficialNetwork(torch.nn.Module):
         return self._forward(self, x.clone())  # add_dimention_diff edits its input in place
 
 
-def build_pair(model: torch.nn.Module, x: torch.Tensor, T: int, official: dict[str, Any], n: int = 8):
-    """(snnbench SNN with fuse off, with fuse on, official m-mode net, official s-mode net)."""
+#: snnbench variants: PyTorch element-wise steps, torch.compile'd steps, the Triton MT kernel (CUDA)
+SNNBENCH_VARIANTS = {"eager": {"fuse": False, "kernel": "torch"}, "fused": {"fuse": True, "kernel": "torch"},
+                     "triton": {"fuse": False, "kernel": "triton"}}
+
+
+def build_networks(model: torch.nn.Module, x: torch.Tensor, T: int, official: dict[str, Any] | None,
+                   variants: list[str], n: int = 8) -> dict[str, Callable[[], torch.Tensor]]:
+    """Runners (decoded output at t = T) of the snnbench ``variants`` and, with ``official``,
+    of the official network in multi-step (``official_m``) and single-step (``official_s``) mode."""
     from snnbench.methods.base import ConversionContext
     from snnbench.methods.dcgs import DCGS
     from snnbench.methods.snn.stats import collect_stats
 
-    def method(fuse: bool) -> DCGS:
-        return DCGS({"n": n, "fuse": fuse, "granularity": "channel"})
+    def method(variant: str) -> DCGS:
+        return DCGS({"n": n, "granularity": "channel", **SNNBENCH_VARIANTS[variant]})
 
     ctx = ConversionContext(T=T, example=x, device=x.device, calib_batches=lambda: iter([x]))
-    stats = collect_stats(model, [x], method(False).stat_kinds(model, ctx))
-    eager, graph, paths = method(False).build(model, stats, ctx)
-    fast = method(True).convert(model, stats, ctx)
+    stats = collect_stats(model, [x], method("eager").stat_kinds(model, ctx))
+    reference, graph, paths = method("eager").build(model, stats, ctx)
+    runners: dict[str, Callable[[], torch.Tensor]] = {}
+    for variant in variants:
+        snn = reference if variant == "eager" else method(variant).convert(model, stats, ctx)
+        snn = snn.to(x.device).eval()
+        runners[variant] = lambda snn=snn: snnbench_outputs(snn, x, T)
+    if official is None:
+        return runners
     if graph.placement != "activations":
         raise SystemExit("bench_official compares CNNs (neurons at activations, MTH_diff); got a transformer")
-    nets = {}
     for mode in ("m", "s"):
         net = copy.deepcopy(graph.module)
         for site in graph.sites:
-            theta = eager.net.get_submodule(paths[site.name]).theta.detach().clone()
+            theta = reference.net.get_submodule(paths[site.name]).theta.detach().clone()
             if site.ceiling is not None:
                 raise SystemExit(f"site {site.name} is a clipped ReLU; the official MTH_diff models a plain ReLU")
             neuron = official["neurons"].MTH_diff(T=T, thresh=theta, step_mode=mode, num_thresholds=n)
             parent, _, leaf = site.name.rpartition(".")
             setattr(net.get_submodule(parent) if parent else net, leaf, neuron)
-        nets[mode] = OfficialNetwork(net.to(x.device).eval(), official, T, mode)
-    return eager.to(x.device).eval(), fast.to(x.device).eval(), nets["m"], nets["s"]
+        wrapped = OfficialNetwork(net.to(x.device).eval(), official, T, mode)
+        runners[f"official_{mode}"] = lambda wrapped=wrapped: wrapped(x)[-1]
+    return runners
 
 
 def snnbench_outputs(snn, x: torch.Tensor, T: int) -> torch.Tensor:
@@ -187,15 +200,16 @@ def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--official-dcgs", required=True, metavar="DIR",
-                   help="a checkout of github.com/h-z-h-cell/ANN-to-SNN-DCGS (fetched by you; not vendored)")
+    p.add_argument("--official-dcgs", default=None, metavar="DIR",
+                   help="a checkout of github.com/h-z-h-cell/ANN-to-SNN-DCGS (fetched by you; not vendored); "
+                        "without it only the snnbench variants run")
     p.add_argument("--model", default="resnet18", help="resnet18, resnet34, resnet50, vgg16 or a benchmark model")
     p.add_argument("--size", type=int, default=224, help="input height = width (torchvision models)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--T", default="4,8,16,32,64", help="comma-separated time-steps")
     p.add_argument("--n", type=int, default=8, help="MT levels per sign")
     p.add_argument("--modes", default="eager,fused,official_m,official_s",
-                   help="which implementations to time (comma-separated)")
+                   help="implementations to time: eager, fused, triton (CUDA), official_m, official_s")
     p.add_argument("--tolerance", type=float, default=5e-2, help="largest accepted relative output gap at t = T")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -205,40 +219,51 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    official = load_official(args.official_dcgs)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(SNNBENCH_VARIANTS) - {"official_m", "official_s"})
+    if unknown:
+        raise SystemExit(f"unknown --modes {unknown}; valid: {sorted(SNNBENCH_VARIANTS)} + official_m, official_s")
+    official = load_official(args.official_dcgs) if args.official_dcgs else None
+    if official is None:
+        modes = [m for m in modes if not m.startswith("official")]
     model = build_model(args.model).to(device)
     from benchmarks.common import benchmark_models
 
     shape = benchmark_models()[args.model][1] if args.model in benchmark_models() else (3, args.size, args.size)
     torch.manual_seed(1)
     x = torch.randn(args.batch, *shape, device=device)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     rows: list[dict[str, Any]] = []
     with torch.inference_mode():
         ann_s, ann_mb = measure(lambda: model(x), device, args.repeats)
         ann_ms = 1e3 * ann_s / args.batch
+        print(f"ANN {ann_ms:.3f} ms/image, peak +{ann_mb:.1f} MB", flush=True)
         for T in [int(t) for t in args.T.split(",")]:
-            eager, fast, off_m, off_s = build_pair(model, x, T, official, args.n)
-            reference = snnbench_outputs(eager, x, T)
-            runners = {"eager": lambda: snnbench_outputs(eager, x, T), "fused": lambda: snnbench_outputs(fast, x, T),
-                       "official_m": lambda: off_m(x)[-1], "official_s": lambda: off_s(x)[-1]}
+            variants = ["eager"] + [m for m in modes if m in SNNBENCH_VARIANTS and m != "eager"]
+            runners = build_networks(model, x, T, official, variants, args.n)
+            reference = runners["eager"]()
             for mode in modes:
-                out = runners[mode]()
-                gap = relative_gap(out, reference)
-                seconds, mb = measure(runners[mode], device, args.repeats)
+                try:
+                    gap = relative_gap(runners[mode](), reference)
+                    seconds, mb = measure(runners[mode], device, args.repeats)
+                except torch.cuda.OutOfMemoryError as err:  # official multi-step at large T and batch
+                    rows.append({"T": T, "impl": mode, "error": f"out of memory: {str(err).splitlines()[0]}"})
+                    print(f"T={T:<3} {mode:<11} out of memory", flush=True)
+                    torch.cuda.empty_cache()
+                    continue
                 per_frame = 1e3 * seconds / (T * args.batch)
                 rows.append({"T": T, "impl": mode, "ms_per_frame_image": per_frame, "x_ann": per_frame / ann_ms,
                              "peak_mb": mb, "gap_vs_snnbench": gap, "agrees": gap <= args.tolerance})
-                print(f"T={T:<3} {mode:<11} {per_frame:8.2f} ms/frame/image  {per_frame / ann_ms:5.2f}x ANN  "
+                print(f"T={T:<3} {mode:<11} {per_frame:8.3f} ms/frame/image  {per_frame / ann_ms:5.2f}x ANN  "
                       f"peak +{mb:7.1f} MB  gap {gap:.2e}", flush=True)
+            del runners
     print(f"\n{args.model} {shape} batch {args.batch} on {device}: ANN {ann_ms:.2f} ms/image (peak +{ann_mb:.1f} MB)\n")
-    print_table(rows, ["T", "impl", "ms_per_frame_image", "x_ann", "peak_mb", "gap_vs_snnbench", "agrees"])
+    print_table(rows, ["T", "impl", "ms_per_frame_image", "x_ann", "peak_mb", "gap_vs_snnbench", "agrees", "error"])
     payload = {"benchmark": "official", "model": args.model, "input_shape": list(shape), "batch": args.batch,
                "ann_ms_per_image": ann_ms, "ann_peak_mb": ann_mb, "rows": rows,
-               "official_dcgs": str(Path(args.official_dcgs).resolve()),
+               "official_dcgs": str(Path(args.official_dcgs).resolve()) if args.official_dcgs else None,
                "environment": environment(device, args.threads)}
     write_json("bench_official", payload, args.out)
-    return 0 if all(r["agrees"] for r in rows) else 1
+    return 0 if all(r.get("agrees", True) for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_detector_with_tiny_fpn_levels_runs_fused_without_fallback(coding, torch
     fused.clear_compiled()
     torch.manual_seed(0)
     core = DetectorCore(_small_fcos())
-    inputs = [torch.randn(2, 3, 64, 64), torch.randn(1, 3, 96, 128)]
+    inputs = [torch.randn(2, 3, 64, 64), torch.randn(2, 3, 96, 128)]
     results = {}
     for fuse in (False, True):
         method = DCGS({"threshold": "max", "coding": coding, "fuse": fuse})
