@@ -268,6 +268,9 @@ _EXTRA_PARSERS: list[Callable[[Any], None]] = [_add_sweep, _add_ui, _add_leaderb
 
 
 def main(argv: list[str] | None = None) -> int:
+    from snnbench.threads import prepare_openmp
+
+    prepare_openmp()  # before anything imports torch (bench/threads.py)
     from snnbench.grid import GridError
     from snnbench.registry import UnknownNameError
     from snnbench.methods.settings import SettingsError

@@ -16,12 +16,20 @@ than alone (issue 21, BENCHMARKS.md "Threads under contention"). The rule here:
 Inductor bakes the thread count into the C++ kernels it compiles, so the count must be
 set before the first compilation in the process (``apply_threads`` is the first thing a
 worker does).
+
+Waiting threads sleep: OpenMP's default is to *spin* at every barrier, which is fastest on
+an idle machine and a collapse on a shared one (a spinning thread burns the time slice
+its partner needs: 2 threads took 42 s beside other jobs where 1 thread took 2.3 s, and
+2.1 s with ``OMP_WAIT_POLICY=PASSIVE``; BENCHMARKS.md). So ``OMP_WAIT_POLICY`` defaults to
+``PASSIVE`` (a value set by the user wins). libgomp reads it when torch is first imported,
+hence :func:`prepare_openmp` runs at the start of the CLI and of every worker, before torch.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 #: where cgroup v2 / v1 are mounted on Linux
@@ -122,9 +130,17 @@ def resolve_threads(requested: float | int | None) -> int:
     return max(1, min(int(requested), available))
 
 
+def prepare_openmp() -> bool:
+    """Default ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of spinning)
+    unless already set; returns whether it still takes effect (torch not imported yet)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return "torch" not in sys.modules
+
+
 def apply_threads(requested: float | int | None) -> int:
     """Set torch's intra-op threads (and OpenMP's default for libraries started later) for
     ``requested`` CPUs; returns the count set. Call before any torch work in the process."""
+    prepare_openmp()
     import torch
 
     threads = resolve_threads(requested)
@@ -134,4 +150,4 @@ def apply_threads(requested: float | int | None) -> int:
     return threads
 
 
-__all__ = ["affinity_cpus", "cgroup_cpu_limit", "available_cpus", "resolve_threads", "apply_threads"]
+__all__ = ["prepare_openmp", "affinity_cpus", "cgroup_cpu_limit", "available_cpus", "resolve_threads", "apply_threads"]

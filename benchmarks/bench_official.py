@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_official --official-dcgs DIR [--model resnet18] [--size 224]
         [--batch 4] [--T 4,8,16,32,64] [--device cpu|cuda] [--threads 2] [--repeats 3]
+        [--modes eager,fused,triton,official_m,official_s]
 
 DIR is a checkout of https://github.com/h-z-h-cell/ANN-to-SNN-DCGS that *you* fetched
 (nothing of it is vendored here); its ``neurons``, ``utils`` and ``forwards`` packages are
@@ -18,6 +19,10 @@ One network, two implementations:
    official forward functions: multi-step (``forward_snn_diff_rate_m``: T+1 frames on the
    batch axis, the default of every shipped config) and single-step
    (``forward_snn_diff_rate_s``), decoded by the official ``decodeoutput``.
+
+snnbench runs as ``eager`` (PyTorch element-wise neuron steps), ``fused`` (the steps
+under torch.compile) and, on CUDA, ``triton`` (the hand-written MT kernel); all three
+equal each other bit for bit. Without ``--official-dcgs`` only these run.
 
 For every T it checks that the decoded outputs at t = T agree (max |Δ| / max |y|; the two
 track the ReLU mask's room with different float32 sums, so they agree to rounding, not

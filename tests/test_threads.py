@@ -93,3 +93,15 @@ def test_serial_cells_record_their_threads(monkeypatch):
         assert seen["threads"] == 2 and result["threads"] == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_openmp_threads_sleep_by_default_and_a_user_setting_wins():
+    code = ("import os, sys; from snnbench.threads import apply_threads; apply_threads(1);"
+            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["PASSIVE", "True"]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert out.stdout.split() == ["ACTIVE", "True"]
