@@ -5,10 +5,12 @@
 A "cell" here is a fixed piece of simulation work in its own process (dcgs and rate on
 the same batch, eager steps, random weights). Scenarios, all in one run:
 
-* ``alone``: one process, threads = the CPUs available to it (bench/threads.py default);
-* ``alone, 1 thread``;
+* ``alone``: one process, threads = the CPUs available to it, idle OpenMP threads
+  sleeping (the bench/threads.py default);
+* ``alone, 1 thread``; ``alone, torch default`` (one spinning thread per core: before issue 21);
 * ``2 concurrent, torch default threads``: what two serial runs (or a Ray worker that
-  does not set its threads) did before issue 21: every process one thread per core;
+  does not set its threads) did before issue 21;
+* ``2 concurrent, default policy``: two serial runs without ``--threads`` now;
 * ``2 concurrent, --threads 1``: two serial runs each given one of the two cores;
 * ``ray 2 workers x num_cpus=1`` (``--ray``): two Ray tasks, threads set from num_cpus.
 
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     from snnbench.threads import available_cpus
 
-    scenarios = [("alone", 0, 1), ("alone, 1 thread", 1, 1), ("2 concurrent, torch default threads", -1, 2),
+    scenarios = [("alone", 0, 1), ("alone, 1 thread", 1, 1), ("alone, torch default", -1, 1),
+                 ("2 concurrent, torch default threads", -1, 2), ("2 concurrent, default policy", 0, 2),
                  ("2 concurrent, --threads 1", 1, 2)]
     results: dict[str, list[dict[str, Any]]] = {}
     for name, threads, copies in scenarios:
