@@ -124,6 +124,8 @@ def test_detector_with_tiny_fpn_levels_runs_fused_without_fallback(coding, torch
         assert all(torch.equal(out_e[k], out_f[k]) for k in out_e)
         assert sum_e.events == sum_f.events and sum_e.unit_spikes == sum_f.unit_spikes
     signatures = fused.compiled_signatures()
-    assert signatures and all(fused.compiled_variants(s) == 1 for s in signatures), signatures
+    # one variant per signature; steps that also count hits per position take the number of
+    # positions as an int, which dynamo specialises once more where it is 1 (the 1x1 FPN levels)
+    assert signatures and all(fused.compiled_variants(s) <= (2 if s.positions else 1) for s in signatures)
     assert not [m for m in torch_warnings if "recompile" in m or "eagerly" in m], torch_warnings
 

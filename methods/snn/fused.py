@@ -20,7 +20,9 @@ function after ``recompile_limit`` (8) variants and runs it eagerly from then on
   counts are kept) form a :class:`StepSignature`, normalised (``ceiling=6`` and ``6.0``
   are the same signature), and each signature gets its *own* function object with its own
   code object (:func:`compiled`), so dynamo's per-code cache holds exactly one entry
-  per function and no signature can push another past the recompile limit.
+  per function and no signature can push another past the recompile limit. (A step that
+  also counts spikes per position for the next convolution takes the number of positions
+  as an int: one more variant where that number is 1, e.g. a 1x1 map.)
 
 The time-step enters as a 0-dim tensor, so one compilation serves every t.
 
@@ -73,6 +75,16 @@ def spike_counts(s: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     return torch.stack([events, units])
 
 
+def position_hits(s: torch.Tensor, positions: int) -> torch.Tensor:
+    """Per position of the trailing axes (``positions`` of them, the last in memory), the number
+    of non-zero spikes over the leading batch and channel axes (int64, flat).
+
+    A convolution fed directly by these spikes counts its effective ops from this map
+    (Σ_positions hits·fan-out), so the op counter need not read the spikes again.
+    """
+    return (s != 0).reshape(-1, positions).sum(dim=0)
+
+
 def unit_amplitude(theta: torch.Tensor, rule: str, n: int) -> torch.Tensor:
     """Amplitude of one unit spike: θ/2^(n-1) for MT, θ for IF."""
     return theta / 2 ** (n - 1) if rule == "mt" else theta
@@ -80,11 +92,12 @@ def unit_amplitude(theta: torch.Tensor, rule: str, n: int) -> torch.Tensor:
 
 def differential_step(x: torch.Tensor, b: torch.Tensor, v: torch.Tensor, e_in: torch.Tensor, e_out: torch.Tensor,
                       theta: torch.Tensor, t: torch.Tensor, rule: str, n: int, signed: bool, floor: float | None,
-                      ceiling: float | None, count: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One step t >= 1 of the differential neuron (DCGS Thm 4.4); returns (s, v, e_in, e_out, counts).
+                      ceiling: float | None, count: bool = False, positions: int | None = None
+                      ) -> tuple[torch.Tensor, ...]:
+    """One step t >= 1 of the differential neuron (DCGS Thm 4.4); returns (s, v, e_in, e_out, counts, hits).
 
-    ``counts`` is :func:`spike_counts` of s when ``count``, else None.
+    ``counts`` is :func:`spike_counts` of s when ``count``, else None; ``hits`` is
+    :func:`position_hits` when ``count`` and ``positions`` are given, else None.
     """
     d = x - b
     m = (v + d) + (e_in - e_out)
@@ -93,19 +106,21 @@ def differential_step(x: torch.Tensor, b: torch.Tensor, v: torch.Tensor, e_in: t
     s = fire(m, theta, rule, n, signed, lower, upper)
     inv_t = 1.0 / t
     counts = spike_counts(s, unit_amplitude(theta, rule, n)) if count else None
-    return s, m - s, e_in + d * inv_t, e_out + s * inv_t, counts
+    hits = position_hits(s, positions) if count and positions is not None else None
+    return s, m - s, e_in + d * inv_t, e_out + s * inv_t, counts, hits
 
 
 def rate_step(x: torch.Tensor, v: torch.Tensor, c_out: torch.Tensor | None, theta: torch.Tensor, t: torch.Tensor,
-              rule: str, n: int, signed: bool, floor: float | None, ceiling: float | None, count: bool = False
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """One rate-coded step; returns (s, v, c_out, counts)."""
+              rule: str, n: int, signed: bool, floor: float | None, ceiling: float | None, count: bool = False,
+              positions: int | None = None) -> tuple[torch.Tensor | None, ...]:
+    """One rate-coded step; returns (s, v, c_out, counts, hits) (see :func:`differential_step`)."""
     m = v + x
     lower = c_out - floor * (t - 1) if c_out is not None and floor is not None and signed else None
     upper = ceiling * t - c_out if c_out is not None and ceiling is not None else None
     s = fire(m, theta, rule, n, signed, lower, upper)
     counts = spike_counts(s, unit_amplitude(theta, rule, n)) if count else None
-    return s, m - s, (c_out + s if c_out is not None else None), counts
+    hits = position_hits(s, positions) if count and positions is not None else None
+    return s, m - s, (c_out + s if c_out is not None else None), counts, hits
 
 
 _EAGER: dict[str, Callable] = {"differential": differential_step, "rate": rate_step}
@@ -127,18 +142,21 @@ class StepSignature:
     ceiling: float | None
     rooms: bool = False
     count: bool = False
+    positions: bool = False
 
     @classmethod
     def of(cls, coding: str, rule: str, n: int, signed: bool, floor: float | None, ceiling: float | None,
-           rooms: bool = False, count: bool = False) -> "StepSignature":
+           rooms: bool = False, count: bool = False, positions: bool = False) -> "StepSignature":
         as_float = lambda v: None if v is None else float(v)  # noqa: E731
-        return cls(coding, rule, int(n), bool(signed), as_float(floor), as_float(ceiling), bool(rooms), bool(count))
+        return cls(coding, rule, int(n), bool(signed), as_float(floor), as_float(ceiling), bool(rooms), bool(count),
+                   bool(count and positions))
 
     def tag(self) -> str:
         """A readable, identifier-safe name (appears in dynamo logs and profiles)."""
         bound = lambda v: "none" if v is None else repr(v).replace(".", "p").replace("-", "m")  # noqa: E731
         return (f"{self.coding}_{self.rule}{self.n}_{'signed' if self.signed else 'unsigned'}_floor_{bound(self.floor)}"
-                f"_ceiling_{bound(self.ceiling)}{'_rooms' if self.rooms else ''}{'_counted' if self.count else ''}")
+                f"_ceiling_{bound(self.ceiling)}{'_rooms' if self.rooms else ''}{'_counted' if self.count else ''}"
+                f"{'_positions' if self.positions else ''}")
 
     def static_args(self) -> tuple:
         return self.rule, self.n, self.signed, self.floor, self.ceiling, self.count
@@ -204,12 +222,14 @@ def resolve_fuse(fuse: bool | None) -> bool:
 _FAILED: set[StepSignature] = set()
 
 
-def run_step(signature: StepSignature, fuse: bool, *tensors: torch.Tensor | None) -> tuple:
+def run_step(signature: StepSignature, fuse: bool, *tensors: torch.Tensor | None, positions: int | None = None
+             ) -> tuple:
     """Run the step of ``signature`` on ``tensors`` (the leading tensor arguments of
     :func:`differential_step` / :func:`rate_step`): compiled when ``fuse``, falling back to
-    eager (one warning per signature) when compilation fails."""
+    eager (one warning per signature) when compilation fails. ``positions``: the number of
+    trailing positions of the per-position hits (signatures with ``positions``)."""
     eager = _EAGER[signature.coding]
-    args = (*tensors, *signature.static_args())
+    args = (*tensors, *signature.static_args(), positions if signature.positions else None)
     if not fuse or signature in _FAILED:
         return eager(*args)
     try:

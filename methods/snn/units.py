@@ -112,6 +112,11 @@ class SpikingNeuron(StatefulUnit):
         #: kernel's pass or, with ``fuse``, in one compiled reduction over the spikes
         self.last_counts: torch.Tensor | None = None
         self.count_spikes = False
+        #: with ``count_positions`` too (set by the op counter when a convolution reads these
+        #: spikes directly), the same pass also leaves the per-position spike counts over
+        #: batch and channels in ``last_hits`` (see ``fused.position_hits``)
+        self.count_positions = False
+        self.last_hits: torch.Tensor | None = None
         self.needs_rooms = floor is not None and signed or ceiling is not None
         #: SNN Calibration's corrections (rate coding): a constant added to the input at
         #: every step (bias correction) and a replacement initial potential (potential correction)
@@ -177,9 +182,9 @@ class SpikingNeuron(StatefulUnit):
                                                 self.floor, self.ceiling)
         return s.view(x.shape)
 
-    def _signature(self) -> fused.StepSignature:
+    def _signature(self, positions: bool = False) -> fused.StepSignature:
         return fused.StepSignature.of(self.coding, self.rule, self.n, self.signed, self.floor, self.ceiling,
-                                      rooms=self.c_out is not None, count=self.count_spikes)
+                                      rooms=self.c_out is not None, count=self.count_spikes, positions=positions)
 
     def _flat_theta(self, x: torch.Tensor) -> torch.Tensor:
         """θ expanded to ``x``'s shape and flattened, cached per input shape (the fused
@@ -193,15 +198,19 @@ class SpikingNeuron(StatefulUnit):
     def _run(self, x: torch.Tensor, *state: torch.Tensor | None, theta_position: int) -> tuple:
         """One step through :func:`fused.run_step`: eager on ``x``-shaped tensors, fused on flat
         views of them; returns (s, *new state, counts), the tensors shaped like ``x``."""
-        signature = self._signature()
+        signature = self._signature(positions=self.count_positions and x.ndim >= 3)
+        positions = x[0, 0].numel() if signature.positions else None
         if not self.fuse:
             tensors = [x, *state]
             tensors.insert(theta_position, self.theta)
-            return fused.run_step(signature, False, *tensors, self._t_tensor())
-        flat = [x.reshape(-1)] + [s.reshape(-1) if s is not None else None for s in state]
-        flat.insert(theta_position, self._flat_theta(x))
-        *out, counts = fused.run_step(signature, True, *flat, self._t_tensor())
-        return (*(o.view(x.shape) if o is not None else None for o in out), counts)
+            *out, counts, hits = fused.run_step(signature, False, *tensors, self._t_tensor(), positions=positions)
+        else:
+            flat = [x.reshape(-1)] + [s.reshape(-1) if s is not None else None for s in state]
+            flat.insert(theta_position, self._flat_theta(x))
+            *out, counts, hits = fused.run_step(signature, True, *flat, self._t_tensor(), positions=positions)
+            out = [o.view(x.shape) if o is not None else None for o in out]
+        self.last_hits = hits.view(x.shape[2:]) if hits is not None else None
+        return (*out, counts)
 
     def _t_tensor(self) -> torch.Tensor:
         t = self.t if self.coding == "rate" else self.t - 1
@@ -213,7 +222,7 @@ class SpikingNeuron(StatefulUnit):
             self.v = self.initial_potential(x)
             if self.needs_rooms:
                 self.c_out = torch.zeros_like(x)
-        self.last_counts = None
+        self.last_counts = self.last_hits = None
         if self._use_triton(x):
             return self._triton_step(x, self.t)
         s, self.v, self.c_out, counts = self._run(x, self.v, self.c_out, theta_position=3)
@@ -224,13 +233,13 @@ class SpikingNeuron(StatefulUnit):
         t = self.t
         self.t += 1
         if t == 0:  # bias pass: remember the constant part of the input, emit nothing
-            self.last_counts = None
+            self.last_counts = self.last_hits = None
             self.b = x.clone()
             self.e_in = x.clone()
             self.e_out = torch.zeros_like(x)
             self.v = self.initial_potential(x)
             return torch.zeros_like(x)
-        self.last_counts = None
+        self.last_counts = self.last_hits = None
         if self._use_triton(x):
             return self._triton_step(x, t)
         s, self.v, self.e_in, self.e_out, counts = self._run(x, self.b, self.v, self.e_in, self.e_out,
