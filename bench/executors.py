@@ -159,6 +159,9 @@ class RayExecutor:
         except ImportError as err:  # pragma: no cover - ray is a dependency
             raise RuntimeError("the ray executor needs Ray: pip install 'ray[default]'") from err
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local sessions: no token file to manage
+        from snnbench.threads import prepare_openmp
+
+        prepare_openmp()  # local workers inherit it (sleeping OpenMP waits; bench/threads.py)
         if not ray.is_initialized():
             if self.address == "local":
                 with _loopback_only(ray):

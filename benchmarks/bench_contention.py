@@ -76,7 +76,12 @@ def worker_main(args: argparse.Namespace) -> None:
 def spawn(args: argparse.Namespace, threads: int, copies: int) -> list[dict[str, Any]]:
     cmd = [sys.executable, "-m", "benchmarks.bench_contention", "--worker", "--threads", str(threads),
            "--model", args.model, "--batch", str(args.batch), "--T", str(args.T), "--repeats", str(args.repeats)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(copies)]
+    # the OpenMP wait policy is read when torch loads, i.e. before this module's imports: the
+    # policy scenarios get what snnbench's CLI and executors set up (bench/threads.py)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if threads >= 0:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(copies)]
     out = []
     for p in procs:
         stdout, _ = p.communicate()
