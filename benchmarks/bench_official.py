@@ -24,9 +24,10 @@ snnbench runs as ``eager`` (PyTorch element-wise neuron steps), ``fused`` (the s
 under torch.compile) and, on CUDA, ``triton`` (the hand-written MT kernel); all three
 equal each other bit for bit. Without ``--official-dcgs`` only these run.
 
-For every T it checks that the decoded outputs at t = T agree (max |Δ| / max |y|; the two
-track the ReLU mask's room with different float32 sums, so they agree to rounding, not
-bitwise) and reports the wall time per frame and image of a full simulation of T frames
+For every T it checks that the decoded outputs at t = T agree (max |Δ| / max |y| within
+``--tolerance``, or no larger than the official output's own distance from the ANN's: the
+two track the ReLU mask's room with different float32 sums, so single spikes differ and
+at small T the outputs differ as much as each differs from the ANN) and reports the wall time per frame and image of a full simulation of T frames
 (snnbench eager and fused, official m and s) next to the ANN's time per image, and the
 peak memory above the level before the simulation (CUDA: ``max_memory_allocated``; CPU:
 resident set size sampled every 2 ms).
@@ -246,9 +247,12 @@ def main(argv: list[str] | None = None) -> int:
             variants = ["eager"] + [m for m in modes if m in SNNBENCH_VARIANTS and m != "eager"]
             runners = build_networks(model, x, T, official, variants, args.n)
             reference = runners["eager"]()
+            ann_out = model(x)
+            official_err = (relative_gap(runners["official_m"](), ann_out) if "official_m" in runners else None)
             for mode in modes:
                 try:
-                    gap = relative_gap(runners[mode](), reference)
+                    out = runners[mode]()
+                    gap, err = relative_gap(out, reference), relative_gap(out, ann_out)
                     seconds, mb = measure(runners[mode], device, args.repeats)
                 except torch.cuda.OutOfMemoryError as err:  # official multi-step at large T and batch
                     rows.append({"T": T, "impl": mode, "error": f"out of memory: {str(err).splitlines()[0]}"})
@@ -256,13 +260,18 @@ def main(argv: list[str] | None = None) -> int:
                     torch.cuda.empty_cache()
                     continue
                 per_frame = 1e3 * seconds / (T * args.batch)
+                # agreement: within the tolerance, or no further apart than the official output is
+                # from the ANN's (at small T both are coarse, and rounding-level differences in the
+                # ReLU mask's room change individual spikes)
+                agrees = gap <= args.tolerance or (official_err is not None and gap <= official_err)
                 rows.append({"T": T, "impl": mode, "ms_per_frame_image": per_frame, "x_ann": per_frame / ann_ms,
-                             "peak_mb": mb, "gap_vs_snnbench": gap, "agrees": gap <= args.tolerance})
+                             "peak_mb": mb, "gap_vs_snnbench": gap, "error_vs_ann": err, "agrees": agrees})
                 print(f"T={T:<3} {mode:<11} {per_frame:8.3f} ms/frame/image  {per_frame / ann_ms:5.2f}x ANN  "
-                      f"peak +{mb:7.1f} MB  gap {gap:.2e}", flush=True)
+                      f"peak +{mb:7.1f} MB  gap {gap:.2e}  vs ANN {err:.2e}", flush=True)
             del runners
     print(f"\n{args.model} {shape} batch {args.batch} on {device}: ANN {ann_ms:.2f} ms/image (peak +{ann_mb:.1f} MB)\n")
-    print_table(rows, ["T", "impl", "ms_per_frame_image", "x_ann", "peak_mb", "gap_vs_snnbench", "agrees", "error"])
+    print_table(rows, ["T", "impl", "ms_per_frame_image", "x_ann", "peak_mb", "gap_vs_snnbench", "error_vs_ann",
+                       "agrees", "error"])
     payload = {"benchmark": "official", "model": args.model, "input_shape": list(shape), "batch": args.batch,
                "ann_ms_per_image": ann_ms, "ann_peak_mb": ann_mb, "rows": rows,
                "official_dcgs": str(Path(args.official_dcgs).resolve()) if args.official_dcgs else None,
