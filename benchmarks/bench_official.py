@@ -27,8 +27,9 @@ equal each other bit for bit. Without ``--official-dcgs`` only these run.
 For every T it checks that the decoded outputs at t = T agree (max |Δ| / max |y| within
 ``--tolerance``, or no larger than the official output's own distance from the ANN's: the
 two track the ReLU mask's room with different float32 sums, so single spikes differ and
-at small T the outputs differ as much as each differs from the ANN) and reports the wall time per frame and image of a full simulation of T frames
-(snnbench eager and fused, official m and s) next to the ANN's time per image, and the
+at small T the outputs differ as much as each differs from the ANN) and reports the wall
+time per frame and image of a full simulation of T frames (snnbench eager, fused and
+triton; official m and s) next to the ANN's time per image, and the
 peak memory above the level before the simulation (CUDA: ``max_memory_allocated``; CPU:
 resident set size sampled every 2 ms).
 """
