@@ -151,6 +151,17 @@ def snnbench_outputs(snn, x: torch.Tensor, T: int) -> torch.Tensor:
     return out
 
 
+def _release_free_heap() -> None:
+    """Give the allocator's free pages back to the OS (glibc ``malloc_trim``), so that the
+    resident set measures what a run allocates, not what an earlier run left cached."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 @contextlib.contextmanager
 def peak_memory(device: torch.device):
     """Yields a dict whose ``"mb"`` is set to the peak memory above the starting level on exit."""
@@ -165,6 +176,7 @@ def peak_memory(device: torch.device):
         synchronize(device)
         result["mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         return
+    _release_free_heap()
     base = rss_bytes()
     peak = [base]
     stop = threading.Event()
