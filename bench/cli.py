@@ -60,6 +60,8 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="dataset location (task-specific; see bench list)")
     p.add_argument("--weights", default=None, help="ANN weights file (state dict) instead of the default source")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: the CPUs available to this process, see bench/threads.py)")
     from snnbench.cell import EVAL_TS_HELP
 
     p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
@@ -193,10 +195,14 @@ def format_result_table(result: dict[str, Any], steps: list[int] | None = None,
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from snnbench.threads import apply_threads
+
+    threads = apply_threads(args.threads)  # before any torch work
     from snnbench.runner import run_cell
 
     spec = build_cell(args)
     result = run_cell(spec, progress=not args.json and sys.stderr.isatty())
+    result["threads"] = threads
     if args.json:
         print(json.dumps(result, default=str))
     else:
@@ -372,6 +378,9 @@ _EXTRA_PARSERS: list[Callable[[Any], None]] = [_add_sweep, _add_ui, _add_leaderb
 
 
 def main(argv: list[str] | None = None) -> int:
+    from snnbench.threads import prepare_openmp
+
+    prepare_openmp()  # before anything imports torch (bench/threads.py)
     from snnbench.grid import GridError
     from snnbench.registry import UnknownNameError
     from snnbench.methods.settings import SettingsError

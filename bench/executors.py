@@ -54,32 +54,33 @@ def wants_gpu(cell: CellSpec) -> bool:
     return cell.device.startswith("cuda")
 
 
-def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: int | None = None,
+def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: float | None = None,
                         timeout: float | None = None, progress: bool = False) -> dict[str, Any]:
     """Run one cell and return its result dict (what a Ray task executes).
 
     With ``timeout`` the cell runs in a child process killed at the limit
     (:func:`snnbench.cell_process.run_cell_with_timeout`); without, in this process, with
     the inner progress bar when ``progress``.
+
+    ``threads``: the CPUs the cell was given (None: what the process may use); set before
+    any torch work (bench/threads.py) and recorded in ``result["threads"]``.
     """
+    from snnbench.threads import apply_threads, prepare_openmp, resolve_threads
+
     if timeout:
         from snnbench.cell_process import run_cell_with_timeout
 
-        if not threads:
-            import torch
-
-            threads = torch.get_num_threads()
-        return run_cell_with_timeout(spec, cache_root, threads, timeout)
-    import torch
-
+        prepare_openmp()  # the child inherits the environment and imports torch first
+        return run_cell_with_timeout(spec, cache_root, resolve_threads(threads), timeout)
+    used = apply_threads(threads)
     from snnbench.cache import DiskCache, MemoryCache
     from snnbench.runner import run_cell
 
-    if threads:
-        torch.set_num_threads(threads)
     cell = CellSpec.from_dict(spec)
     cache = DiskCache(cache_root) if cache_root else MemoryCache()
-    return run_cell(cell, cache=cache, progress=progress)
+    result = run_cell(cell, cache=cache, progress=progress)
+    result["threads"] = used
+    return result
 
 
 class SerialExecutor:
@@ -87,10 +88,12 @@ class SerialExecutor:
 
     name = "serial"
 
-    def __init__(self, cache_root: str | None, cell_timeout: float | None = None, progress: bool = False) -> None:
+    def __init__(self, cache_root: str | None, cell_timeout: float | None = None, progress: bool = False,
+                 threads: int | None = None) -> None:
         self.cache_root = cache_root
         self.cell_timeout = cell_timeout
         self.progress = progress  # the inner per-cell bar (batches x t); terminals only
+        self.threads = threads  # None: every CPU available to this process (bench/threads.py)
 
     def run(self, cells: list[CellSpec], on_start: OnStart, on_result: OnResult) -> None:
         from snnbench.cell_process import CellProcessDied
@@ -98,7 +101,7 @@ class SerialExecutor:
         for cell in cells:
             on_start(cell)
             try:
-                result = run_cell_in_process(cell.to_dict(), self.cache_root, timeout=self.cell_timeout,
+                result = run_cell_in_process(cell.to_dict(), self.cache_root, self.threads, timeout=self.cell_timeout,
                                              progress=self.progress)
             except CellProcessDied as err:
                 result = failed_result(cell, f"{type(err).__name__}: {err}")
@@ -156,6 +159,9 @@ class RayExecutor:
         except ImportError as err:  # pragma: no cover - ray is a dependency
             raise RuntimeError("the ray executor needs Ray: pip install 'ray[default]'") from err
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local sessions: no token file to manage
+        from snnbench.threads import prepare_openmp
+
+        prepare_openmp()  # local workers inherit it (sleeping OpenMP waits; bench/threads.py)
         if not ray.is_initialized():
             if self.address == "local":
                 with _loopback_only(ray):
@@ -172,7 +178,7 @@ class RayExecutor:
         pending: dict[Any, tuple[CellSpec, int, float]] = {}
 
         def submit(cell: CellSpec, attempt: int) -> None:
-            threads = max(1, int(self.cpus_per_cell))
+            threads = max(1.0, self.cpus_per_cell)  # capped to the worker's CPUs in bench/threads.py
             ref = remote.options(num_cpus=self.cpus_per_cell, num_gpus=1 if wants_gpu(cell) else 0).remote(
                 cell.to_dict(), self.cache_root, threads, self.cell_timeout)  # the limit is enforced in the worker
             pending[ref] = (cell, attempt, time.monotonic())

@@ -174,6 +174,8 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--ray-address", default="local", help="local (start one here), auto, or HOST:PORT")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     p.add_argument("--cpus-per-cell", type=float, default=1.0, help="Ray CPUs reserved per cell")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of each serial cell (default: the CPUs available to this process)")
     p.add_argument("--retries", type=int, default=1, help="retries of a cell whose worker died (ray)")
     p.add_argument("--cell-timeout", type=float, default=None, help="seconds before a cell is failed")
     p.add_argument("--results", default="results", help="results directory (ledger, mlflow.db, caches)")
@@ -284,7 +286,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                cell_timeout=args.cell_timeout, cpus_per_cell=args.cpus_per_cell,
                                num_cpus=args.ray_cpus)
     else:
-        executor = SerialExecutor(cache_root, cell_timeout=args.cell_timeout,
+        executor = SerialExecutor(cache_root, cell_timeout=args.cell_timeout, threads=args.threads,
                                   progress=sys.stderr.isatty() and verbosity() >= 0)
     experiment = args.experiment or DEFAULT_EXPERIMENT
     try:

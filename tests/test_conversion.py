@@ -168,9 +168,9 @@ def test_a_failing_compilation_falls_back_to_identical_eager_steps(monkeypatch, 
 
     calls = []
 
-    def broken(name):
+    def broken(signature):
         def fail(*args):
-            calls.append(name)
+            calls.append(signature)
             raise RuntimeError("InductorError: no C++ compiler")
         return fail
 
@@ -188,5 +188,7 @@ def test_a_failing_compilation_falls_back_to_identical_eager_steps(monkeypatch, 
             snn.reset()
             outputs[fuse] = torch.stack(list(snn.simulate(x, 3)))
     assert torch.equal(outputs[False], outputs[True])
-    assert calls == ["differential"]  # tried once, then eager for every later step and layer
-    assert sum("falls back" in r.message or "running it eagerly" in r.message for r in caplog.records) == 1
+    # each step signature is tried once, then runs eagerly for every later step and layer
+    assert len(calls) == len(set(calls)) >= 1 and {c.coding for c in calls} == {"differential"}
+    warnings = [r for r in caplog.records if "running it eagerly" in r.message]
+    assert len(warnings) == len(calls)

@@ -5,11 +5,29 @@ twenty element-wise passes over memory per step (DESIGN.md: the neuron, not the
 convolution, is where a naive engine spends its time). With ``fuse=True`` the same
 arithmetic, written here as side-effect-free functions of the state, goes through
 ``torch.compile`` (inductor), which emits one loop per neuron step on CPU (C++/OpenMP)
-and GPU (Triton). The time-step enters as a 0-dim tensor and shapes are dynamic, so one
-compilation serves every t and every layer of the same rank.
+and GPU (Triton); the spike counts of the op counter are reduced in the same loop.
+
+**One compilation per step signature, never one per layer.** A compiled function is
+specialised on everything Python-valued it sees, and ``torch._dynamo`` gives up on a
+function after ``recompile_limit`` (8) variants and runs it eagerly from then on. So:
+
+* the fused path calls the step on *flat* (1-D, contiguous) tensors, with the threshold
+  expanded once per input shape (:meth:`SpikingNeuron._flat_theta`): the step is
+  element-wise, so every layer, rank, batch size and feature-map size (including the 1x1
+  and 2x2 maps of small FPN levels, which would otherwise be specialised as size 0/1
+  dimensions) is one dynamic length;
+* the Python values of a neuron (rule, n, signed, floor, ceiling, whether rooms and
+  counts are kept) form a :class:`StepSignature`, normalised (``ceiling=6`` and ``6.0``
+  are the same signature), and each signature gets its *own* function object with its own
+  code object (:func:`compiled`), so dynamo's per-code cache holds exactly one entry
+  per function and no signature can push another past the recompile limit. (A step that
+  also counts spikes per position for the next convolution takes the number of positions
+  as an int: one more variant where that number is 1, e.g. a 1x1 map.)
+
+The time-step enters as a 0-dim tensor, so one compilation serves every t.
 
 The fused and eager paths compute the same expressions in the same order; the tests
-check that their spikes and states agree.
+check that their spikes, states and counts agree.
 
 ``fuse`` is three-valued in the engine settings: true, false, or empty (auto, the
 default): compile when inductor can build kernels here (a C++ compiler for CPU tensors;
@@ -20,10 +38,11 @@ missing toolchain costs speed, never a result.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
+import types
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -44,30 +63,6 @@ def fire(m: torch.Tensor, theta: torch.Tensor, rule: str, n: int, signed: bool,
     return if_fire(m, theta, signed=signed, lower_room=lower, upper_room=upper, negative_at_zero=rule == "if_le")
 
 
-def differential_step(x: torch.Tensor, b: torch.Tensor, v: torch.Tensor, e_in: torch.Tensor, e_out: torch.Tensor,
-                      theta: torch.Tensor, t: torch.Tensor, rule: str, n: int, signed: bool, floor: float | None,
-                      ceiling: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step t >= 1 of the differential neuron (DCGS Thm 4.4); returns (s, v, e_in, e_out)."""
-    d = x - b
-    m = (v + d) + (e_in - e_out)
-    lower = ((e_out - floor) * t if floor else e_out * t) if floor is not None and signed else None
-    upper = (ceiling - e_out) * t if ceiling is not None else None
-    s = fire(m, theta, rule, n, signed, lower, upper)
-    inv_t = 1.0 / t
-    return s, m - s, e_in + d * inv_t, e_out + s * inv_t
-
-
-def rate_step(x: torch.Tensor, v: torch.Tensor, c_out: torch.Tensor | None, theta: torch.Tensor, t: torch.Tensor,
-              rule: str, n: int, signed: bool, floor: float | None, ceiling: float | None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One rate-coded step; returns (s, v, c_out)."""
-    m = v + x
-    lower = c_out - floor * (t - 1) if c_out is not None and floor is not None and signed else None
-    upper = ceiling * t - c_out if c_out is not None and ceiling is not None else None
-    s = fire(m, theta, rule, n, signed, lower, upper)
-    return s, m - s, (c_out + s if c_out is not None else None)
-
-
 def spike_counts(s: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     """``[events, unit spikes]`` (int64) of one step's spikes: Σ 1[s != 0] and Σ |s| / unit.
 
@@ -81,26 +76,136 @@ def spike_counts(s: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     return torch.stack([events, units])
 
 
-def spike_counts_by_position(s: torch.Tensor, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per position of the trailing axes, the number of non-zero spikes over the batch and
-    channel axes (dims 0 and 1), and the step's unit spikes, in one read of ``s``.
+def position_hits(s: torch.Tensor, positions: int) -> torch.Tensor:
+    """Per position of the trailing axes (``positions`` of them, the last in memory), the number
+    of non-zero spikes over the leading batch and channel axes (int64, flat).
 
-    A convolution fed directly by these spikes counts its effective ops from the map
-    (Σ_positions hits·fan-out), so the op counter need not read the spikes again; the
-    step's events are the map's sum.
+    A convolution fed directly by these spikes counts its effective ops from this map
+    (Σ_positions hits·fan-out), so the op counter need not read the spikes again.
     """
-    a = s.abs()
-    hits = (a > 0).sum(dim=(0, 1))
-    units = (a / unit.clamp_min(1e-30)).to(torch.int32).sum()
-    return hits, units
+    return (s != 0).reshape(-1, positions).sum(dim=0)
 
 
-@functools.lru_cache(maxsize=None)
-def compiled(name: str) -> Callable:
-    """The ``torch.compile``d version of :func:`differential_step`, :func:`rate_step` or
-    :func:`spike_counts`."""
-    fn = _EAGER[name]
-    return torch.compile(fn, dynamic=True, fullgraph=True)
+def unit_amplitude(theta: torch.Tensor, rule: str, n: int) -> torch.Tensor:
+    """Amplitude of one unit spike: θ/2^(n-1) for MT, θ for IF."""
+    return theta / 2 ** (n - 1) if rule == "mt" else theta
+
+
+def differential_step(x: torch.Tensor, b: torch.Tensor, v: torch.Tensor, e_in: torch.Tensor, e_out: torch.Tensor,
+                      theta: torch.Tensor, t: torch.Tensor, rule: str, n: int, signed: bool, floor: float | None,
+                      ceiling: float | None, count: bool = False, positions: int | None = None
+                      ) -> tuple[torch.Tensor, ...]:
+    """One step t >= 1 of the differential neuron (DCGS Thm 4.4); returns (s, v, e_in, e_out, counts, hits).
+
+    ``counts`` is :func:`spike_counts` of s when ``count``, else None; ``hits`` is
+    :func:`position_hits` when ``count`` and ``positions`` are given, else None.
+    """
+    d = x - b
+    m = (v + d) + (e_in - e_out)
+    lower = ((e_out - floor) * t if floor else e_out * t) if floor is not None and signed else None
+    upper = (ceiling - e_out) * t if ceiling is not None else None
+    s = fire(m, theta, rule, n, signed, lower, upper)
+    inv_t = 1.0 / t
+    counts = spike_counts(s, unit_amplitude(theta, rule, n)) if count else None
+    hits = position_hits(s, positions) if count and positions is not None else None
+    return s, m - s, e_in + d * inv_t, e_out + s * inv_t, counts, hits
+
+
+def rate_step(x: torch.Tensor, v: torch.Tensor, c_out: torch.Tensor | None, theta: torch.Tensor, t: torch.Tensor,
+              rule: str, n: int, signed: bool, floor: float | None, ceiling: float | None, count: bool = False,
+              positions: int | None = None) -> tuple[torch.Tensor | None, ...]:
+    """One rate-coded step; returns (s, v, c_out, counts, hits) (see :func:`differential_step`)."""
+    m = v + x
+    lower = c_out - floor * (t - 1) if c_out is not None and floor is not None and signed else None
+    upper = ceiling * t - c_out if c_out is not None and ceiling is not None else None
+    s = fire(m, theta, rule, n, signed, lower, upper)
+    counts = spike_counts(s, unit_amplitude(theta, rule, n)) if count else None
+    hits = position_hits(s, positions) if count and positions is not None else None
+    return s, m - s, (c_out + s if c_out is not None else None), counts, hits
+
+
+_EAGER: dict[str, Callable] = {"differential": differential_step, "rate": rate_step}
+
+
+@dataclass(frozen=True)
+class StepSignature:
+    """Everything Python-valued a neuron step depends on (the tensors are dynamic).
+
+    ``floor``/``ceiling`` are normalised to float (or None) so that ``6`` and ``6.0`` are
+    one signature; ``rooms`` says whether the rate step gets a ``c_out`` tensor.
+    """
+
+    coding: str
+    rule: str
+    n: int
+    signed: bool
+    floor: float | None
+    ceiling: float | None
+    rooms: bool = False
+    count: bool = False
+    positions: bool = False
+
+    @classmethod
+    def of(cls, coding: str, rule: str, n: int, signed: bool, floor: float | None, ceiling: float | None,
+           rooms: bool = False, count: bool = False, positions: bool = False) -> "StepSignature":
+        as_float = lambda v: None if v is None else float(v)  # noqa: E731
+        return cls(coding, rule, int(n), bool(signed), as_float(floor), as_float(ceiling), bool(rooms), bool(count),
+                   bool(count and positions))
+
+    def tag(self) -> str:
+        """A readable, identifier-safe name (appears in dynamo logs and profiles)."""
+        bound = lambda v: "none" if v is None else repr(v).replace(".", "p").replace("-", "m")  # noqa: E731
+        return (f"{self.coding}_{self.rule}{self.n}_{'signed' if self.signed else 'unsigned'}_floor_{bound(self.floor)}"
+                f"_ceiling_{bound(self.ceiling)}{'_rooms' if self.rooms else ''}{'_counted' if self.count else ''}"
+                f"{'_positions' if self.positions else ''}")
+
+    def static_args(self) -> tuple:
+        return self.rule, self.n, self.signed, self.floor, self.ceiling, self.count
+
+
+def _own_code_copy(fn: Callable, suffix: str) -> Callable:
+    """``fn`` with a fresh code object named ``<name>__<suffix>``.
+
+    torch._dynamo keeps its compiled variants (and counts recompilations) per code
+    object; a copy per :class:`StepSignature` gives each signature its own cache.
+    """
+    name = f"{fn.__name__}__{suffix}"
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__doc__, copy.__module__ = fn.__doc__, fn.__module__
+    return copy
+
+
+#: the compiled step of each signature seen in this process (the explicit per-signature cache)
+_COMPILED: dict[StepSignature, Callable] = {}
+
+
+def compiled(signature: StepSignature) -> Callable:
+    """The ``torch.compile``d step of one signature (called with flat tensors)."""
+    fn = _COMPILED.get(signature)
+    if fn is None:
+        fn = _COMPILED[signature] = torch.compile(_own_code_copy(_EAGER[signature.coding], signature.tag()),
+                                                  dynamic=True, fullgraph=True)
+    return fn
+
+
+def compiled_signatures() -> list[StepSignature]:
+    """The signatures compiled (or being compiled) in this process."""
+    return list(_COMPILED)
+
+
+def compiled_variants(signature: StepSignature) -> int:
+    """How many variants torch._dynamo holds for the step of ``signature`` (1 once it has
+    run: anything more is a recompilation)."""
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    return len(_debug_get_cache_entry_list(compiled(signature)._torchdynamo_orig_callable.__code__))
+
+
+def clear_compiled() -> None:
+    """Forget every compiled step (tests; the next call compiles again)."""
+    _COMPILED.clear()
+    _FAILED.clear()
 
 
 def resolve_fuse(fuse: bool | None) -> bool:
@@ -114,29 +219,25 @@ def resolve_fuse(fuse: bool | None) -> bool:
     return any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++"))
 
 
-_EAGER: dict[str, Callable] = {"differential": differential_step, "rate": rate_step, "counts": spike_counts,
-                               "position_counts": spike_counts_by_position}
-#: steps whose compilation failed in this process (they run eagerly from then on)
-_FAILED: set[str] = set()
+#: signatures whose compilation failed in this process (they run eagerly from then on)
+_FAILED: set[StepSignature] = set()
 
 
-def step_function(name: str, fuse: bool) -> Callable:
-    """The step of coding ``name``: compiled when ``fuse``, falling back to eager on failure."""
-    eager = _EAGER[name]
-    if not fuse or name in _FAILED:
-        return eager
-    fast = compiled(name)
-
-    def step(*args):
-        if name in _FAILED:
-            return eager(*args)
-        try:
-            return fast(*args)
-        except Exception as exc:  # inductor/toolchain failures; genuine errors re-raise from eager below
-            _FAILED.add(name)
-            log.warning("torch.compile of the %s neuron step failed (%s: %s); running it eagerly "
-                        "(identical results, slower). Set fuse=false to skip compiling.",
-                        name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            return eager(*args)
-
-    return step
+def run_step(signature: StepSignature, fuse: bool, *tensors: torch.Tensor | None, positions: int | None = None
+             ) -> tuple:
+    """Run the step of ``signature`` on ``tensors`` (the leading tensor arguments of
+    :func:`differential_step` / :func:`rate_step`): compiled when ``fuse``, falling back to
+    eager (one warning per signature) when compilation fails. ``positions``: the number of
+    trailing positions of the per-position hits (signatures with ``positions``)."""
+    eager = _EAGER[signature.coding]
+    args = (*tensors, *signature.static_args(), positions if signature.positions else None)
+    if not fuse or signature in _FAILED:
+        return eager(*args)
+    try:
+        return compiled(signature)(*args)
+    except Exception as exc:  # inductor/toolchain failures; genuine errors re-raise from eager below
+        _FAILED.add(signature)
+        log.warning("torch.compile of the %s neuron step failed (%s: %s); running it eagerly "
+                    "(identical results, slower). Set fuse=false to skip compiling.",
+                    signature.tag(), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return eager(*args)

@@ -108,7 +108,10 @@ class SpikingNeuron(StatefulUnit):
             raise ValueError("an MT neuron needs n >= 1 levels")
         self.register_buffer("theta", torch.as_tensor(theta, dtype=torch.float32).clamp_min(0))
         self.rule, self.n, self.coding = rule, int(n), coding
-        self.signed, self.floor, self.ceiling = signed, floor, ceiling
+        # floats (not ints): the fused step is specialised on these values (fused.StepSignature)
+        self.signed = bool(signed)
+        self.floor = None if floor is None else float(floor)
+        self.ceiling = None if ceiling is None else float(ceiling)
         self.fuse = fuse
         if kernel not in ("auto", "torch", "triton"):
             raise ValueError(f"kernel must be auto, torch or triton; got {kernel!r}")
@@ -122,7 +125,7 @@ class SpikingNeuron(StatefulUnit):
         self.count_spikes = False
         #: with ``count_positions`` too (set by the op counter when a convolution reads these
         #: spikes directly), the same pass also leaves the per-position spike counts over
-        #: batch and channels in ``last_hits`` (see ``fused.spike_counts_by_position``)
+        #: batch and channels in ``last_hits`` (see ``fused.position_hits``)
         self.count_positions = False
         self.last_hits: torch.Tensor | None = None
         self.needs_rooms = floor is not None and signed or ceiling is not None
@@ -132,6 +135,7 @@ class SpikingNeuron(StatefulUnit):
         self.register_buffer("v_init", None)
         for name in ("v", "b", "e_in", "e_out", "c_out"):
             self.register_state(name)
+        self._theta_flat: tuple[torch.Size, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         shape = tuple(self.theta.shape)
@@ -160,8 +164,7 @@ class SpikingNeuron(StatefulUnit):
         if self.input_bias is not None:
             x = x + self.input_bias
         if self.fuse and not x.is_contiguous():
-            # one memory layout per rank: a compiled step is specialised on strides, and the
-            # permuted views of attention (q, k, v) would otherwise each need a recompile
+            # the fused step runs on a flat view (permuted attention views of q, k, v are copied)
             x = x.contiguous()
         if self.coding == "rate":
             return self._rate_step(x)
@@ -191,8 +194,39 @@ class SpikingNeuron(StatefulUnit):
                                                 self.floor, self.ceiling)
         return s.view(x.shape)
 
-    def _step_fn(self, name: str):
-        return fused.step_function(name, self.fuse)
+    def _signature(self, positions: bool = False) -> fused.StepSignature:
+        return fused.StepSignature.of(self.coding, self.fire_rule, self.n, self.signed, self.floor, self.ceiling,
+                                      rooms=self.c_out is not None, count=self.count_spikes, positions=positions)
+
+    def _flat_theta(self, x: torch.Tensor) -> torch.Tensor:
+        """θ expanded to ``x``'s shape and flattened, cached per input shape (the fused
+        step runs on flat tensors: one compilation for every layer shape; see fused.py)."""
+        cached = self._theta_flat
+        if cached is None or cached[0] != x.shape or cached[1].device != x.device:
+            flat = self.theta.to(x.dtype).expand(x.shape).reshape(-1).contiguous()
+            cached = self._theta_flat = (x.shape, flat)
+        return cached[1]
+
+    def _run(self, x: torch.Tensor, *state: torch.Tensor | None, theta_position: int) -> tuple:
+        """One step through :func:`fused.run_step`: eager on ``x``-shaped tensors, fused on flat
+        views of them; returns (s, *new state, counts), the tensors shaped like ``x``."""
+        signature = self._signature(positions=self.count_positions and x.ndim >= 3)
+        positions = x[0, 0].numel() if signature.positions else None
+        if not self.fuse:
+            tensors = [x, *state]
+            tensors.insert(theta_position, self.theta)
+            *out, counts, hits = fused.run_step(signature, False, *tensors, self._t_tensor(), positions=positions)
+        else:
+            flat = [x.reshape(-1)] + [s.reshape(-1) if s is not None else None for s in state]
+            flat.insert(theta_position, self._flat_theta(x))
+            *out, counts, hits = fused.run_step(signature, True, *flat, self._t_tensor(), positions=positions)
+            out = [o.view(x.shape) if o is not None else None for o in out]
+        self.last_hits = hits.view(x.shape[2:]) if hits is not None else None
+        return (*out, counts)
+
+    def _t_tensor(self) -> torch.Tensor:
+        t = self.t if self.coding == "rate" else self.t - 1
+        return torch.tensor(float(t))  # a CPU scalar: no host-to-device copy (or sync) per step
 
     def _rate_step(self, x: torch.Tensor) -> torch.Tensor:
         self.t += 1
@@ -203,19 +237,8 @@ class SpikingNeuron(StatefulUnit):
         self.last_counts = self.last_hits = None
         if self._use_triton(x):
             return self._triton_step(x, self.t)
-        t = torch.tensor(float(self.t))  # a CPU scalar: no host-to-device copy (or sync) per step
-        s, self.v, self.c_out = self._step_fn("rate")(x, self.v, self.c_out, self.theta, t, self.fire_rule, self.n,
-                                                      self.signed, self.floor, self.ceiling)
-        return self._counted(s)
-
-    def _counted(self, s: torch.Tensor) -> torch.Tensor:
-        if self.count_spikes:
-            if self.count_positions and s.ndim >= 3:
-                hits, units = self._step_fn("position_counts")(s, self.unit_amplitude())
-                self.last_hits = hits
-                self.last_counts = torch.stack([hits.sum(), units.to(hits.dtype)])
-            else:
-                self.last_counts = self._step_fn("counts")(s, self.unit_amplitude())
+        s, self.v, self.c_out, counts = self._run(x, self.v, self.c_out, theta_position=3)
+        self.last_counts = counts
         return s
 
     def _differential_step(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,11 +254,10 @@ class SpikingNeuron(StatefulUnit):
         self.last_counts = self.last_hits = None
         if self._use_triton(x):
             return self._triton_step(x, t)
-        tt = torch.tensor(float(t))  # a CPU scalar: no host-to-device copy (or sync) per step
-        s, self.v, self.e_in, self.e_out = self._step_fn("differential")(
-            x, self.b, self.v, self.e_in, self.e_out, self.theta, tt, self.fire_rule, self.n, self.signed, self.floor,
-            self.ceiling)
-        return self._counted(s)
+        s, self.v, self.e_in, self.e_out, counts = self._run(x, self.b, self.v, self.e_in, self.e_out,
+                                                             theta_position=5)
+        self.last_counts = counts
+        return s
 
 
 class GradedUnit(StatefulUnit):
