@@ -186,7 +186,7 @@ def detection_part(args, device) -> list[dict[str, Any]]:
     task = FashionMNISTDetectionTask()
     bundle, x = _detector_and_input(device)
     calib = list(task.calib_batches(8, 4, 0, bundle))
-    method = create_method("dcgs", {"fuse": False})
+    method = create_method("dcgs", {"fuse": args.fuse})
     ctx = ConversionContext(T=args.det_T, example=calib[0], device=device, calib_batches=lambda: iter(calib))
     snn = method.convert(bundle.core, collect_stats(bundle.core, calib, method.stat_kinds(bundle.core, ctx)),
                          ctx).to(device).eval()
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--det-T", type=int, default=16)
     p.add_argument("--det-images", type=int, default=8)
     p.add_argument("--fuse", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
-                   help="counting part: compiled neuron steps (default false: no compilation)")
+                   help="counting and detection parts: compiled neuron steps (default false: no compilation)")
     p.set_defaults(repeats=3, threads=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
