@@ -13,6 +13,9 @@ each as before / after in one process (issue 22, items 2-4).
   pooled in float64 (after); the results are checked within 1e-6 relative.
 * ``graph``: graph builds in one ``calibration`` cell (digits) and the time of one build of
   the detector (what each avoided rebuild saves).
+* ``counting``: vgg_small simulations, counting off / the counter reading every layer's
+  input (before) / counts from the neurons' own pass (after); the cost of counting is the
+  paired ratio to counting off.
 * ``detection``: fcos_mobilenet_v2 on the fmnist_det canvases (random weights, classifier
   bias 0 so that every image keeps its 100 detections, as a trained detector's would:
   COCOeval costs what it costs on real output), dcgs to T: COCOeval at every t with the op
@@ -183,7 +186,7 @@ def detection_part(args, device) -> list[dict[str, Any]]:
     task = FashionMNISTDetectionTask()
     bundle, x = _detector_and_input(device)
     calib = list(task.calib_batches(8, 4, 0, bundle))
-    method = create_method("dcgs", {"fuse": False})
+    method = create_method("dcgs", {"fuse": args.fuse})
     ctx = ConversionContext(T=args.det_T, example=calib[0], device=device, calib_batches=lambda: iter(calib))
     snn = method.convert(bundle.core, collect_stats(bundle.core, calib, method.stat_kinds(bundle.core, ctx)),
                          ctx).to(device).eval()
@@ -229,7 +232,58 @@ def detection_part(args, device) -> list[dict[str, Any]]:
     return rows
 
 
-PARTS = {"correction": correction_part, "stats": stats_part, "graph": graph_part, "detection": detection_part}
+def counting_part(args, device) -> list[dict[str, Any]]:
+    """vgg_small, T = 8, batch 64: the simulation without counting, with the counter reading
+    every layer's input (before), and with counts from the neurons' pass (after)."""
+    from snnbench import counting
+    from benchmarks.common import convert
+
+    build, shape = benchmark_models()["vgg_small"]
+    model = build().to(device)
+    torch.manual_seed(1)
+    x = torch.randn(64, *shape, device=device)
+    original_enter = counting.OpCounter.__enter__
+
+    def enter_reading_inputs(self):
+        for layer in self.layers:
+            layer.site.spikes_from = None
+        return original_enter(self)
+
+    rows = []
+    for method in ("dcgs", "rate"):
+        snn = convert(model, x, method, 8, {"fuse": args.fuse}).to(device)
+
+        def run(mode: str, snn=snn) -> Callable[[], None]:
+            def go() -> None:
+                with torch.inference_mode():
+                    snn.reset()
+                    if mode == "off":
+                        for _ in snn.simulate(x, 8):
+                            pass
+                        return
+                    if mode == "inputs":
+                        counting.OpCounter.__enter__ = enter_reading_inputs
+                    try:
+                        with counting.OpCounter(snn, 8) as counter:
+                            for _ in snn.simulate(x, 8):
+                                pass
+                            counter.add_samples(x.shape[0])
+                            counter.summary()
+                    finally:
+                        counting.OpCounter.__enter__ = original_enter
+            return go
+
+        times = interleaved({"off": run("off"), "inputs": run("inputs"), "neurons": run("neurons")}, device,
+                            args.repeats)
+        before, after = paired_ratio(times, "inputs", "off"), paired_ratio(times, "neurons", "off")
+        rows.append({"part": "counting", "case": f"vgg_small {method}, T=8, batch 64, fuse={args.fuse}",
+                     "off_s": median(times["off"]), "before": ratio_text(before), "after": ratio_text(after),
+                     "counting_cost_before": before["median"] - 1, "counting_cost_after": after["median"] - 1})
+    return rows
+
+
+PARTS = {"correction": correction_part, "stats": stats_part, "graph": graph_part, "detection": detection_part,
+         "counting": counting_part}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -242,6 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stat-batches", type=int, default=5)
     p.add_argument("--det-T", type=int, default=16)
     p.add_argument("--det-images", type=int, default=8)
+    p.add_argument("--fuse", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
+                   help="counting and detection parts: compiled neuron steps (default false: no compilation)")
     p.set_defaults(repeats=3, threads=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
