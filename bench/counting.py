@@ -14,6 +14,16 @@ Per spiking module and frame: events (non-zero outputs), unit spikes (|s| / unit
 amplitude: a level θ/2^k of an n-level MT neuron is 2^(n-1-k) unit spikes) and neuron
 updates (elements updated).
 
+Per-sample early exit (``SpikingModel.active``, methods/base.py): when the model marks
+only some samples as computing a frame, every count of that frame (ops, events, unit
+spikes, neuron updates, input non-zeros) covers those samples only, and the counter keeps
+the steps each sample used (:meth:`OpCounter.add_steps`).
+
+Per connection layer the counter also keeps the raw input non-zeros per frame and the
+input elements of one frame, so energy conventions priced on input density
+(nnz(input)/numel(input) per step, e.g. AdaFire's released energy model) can be applied to
+a result without re-running it.
+
 Counters are device tensors indexed by t, so the time loop never synchronises with the
 host; nothing but those counters is kept.
 """
@@ -97,6 +107,8 @@ class _LayerCounter:
     site: ConnectionSite
     ops: torch.Tensor            # [T + 1] effective ops per frame (summed over samples)
     dense: int = 0               # dense ops summed over counted samples (one frame each)
+    nonzeros: torch.Tensor | None = None  # [T + 1] non-zero input elements per frame
+    elements: int = 0            # input elements of one frame, summed over counted samples
     fanout: dict[tuple, tuple[torch.Tensor, int]] = field(default_factory=dict)
 
 
@@ -121,6 +133,10 @@ class CountSummary:
     neuron_updates: list[float]
     dense_macs: float            # one frame of dense ops per sample (the ANN's cost)
     layers: list[dict[str, Any]]
+    #: index t-1 -> mean steps computed per sample over frames 1..t (t without early exit)
+    steps: list[float] = field(default_factory=list)
+    #: steps used -> number of samples (only when the model reported per-sample masks)
+    steps_histogram: dict[int, int] | None = None
 
 
 class OpCounter:
@@ -145,7 +161,9 @@ class OpCounter:
         self._handles: list[Any] = []
         self._pool_events: dict[int, torch.Tensor] = {}
         zeros = lambda dtype=torch.int64: torch.zeros(T + 1, dtype=dtype, device=self.device)  # noqa: E731
-        self.layers = [_LayerCounter(site, zeros()) for site in self.plan.connections]
+        self.layers = [_LayerCounter(site, zeros(), nonzeros=zeros()) for site in self.plan.connections]
+        self.steps = zeros(torch.float64)
+        self.step_counts: torch.Tensor | None = None  # [T + 1] samples per number of steps used
         self.neurons = [_NeuronCounter(site, zeros(), zeros(torch.float64), zeros()) for site in self.plan.neurons]
 
     # -- hooks ---------------------------------------------------------------------------
@@ -191,24 +209,47 @@ class OpCounter:
             counter.ops[t] += effective
             if t == self.plan.first_counted_frame:
                 counter.dense += dense
+                counter.elements += x.numel()
         return hook
+
+    def _sample_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The model's active-sample mask shaped to broadcast over ``x`` (None: all active)."""
+        active = getattr(self.model, "active", None)
+        if active is None:
+            return None
+        if x.ndim == 0 or x.shape[0] != active.numel():
+            raise RuntimeError(f"the model's active mask has {active.numel()} samples but a counted tensor has "
+                               f"shape {tuple(x.shape)}: per-sample masks need the batch on dim 0")
+        return active.reshape((-1,) + (1,) * (x.ndim - 1))
 
     def _pool_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         """Spikes per pooled cell (sum-pooling of the event mask) for the layer after the pool."""
         if self._frame() is None:
             return
-        self._pool_events[id(module)] = pooled_event_counts(module, args[0] != 0)
+        events = args[0] != 0
+        mask = self._sample_mask(events)
+        self._pool_events[id(module)] = pooled_event_counts(module, events if mask is None else events & mask)
 
     def _connection_ops(self, counter: _LayerCounter, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         op = counter.site.op
         pool = counter.site.events_from
+        mask = self._sample_mask(x) if op != "product" else None
+        if op == "product" and getattr(self.model, "active", None) is not None \
+                and not bool(self.model.active.all()):
+            raise RuntimeError(f"product unit {counter.site.name}: its three-term op count cannot honour a "
+                               "per-sample active mask (early exit is for networks without product units)")
+        present = x != 0
+        if mask is not None:
+            present = present & mask
+        if op != "product":  # raw input density, for energy conventions priced on it
+            counter.nonzeros[self._frame()] += present.sum()
         if pool is not None:
             events = self._pool_events.pop(id(pool), None)
             if events is None or events.numel() != x.numel():
                 raise RuntimeError(f"layer {counter.site.name}: no spike counts from its average pool this frame")
-            nonzero = events.reshape(x.shape)
+            nonzero = events.reshape(x.shape)  # already masked by the pool hook
         else:
-            nonzero = x != 0
+            nonzero = present
         if op == "linear":
             out_features = module.out_features
             dense = x.numel() * out_features
@@ -234,8 +275,13 @@ class OpCounter:
             t = self._frame()
             if t is None:
                 return
-            counter.updates[t] += output.numel()
-            kernel_counts = getattr(module, "last_counts", None)
+            mask = self._sample_mask(output)
+            if mask is not None:  # early exit: count the samples computing this frame only
+                output = output * mask
+                counter.updates[t] += mask.sum() * (output[0].numel() if output.ndim else 1)
+            else:
+                counter.updates[t] += output.numel()
+            kernel_counts = getattr(module, "last_counts", None) if mask is None else None
             if kernel_counts is not None:  # counted by the fused kernel in its own pass
                 counter.events[t] += kernel_counts[0]
                 counter.units[t] += kernel_counts[1].to(torch.float64)
@@ -250,6 +296,18 @@ class OpCounter:
 
     def add_samples(self, n: int) -> None:
         self.samples += int(n)
+
+    def add_steps(self, t: int, active: torch.Tensor | None, batch: int) -> None:
+        """Record that ``active`` (None: all ``batch`` samples) computed readout step ``t``."""
+        if active is None:
+            self.steps[t] += batch
+        else:
+            self.steps[t] += active.sum()
+
+    def add_steps_used(self, used: torch.Tensor) -> None:
+        """Record the steps each sample of a batch used (for the histogram)."""
+        counts = torch.bincount(used.to(torch.int64).clamp(0, self.T), minlength=self.T + 1)
+        self.step_counts = counts if self.step_counts is None else self.step_counts + counts.to(self.step_counts)
 
     # -- results -------------------------------------------------------------------------
     def summary(self) -> CountSummary:
@@ -268,8 +326,12 @@ class OpCounter:
         layers = []
         for c in self.layers:
             per_t = (c.ops[1:].to(torch.float64).cumsum(0) / n).tolist()
-            layers.append({"layer": c.site.name, "type": c.site.op, "input": c.site.input_kind,
-                           "ops": per_t, "dense_ops": c.dense / n})
+            entry = {"layer": c.site.name, "type": c.site.op, "input": c.site.input_kind,
+                     "ops": per_t, "dense_ops": c.dense / n}
+            if c.site.op != "product":
+                entry["input_nonzeros"] = (c.nonzeros[1:].to(torch.float64).cumsum(0) / n).tolist()
+                entry["input_elements"] = c.elements / n
+            layers.append(entry)
         for c in self.neurons:
             layers.append({"layer": c.site.name, "type": "neuron", "input": "",
                            "spikes": (c.events[1:].to(torch.float64).cumsum(0) / n).tolist(),
@@ -283,6 +345,9 @@ class OpCounter:
             neuron_updates=cumulative([c.updates for c in self.neurons]),
             dense_macs=sum(c.dense for c in self.layers) / n,
             layers=layers,
+            steps=(self.steps[1:].cumsum(0) / n).tolist(),
+            steps_histogram=None if self.step_counts is None else
+            {int(k): int(v) for k, v in enumerate(self.step_counts.tolist()) if v},
         )
 
 

@@ -65,15 +65,27 @@ def _progress(iterable, desc: str, total: int | None, enabled: bool):
 
 def simulate(snn: SpikingModel, task, bundle, batches, T: int, desc: str = "", total: int | None = None,
              progress: bool = False) -> tuple[dict[int, dict[str, float]], Any]:
-    """Step ``snn`` to T over evaluation batches; metric per t and op counts."""
+    """Step ``snn`` to T over evaluation batches; metric per t and op counts.
+
+    A model with per-sample early exit sets ``snn.active`` for each frame (methods/base.py):
+    the counter then counts only the samples that ran, and the steps each sample used are
+    recorded (``summary.steps``, ``summary.steps_histogram``).
+    """
     metric = task.new_metric()
     with torch.inference_mode(), OpCounter(snn, T) as counter:
         for inputs, targets in _progress(batches, desc, total, progress):
             x, meta = bundle.prepare(inputs)
             x = x.to(_device_of(snn))
             snn.reset()
+            used: torch.Tensor | None = None
             for t, out in enumerate(snn.simulate(x, T), start=1):
                 metric.update(t, bundle.finish(out, meta), targets)
+                active = getattr(snn, "active", None)
+                counter.add_steps(t, active, x.shape[0])
+                if active is not None:
+                    used = active.to(torch.int64) if used is None else used + active.to(torch.int64)
+            if used is not None:
+                counter.add_steps_used(used)
             counter.add_samples(x.shape[0])
         summary = counter.summary()
     return metric.compute(), summary
@@ -210,12 +222,17 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
                                  "unit_spikes_per_sample": summary.unit_spikes[t - 1],
                                  "synops_per_sample": acs, "macs_per_sample": macs,
                                  "neuron_updates_per_sample": summary.neuron_updates[t - 1],
+                                 "steps_per_sample": summary.steps[t - 1],
                                  "energy_ratio": energy.ratio(acs, macs, ann["dense_macs"]),
                                  # the official DCGS convention: every op priced as an AC
                                  "energy_ratio_all_ac": energy.ratio(acs + macs, 0.0, ann["dense_macs"])}
             result["per_t"] = per_t
             result["layers"] = summary.layers
             result["eval_samples"] = summary.samples
+            if summary.steps_histogram is not None:  # per-sample early exit (e.g. AdaFire's IAT)
+                result["adaptive_timesteps"] = {
+                    "mean_steps": summary.steps[-1],
+                    "steps_histogram": {str(k): v for k, v in sorted(summary.steps_histogram.items())}}
         result["status"] = "ok"
     except Exception:  # noqa: BLE001 - a failed cell is data, not a crash
         result["status"] = "failed"
