@@ -303,3 +303,28 @@ def test_full_pipeline_on_digits(digits_task, digits_vgg):
     assert sum(hist.values()) == 64
     assert sum(int(k) * v for k, v in hist.items()) / 64 == pytest.approx(steps[-1])
     assert r["per_t"]["4"]["unit_spikes_per_sample"] >= r["per_t"]["4"]["spikes_per_sample"]
+
+
+def test_batched_candidates_equal_one_at_a_time():
+    """The searches evaluate candidates side by side in one batch: same numbers as one by one."""
+    from snnbench.methods.snn.adaptive_search import (_UnitSpikeMeter, layer_table, sensitivity, snn_mean_output,
+                                                      _scale_threshold, _set_cap)
+
+    snn, model, x = _tiny_adafire(cap=4, T=3)
+    neurons = [m for m in snn.modules() if isinstance(m, BurstNeuron)]
+    ann = model(x).detach()
+    for apply, candidates in ((_set_cap, [1, 2, 3]), (_scale_threshold, [1.0, 1.5, 4.0])):
+        loss, cost = layer_table(snn, neurons, x, 3, ann, candidates, apply, "kl")
+        for j, c in enumerate(candidates):
+            neuron = neurons[0]
+            old_cap, old_theta = neuron.maxspike, neuron.theta.clone()
+            if apply is _set_cap:
+                neuron.maxspike = c
+            else:
+                neuron.theta = old_theta * c
+            meter = _UnitSpikeMeter(neuron)
+            out = snn_mean_output(snn, x, 3)
+            meter.close()
+            neuron.maxspike, neuron.theta = old_cap, old_theta
+            assert loss[0][j] == pytest.approx(sensitivity(out, ann, "kl"), rel=1e-4, abs=1e-7)
+            assert cost[0][j] == pytest.approx(float(meter.total.sum()), rel=1e-6)

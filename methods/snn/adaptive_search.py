@@ -109,16 +109,17 @@ def snn_mean_output(snn: SpikingModel, batch: torch.Tensor, T: int) -> torch.Ten
 
 
 class _UnitSpikeMeter:
-    """Counts the unit spikes (Σ k) one burst neuron fires while attached."""
+    """Counts, per sample, the unit spikes (Σ k) one burst neuron fires while attached."""
 
     def __init__(self, neuron: BurstNeuron) -> None:
-        self.neuron, self.total = neuron, 0.0
+        self.neuron, self.total = neuron, None
         self._handle = neuron.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output) -> None:
-        theta = module.theta.to(output.dtype)
+        theta = module.effective_theta(output)
         safe = torch.where(theta > 0, theta, torch.ones_like(theta))
-        self.total += float((output / safe).sum())
+        per_sample = (output / safe).reshape(output.shape[0], -1).sum(dim=1).double()
+        self.total = per_sample if self.total is None else self.total + per_sample
 
     def close(self) -> None:
         self._handle.remove()
@@ -134,46 +135,59 @@ def sensitivity(snn_logits: torch.Tensor, ann_logits: torch.Tensor, metric: Metr
     raise ValueError(f"metric must be 'kl' or 'agreement', got {metric!r}")
 
 
+#: samples simulated together when candidates are batched (candidates x search batch)
+BATCHED_SAMPLES = 1024
+
+
 def layer_table(snn: SpikingModel, neurons: Sequence[BurstNeuron], batch: torch.Tensor, T: int,
                 ann_logits: torch.Tensor, candidates: Sequence[float],
-                apply: Callable[[BurstNeuron, float], Callable[[], None]], metric: Metric
+                apply: Callable[[BurstNeuron, torch.Tensor], Callable[[], None]], metric: Metric
                 ) -> tuple[list[list[float]], list[list[float]]]:
     """Sensitivity and unit-spike cost of every (layer, candidate), one layer changed at a time.
 
-    ``apply(neuron, candidate)`` sets the candidate on the neuron and returns a function
-    restoring it. Returns ``(loss[l][j], cost[l][j])``.
+    Candidates are evaluated side by side: the search batch is repeated once per candidate
+    (in chunks of about :data:`BATCHED_SAMPLES` samples) and ``apply(neuron, values)`` gives
+    the neuron a per-sample candidate value ``values`` (shape ``[samples, 1, ...]``),
+    returning a function that restores it. Samples do not interact, so each copy of the
+    batch is exactly the simulation with that candidate. Returns ``(loss[l][j], cost[l][j])``.
     """
+    n = batch.shape[0]
+    per_chunk = max(1, BATCHED_SAMPLES // max(n, 1))
     loss = [[0.0] * len(candidates) for _ in neurons]
     cost = [[0.0] * len(candidates) for _ in neurons]
     for l, neuron in enumerate(neurons):
-        for j, candidate in enumerate(candidates):
-            restore = apply(neuron, candidate)
+        for first in range(0, len(candidates), per_chunk):
+            chunk = list(candidates[first:first + per_chunk])
+            g = len(chunk)
+            values = torch.tensor(chunk, dtype=torch.float32, device=batch.device).repeat_interleave(n)
+            restore = apply(neuron, values)
             meter = _UnitSpikeMeter(neuron)
             try:
-                out = snn_mean_output(snn, batch, T)
+                out = snn_mean_output(snn, batch.repeat(g, *([1] * (batch.ndim - 1))), T)
             finally:
                 meter.close()
                 restore()
-            loss[l][j] = sensitivity(out, ann_logits, metric)
-            cost[l][j] = meter.total
+            spikes = meter.total.reshape(g, n).sum(dim=1)
+            for i in range(g):
+                loss[l][first + i] = sensitivity(out[i * n:(i + 1) * n], ann_logits, metric)
+                cost[l][first + i] = float(spikes[i])
     return loss, cost
 
 
-def _set_cap(neuron: BurstNeuron, cap: float) -> Callable[[], None]:
+def _set_cap(neuron: BurstNeuron, caps: torch.Tensor) -> Callable[[], None]:
     old = neuron.maxspike
-    neuron.maxspike = int(cap)
+    neuron.maxspike = caps  # one cap per sample, broadcast by the neuron
 
     def restore() -> None:
         neuron.maxspike = old
     return restore
 
 
-def _scale_threshold(neuron: BurstNeuron, ratio: float) -> Callable[[], None]:
-    old = neuron.theta.clone()
-    neuron.theta.mul_(ratio)
+def _scale_threshold(neuron: BurstNeuron, ratios: torch.Tensor) -> Callable[[], None]:
+    neuron.sample_scale = ratios
 
     def restore() -> None:
-        neuron.theta.copy_(old)
+        neuron.sample_scale = None
     return restore
 
 

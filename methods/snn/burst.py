@@ -54,6 +54,8 @@ class BurstNeuron(SpikingNeuron):
         self.sim_length = int(sim_length)
         self.shift = float(shift)
         self.needs_rooms = False
+        #: per-sample threshold scale (``[batch]``), set only while a search evaluates candidates
+        self.sample_scale: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         return (f"maxspike={self.maxspike}, sim_length={self.sim_length}, shift={self.shift}, "
@@ -69,6 +71,17 @@ class BurstNeuron(SpikingNeuron):
             return self.v_init.to(like.dtype).expand_as(like).clone()
         return torch.zeros_like(like)
 
+    def _per_sample(self, value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A ``[batch]`` vector shaped to broadcast over ``x`` (one value per sample)."""
+        return value.reshape((-1,) + (1,) * (x.ndim - 1)).to(x.dtype)
+
+    def effective_theta(self, x: torch.Tensor) -> torch.Tensor:
+        """θ, times the per-sample scale a search may set (``sample_scale``, ``[batch]``)."""
+        theta = self.theta.to(x.dtype)
+        if self.sample_scale is not None:
+            theta = theta * self._per_sample(self.sample_scale, x)
+        return theta
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_bias is not None:
             x = x + self.input_bias
@@ -76,11 +89,15 @@ class BurstNeuron(SpikingNeuron):
         self.last_counts = None
         if self.v is None:
             self.v = self.initial_potential(x)
-        theta = self.theta.to(x.dtype)
+        theta = self.effective_theta(x)
         live = theta > 0
         safe = torch.where(live, theta, torch.ones_like(theta))
         v = self.v + x + self.shift / self.sim_length * theta
-        k = torch.floor(v / safe).clamp_(0, self.maxspike)
+        k = torch.floor(v / safe).clamp_(min=0)
+        if isinstance(self.maxspike, torch.Tensor):  # per-sample caps (the cap search's batched candidates)
+            k = torch.minimum(k, self._per_sample(self.maxspike, x))
+        else:
+            k = k.clamp_(max=self.maxspike)
         k = torch.where(live, k, torch.zeros_like(k))  # a silent channel (θ = 0) never fires
         out = k * theta
         self.v = v - out
@@ -95,7 +112,7 @@ class BurstNetwork(SimulatedNetwork):
 
     def fairness(self) -> Fairness:
         """max spikes per step = the largest layer cap K; levels = log2(K + 1) ({0..K}·θ)."""
-        caps = [n.maxspike for n in self.burst_neurons()] or [1]
+        caps = [int(n.maxspike) for n in self.burst_neurons()] or [1]
         cap = max(caps)
         return Fairness(frames_before_readout=0, levels_per_step=math.log2(cap + 1), max_spikes_per_step=cap)
 
