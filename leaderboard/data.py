@@ -35,7 +35,8 @@ SPEC_FIELDS = ("T_max", "calib_size", "eval_size", "weights", "data_root")
 CELL_COLUMNS = ["cell_key", "task", "model", "method", "metric_name", "ann", "T_max", "seed", "calib_size",
                 "eval_size", "weights", "data_root", "settings", "user_keys", "energy_model", "e_mac_pj", "e_ac_pj",
                 "git_sha", "finished_at"]
-CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sample", "energy_ratio"]
+CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sample", "energy_ratio",
+                 "unit_spikes_per_sample", "steps_per_sample"]
 FAILED_COLUMNS = ["cell_key", "task", "model", "method", "settings", "seed", "T_max", "error_line", "error"]
 
 
@@ -118,7 +119,10 @@ def results_from_records(records: Iterable[dict[str, Any]], source: str = "") ->
             curves.append({"cell_key": key, "t": int(t_text), "metric": _float(row.get("metric")),
                            "spikes_per_sample": _float(row.get("spikes_per_sample")),
                            "synops_per_sample": _float(row.get("synops_per_sample")),
-                           "energy_ratio": _float(row.get("energy_ratio"))})
+                           "energy_ratio": _float(row.get("energy_ratio")),
+                           "unit_spikes_per_sample": _float(row.get("unit_spikes_per_sample")),
+                           # results without per-sample early exit computed every step
+                           "steps_per_sample": _float(row.get("steps_per_sample", int(t_text)))})
         if record.get("layers"):
             layers[key] = record["layers"]
     curves_frame = pd.DataFrame(curves, columns=CURVE_COLUMNS)

@@ -42,7 +42,8 @@ TITLE = "snnbench leaderboard"
 ARTIFACT_DIR = "leaderboard"
 CSV_LEAD = ["task", "metric", "model", "row", "method", "settings", "reference", "seeds", "n_seeds", "T_max",
             "ann_metric_pct"]
-CSV_TAIL = ["t_to_99pct_ann", "chosen_T", "spikes_per_sample", "synops_per_sample", "energy_ratio", "energy_model",
+CSV_TAIL = ["t_to_99pct_ann", "chosen_T", "spikes_per_sample", "unit_spikes_per_sample", "steps_per_sample",
+            "synops_per_sample", "energy_ratio", "energy_model",
             "e_mac_pj", "e_ac_pj", "pareto", "best", "cell_keys"]
 
 

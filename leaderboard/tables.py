@@ -161,6 +161,8 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None) -> TaskTable:
                               f"metric_pct_T{t}_sd" if multi_seed else None))
     columns += [Column("t_to_99pct_ann", "T to 99% ANN", "int", "min"),
                 Column("spikes_per_sample", f"spikes/sample @T={T}", "count", "min"),
+                Column("unit_spikes_per_sample", f"unit spikes/sample @T={T}", "count", "min"),
+                Column("steps_per_sample", f"mean steps @T={T}", "count", "min"),
                 Column("synops_per_sample", f"SynOps/sample @T={T}", "count", "min"),
                 Column("energy_ratio", f"energy ratio @T={T} ({e_label})", "ratio", "min"),
                 Column("pareto", "Pareto front", "flag")]
@@ -180,7 +182,8 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None) -> TaskTable:
             rec[f"metric_pct_T{t}_sd"] = _at(curve, t, "metric_sd") * PERCENT
         reach = None if row["reference"] else t_to_reach(curve, row["ann"])
         rec["t_to_99pct_ann"] = math.nan if reach is None else reach
-        for key in ("spikes_per_sample", "synops_per_sample", "energy_ratio"):
+        for key in ("spikes_per_sample", "unit_spikes_per_sample", "steps_per_sample", "synops_per_sample",
+                    "energy_ratio"):
             rec[key] = _at(curve, T, key)
         rec.update(energy_model=row["energy_model"], e_mac_pj=row["e_mac_pj"], e_ac_pj=row["e_ac_pj"],
                    cell_keys=";".join(row["cell_keys"]))
