@@ -109,7 +109,7 @@ class ArrayClassificationTask(Task):
         return len(self.split("test"))
 
     def build(self, model: str, weights: str | None = None, device: str | torch.device = "cpu",
-              progress: bool = True) -> ModelBundle:
+              progress: bool = True, retrain: bool = False) -> ModelBundle:
         spec = get_model_spec(model)
         check_model_fits(self, spec)
         test = self.split("test")
@@ -122,7 +122,7 @@ class ArrayClassificationTask(Task):
             from snnbench.tasks.zoo.provide import load_or_train
 
             record = load_or_train(spec, self.name, net, self.split("train"), test, zoo_dir=self.zoo_dir,
-                                   progress=progress)
+                                   progress=progress, retrain=retrain)
             info.update(weights=record["path"], zoo=record)
         else:
             path = default_weights_path(spec)
