@@ -134,6 +134,15 @@ def _at(curve: pd.DataFrame, t: int, column: str) -> float:
     return float(hit.iloc[0]) if not hit.empty and not pd.isna(hit.iloc[0]) else math.nan
 
 
+def _has_early_exit(rows: Rows, task_rows: pd.DataFrame, T: int) -> bool:
+    """Whether a row of the task stopped samples early (mean steps used at T below T)."""
+    for row_id in task_rows["row_id"]:
+        steps = _at(rows.curve(row_id), T, "steps_per_sample")
+        if not math.isnan(steps) and steps < T - 1e-9:
+            return True
+    return False
+
+
 # -- the task table --------------------------------------------------------------------
 def task_table(rows: Rows, task: str, chosen_T: int | None = None) -> TaskTable:
     """The ranking table of ``task`` at ``chosen_T`` (default: the largest common T)."""
@@ -160,9 +169,11 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None) -> TaskTable:
         columns.append(Column(f"metric_pct_T{t}", f"{metric_name} T={t}", "pct", "max",
                               f"metric_pct_T{t}_sd" if multi_seed else None))
     columns += [Column("t_to_99pct_ann", "T to 99% ANN", "int", "min"),
-                Column("spikes_per_sample", f"spikes/sample @T={T}", "count", "min"),
-                Column("unit_spikes_per_sample", f"unit spikes/sample @T={T}", "count", "min"),
-                Column("steps_per_sample", f"mean steps @T={T}", "count", "min"),
+                Column("spikes_per_sample", f"spikes/sample @T={T}", "count", "min")]
+    if _has_early_exit(rows, task_rows, T):  # adaptive-timestep rows: unit spikes (bursts) and steps used
+        columns += [Column("unit_spikes_per_sample", f"unit spikes/sample @T={T}", "count", "min"),
+                    Column("steps_per_sample", f"mean steps @T={T}", "count", "min")]
+    columns += [
                 Column("synops_per_sample", f"SynOps/sample @T={T}", "count", "min"),
                 Column("energy_ratio", f"energy ratio @T={T} ({e_label})", "ratio", "min"),
                 Column("pareto", "Pareto front", "flag")]
