@@ -25,10 +25,20 @@ class UsageError(Exception):
 
 
 # --------------------------------------------------------------------------------------
-def setup_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * verbosity
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+def setup_logging(verbosity: int, quiet: bool = False) -> None:
+    """Configure logging once for the whole command (see :mod:`snnbench.console`)."""
+    from snnbench.console import configure_logging
+
+    configure_logging(verbose=verbosity, quiet=quiet)
+
+
+def _verbosity_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """-q/-v on the top-level parser and on every sub-command (``bench sweep -q`` and ``bench -q sweep``)."""
+    default = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="count", default=default,
+                        help="more output: -v shows information and third-party warnings, -vv debug")
+    parser.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="print nothing but errors")
 
 
 def _add_cell_options(p: argparse.ArgumentParser) -> None:
@@ -42,6 +52,9 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="dataset location (task-specific; see bench list)")
     p.add_argument("--weights", default=None, help="ANN weights file (state dict) instead of the default source")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    from snnbench.cell import EVAL_TS_HELP
+
+    p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
 
 
 # -- bench list ------------------------------------------------------------------------
@@ -74,6 +87,33 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- flag validation shared by bench run and bench sweep ----------------------------------
+VALID_DEVICES = "cpu, cuda, cuda:N or auto"
+
+
+def check_device(device: str) -> None:
+    """``--device`` must be cpu, cuda, cuda:N or auto (whether CUDA exists is checked where the cell runs)."""
+    name, _, index = str(device).partition(":")
+    ok = (device in ("cpu", "cuda", "auto") or (name == "cuda" and index.isdigit()))
+    if not ok:
+        raise UsageError(f"--device must be {VALID_DEVICES}, not {device!r}")
+
+
+def check_cell_flags(args: argparse.Namespace) -> None:
+    """The cell flags every command validates the same way: --T, sizes, --device.
+
+    Raises:
+        UsageError: naming the flag (exit status 2).
+    """
+    if args.T is not None and args.T < 1:
+        raise UsageError("--T must be at least 1")
+    for flag in ("calib_size", "eval_size", "batch_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be positive, not {value}")
+    check_device(args.device)
+
+
 # -- bench run -------------------------------------------------------------------------
 def build_cell(args: argparse.Namespace):
     """Validate names and settings up front and build the :class:`CellSpec`."""
@@ -91,18 +131,21 @@ def build_cell(args: argparse.Namespace):
     if args.task not in spec.tasks:
         raise UsageError(f"model {model!r} does not fit task {args.task!r}; models for {args.task}: "
                          f"{', '.join(task.models())}")
+    check_cell_flags(args)
     T = args.T if args.T is not None else DEFAULT_T
-    if T < 1:
-        raise UsageError("--T must be at least 1")
-    for flag in ("calib_size", "eval_size", "batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be positive")
     del method
+    from snnbench.cell import resolve_eval_ts
+
+    try:
+        resolve_eval_ts(args.eval_ts, T)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     task.check_data()
     return CellSpec(method=args.method, task=args.task, model=model, settings=settings, T=T, seed=args.seed,
-                    calib_size=args.calib_size or DEFAULT_CALIB_SIZE, eval_size=args.eval_size,
-                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device)
+                    calib_size=args.calib_size if args.calib_size is not None else DEFAULT_CALIB_SIZE,
+                    eval_size=args.eval_size,
+                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device,
+                    eval_ts=args.eval_ts)
 
 
 def format_result_table(result: dict[str, Any], steps: list[int] | None = None) -> str:
@@ -121,7 +164,8 @@ def format_result_table(result: dict[str, Any], steps: list[int] | None = None) 
     for t in steps:
         row = per_t[str(t)]
         er = row["energy_ratio"]
-        lines.append(f"{t:>5} {row['metric']:>8.4f} {row['spikes_per_sample']:>14.4g} "
+        score = "-" if row["metric"] is None else format(row["metric"], ".4f")  # t outside --eval-ts
+        lines.append(f"{t:>5} {score:>8} {row['spikes_per_sample']:>14.4g} "
                      f"{row['synops_per_sample']:>14.4g} {er if er is None else format(er, '12.4f'):>12}")
     return "\n".join(lines)
 
@@ -252,7 +296,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"list": cmd_list, "r
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="snnbench: benchmark training-free ANN-to-SNN "
                                      "conversion methods across tasks, models and time-steps.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    _verbosity_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("list", help="list methods, tasks and models")
@@ -285,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("--zoo-dir", default=None)
     for extra in _EXTRA_PARSERS:
         extra(sub)
+    for name, subparser in sub.choices.items():
+        _verbosity_options(subparser, top=False)
+        if name == "zoo":
+            for zoo_parser in zoo.choices.values():
+                _verbosity_options(zoo_parser, top=False)
     return parser
 
 
@@ -299,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, quiet=args.quiet)
     if not args.command:
         parser.print_help()
         return 2

@@ -179,6 +179,10 @@ class OpCounter:
             self._handles.append(counter.site.module.register_forward_hook(self._neuron_hook(counter)))
             if hasattr(counter.site.module, "count_spikes"):  # neurons that can count in their own pass
                 counter.site.module.count_spikes = True
+        for counter in self.layers:  # convolutions reading a neuron directly: its pass maps the hits too
+            source = counter.site.spikes_from
+            if counter.site.op == "conv" and source is not None and hasattr(source, "count_positions"):
+                source.count_positions = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -192,6 +196,9 @@ class OpCounter:
             if hasattr(counter.site.module, "count_spikes"):
                 counter.site.module.count_spikes = False
                 counter.site.module.last_counts = None
+            if hasattr(counter.site.module, "count_positions"):
+                counter.site.module.count_positions = False
+                counter.site.module.last_hits = None
 
     def _frame(self) -> int | None:
         frame = self.model.frame
@@ -233,27 +240,38 @@ class OpCounter:
     def _connection_ops(self, counter: _LayerCounter, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         op = counter.site.op
         pool = counter.site.events_from
-        mask = self._sample_mask(x) if op != "product" else None
-        if op == "product" and getattr(self.model, "active", None) is not None \
-                and not bool(self.model.active.all()):
-            raise RuntimeError(f"product unit {counter.site.name}: its three-term op count cannot honour a "
-                               "per-sample active mask (early exit is for networks without product units)")
-        present = x != 0
-        if mask is not None:
-            present = present & mask
-        if op != "product":  # raw input density, for energy conventions priced on it
-            counter.nonzeros[self._frame()] += present.sum()
+        t = self._frame()
+        if op == "product":
+            active = getattr(self.model, "active", None)
+            if active is not None and not bool(active.all()):
+                raise RuntimeError(f"product unit {counter.site.name}: its three-term op count cannot honour a "
+                                   "per-sample active mask (early exit is for networks without product units)")
+            return module.last_ops, module.last_dense
+        mask = self._sample_mask(x)
+        # early exit: count the active samples' inputs only (a neuron's own counts cover the whole batch)
+        present = None if mask is None else (x != 0) & mask
         if pool is not None:
             events = self._pool_events.pop(id(pool), None)
             if events is None or events.numel() != x.numel():
                 raise RuntimeError(f"layer {counter.site.name}: no spike counts from its average pool this frame")
             nonzero = events.reshape(x.shape)  # already masked by the pool hook
+            # raw input density, for energy conventions priced on it: the pooled map's non-zeros
+            counter.nonzeros[t] += ((x != 0) if present is None else present).sum()
         else:
-            nonzero = present
+            nonzero = present  # None: read from x only when the feeding neuron did not count (below)
+        source = counter.site.spikes_from if mask is None else None
         if op == "linear":
             out_features = module.out_features
             dense = x.numel() * out_features
-            return nonzero.sum() * out_features, dense
+            own = getattr(source, "last_counts", None) if pool is None else None
+            if own is not None:  # the neuron counted its events in its own pass: no read of x
+                if pool is None:
+                    counter.nonzeros[t] += own[0]
+                return own[0] * out_features, dense
+            hits = (x != 0 if nonzero is None else nonzero).sum()
+            if pool is None:
+                counter.nonzeros[t] += hits
+            return hits * out_features, dense
         if op == "conv":
             spatial = tuple(x.shape[2:])
             cached = counter.fanout.get(spatial)
@@ -262,12 +280,14 @@ class OpCounter:
                 cached = counter.fanout[spatial] = (fan, int(fan.sum()))
             fan, fan_total = cached
             per_input_channel = module.out_channels // module.groups
-            hits = nonzero.sum(dim=(0, 1))  # [spatial...] count of non-zero inputs per position
+            hits = getattr(source, "last_hits", None) if pool is None else None
+            if hits is None or tuple(hits.shape) != spatial:  # not counted by the neuron: read the input
+                hits = (x != 0 if nonzero is None else nonzero).sum(dim=(0, 1))  # non-zero inputs per position
+            if pool is None:
+                counter.nonzeros[t] += hits.sum()
             effective = (hits * fan).sum() * per_input_channel
             dense = fan_total * x.shape[0] * x.shape[1] * per_input_channel
             return effective, dense
-        if op == "product":  # product units count their own (three-term) ops while counting is on
-            return module.last_ops, module.last_dense
         raise ValueError(f"unknown connection op {op!r} for layer {counter.site.name}")
 
     def _neuron_hook(self, counter: _NeuronCounter):
