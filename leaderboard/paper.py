@@ -41,7 +41,7 @@ class PaperTable:
 
 def paper_path() -> Path:
     """The packaged CSV (``leaderboard/paper_results.csv``)."""
-    return Path(str(resources.files("leaderboard") / PAPER_FILE))
+    return Path(str(resources.files("snnbench.leaderboard") / PAPER_FILE))
 
 
 def load_paper(path: str | Path | None = None) -> pd.DataFrame:
