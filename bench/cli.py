@@ -228,6 +228,13 @@ def _zoo_train(args: argparse.Namespace) -> int:
         raise UsageError(f"the zoo trains {args.name} on {', '.join(spec.recipes)}, not {task_name}")
     if args.reference and not args.retrain:
         raise UsageError("--reference publishes a freshly trained checkpoint: pass --force with it")
+    if args.device:
+        import os
+
+        from snnbench.runner import resolve_device
+        from snnbench.tasks.zoo.training import TRAIN_DEVICE_ENV
+
+        os.environ[TRAIN_DEVICE_ENV] = str(resolve_device(args.device))
     task = create_task(task_name, data_root=args.data_root, zoo_dir=args.zoo_dir)
     bundle = task.build(args.name, progress=sys.stderr.isatty(), retrain=args.retrain)
     record = bundle.info["zoo"]
@@ -327,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --force: publish the result as the shipped reference checkpoint (maintainers)")
 
     zt.add_argument("--zoo-dir", default=None)
+    zt.add_argument("--device", default=None,
+                    help="train on cpu (default), cuda or cuda:N; the checkpoint is evaluated and saved on the CPU")
     for extra in _EXTRA_PARSERS:
         extra(sub)
     for name, subparser in sub.choices.items():

