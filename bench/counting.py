@@ -27,6 +27,16 @@ Per spiking module and frame: events (non-zero outputs), unit spikes (|s| / unit
 amplitude: a level θ/2^k of an n-level MT neuron is 2^(n-1-k) unit spikes) and neuron
 updates (elements updated).
 
+Per-sample early exit (``SpikingModel.active``, methods/base.py): when the model marks
+only some samples as computing a frame, every count of that frame (ops, events, unit
+spikes, neuron updates, input non-zeros) covers those samples only, and the counter keeps
+the steps each sample used (:meth:`OpCounter.add_steps`).
+
+Per connection layer the counter also keeps the raw input non-zeros per frame and the
+input elements of one frame, so energy conventions priced on input density
+(nnz(input)/numel(input) per step, e.g. AdaFire's released energy model) can be applied to
+a result without re-running it.
+
 Counters are device tensors indexed by t, so the time loop never synchronises with the
 host; nothing but those counters is kept.
 
@@ -143,6 +153,10 @@ class CountSummary:
     neuron_updates: list[float]
     dense_macs: float            # one frame of dense ops per sample (the ANN's cost)
     layers: list[dict[str, Any]]
+    #: index t-1 -> mean steps computed per sample over frames 1..t (t without early exit)
+    steps: list[float] = field(default_factory=list)
+    #: steps used -> number of samples (only when the model reported per-sample masks)
+    steps_histogram: dict[int, int] | None = None
 
 
 class OpCounter:
@@ -173,6 +187,8 @@ class OpCounter:
         self._pool_events: dict[int, torch.Tensor] = {}
         zeros = lambda dtype=torch.int64: torch.zeros(self.last_frame + 1, dtype=dtype, device=self.device)  # noqa: E731
         self.layers = [_LayerCounter(site, zeros(), zeros(), zeros(), zeros()) for site in self.plan.connections]
+        self.steps = torch.zeros(T + 1, dtype=torch.float64, device=self.device)
+        self.step_counts: torch.Tensor | None = None  # [T + 1] samples per number of steps used
         self.neurons = [_NeuronCounter(site, zeros(), zeros(torch.float64), zeros()) for site in self.plan.neurons]
 
     # -- hooks ---------------------------------------------------------------------------
@@ -226,7 +242,8 @@ class OpCounter:
             counter.input_ops[t] += own
             if counter.site.op != "product":
                 counter.unit_input_ops[t] += own * ((x == 0) | (x.abs() == 1)).all()
-                counter.input_nonzero[t] += torch.count_nonzero(x)
+                mask = self._sample_mask(x)
+                counter.input_nonzero[t] += torch.count_nonzero(x) if mask is None else ((x != 0) & mask).sum()
             if t == self.plan.first_counted_frame:
                 counter.dense += dense
                 if counter.site.op != "product":
@@ -234,30 +251,55 @@ class OpCounter:
                     counter.dense_ungrouped += _ungrouped_macs(module, output)
         return hook
 
+    def _sample_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The model's active-sample mask shaped to broadcast over ``x`` (None: all active)."""
+        active = getattr(self.model, "active", None)
+        if active is None:
+            return None
+        if x.ndim == 0 or x.shape[0] != active.numel():
+            raise RuntimeError(f"the model's active mask has {active.numel()} samples but a counted tensor has "
+                               f"shape {tuple(x.shape)}: per-sample masks need the batch on dim 0")
+        return active.reshape((-1,) + (1,) * (x.ndim - 1))
+
     def _pool_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         """Spikes per pooled cell (sum-pooling of the event mask) for the layer after the pool."""
         if self._frame() is None:
             return
-        self._pool_events[id(module)] = pooled_event_counts(module, args[0] != 0)
+        events = args[0] != 0
+        mask = self._sample_mask(events)
+        self._pool_events[id(module)] = pooled_event_counts(module, events if mask is None else events & mask)
 
     def _connection_ops(self, counter: _LayerCounter, module: nn.Module, x: torch.Tensor
                         ) -> tuple[torch.Tensor, int, torch.Tensor]:
         """(effective ops, dense ops, ops of the non-zero elements of ``x`` itself)."""
         op = counter.site.op
         pool = counter.site.events_from
+        t = self._frame()
+        if op == "product":
+            active = getattr(self.model, "active", None)
+            if active is not None and not bool(active.all()):
+                raise RuntimeError(f"product unit {counter.site.name}: its three-term op count cannot honour a "
+                                   "per-sample active mask (early exit is for networks without product units)")
+            return module.last_ops, module.last_dense, module.last_ops
+        mask = self._sample_mask(x)
+        # early exit: count the active samples' inputs only (a neuron's own counts cover the whole batch)
+        present = None if mask is None else (x != 0) & mask
         if pool is not None:
             events = self._pool_events.pop(id(pool), None)
             if events is None or events.numel() != x.numel():
                 raise RuntimeError(f"layer {counter.site.name}: no spike counts from its average pool this frame")
-            nonzero = events.reshape(x.shape)
+            nonzero = events.reshape(x.shape)  # already masked by the pool hook
         else:
-            nonzero = None  # read from x only when the feeding neuron did not count (below)
-        source = counter.site.spikes_from
+            nonzero = present  # None: read from x only when the feeding neuron did not count (below)
+        source = counter.site.spikes_from if mask is None else None
         if op == "linear":
             out_features = module.out_features
             dense = x.numel() * out_features
             counted = getattr(source, "last_counts", None) if pool is None else None
-            own_events = counted[0] if counted is not None else torch.count_nonzero(x)  # the layer's own view
+            if counted is not None:  # the neuron counted its events in its own pass: no read of x
+                own_events = counted[0]
+            else:  # the layer's own view (only the active samples under early exit)
+                own_events = torch.count_nonzero(x) if present is None else present.sum()
             events = own_events if nonzero is None else nonzero.sum()
             return events * out_features, dense, own_events * out_features
         if op == "conv":
@@ -271,16 +313,17 @@ class OpCounter:
             counted = getattr(source, "last_hits", None) if pool is None else None
             if counted is None or tuple(counted.shape) != spatial:  # not counted by the neuron: read the input
                 counted = None
-            own_hits = counted if counted is not None else (x != 0).sum(dim=(0, 1))  # non-zero inputs per position
+            if counted is not None:
+                own_hits = counted
+            else:  # non-zero inputs per position (only the active samples under early exit)
+                own_hits = ((x != 0) if present is None else present).sum(dim=(0, 1))
             own = (own_hits * fan).sum() * per_input_channel
-            if nonzero is None:
+            if nonzero is None or pool is None:
                 effective = own
             else:  # behind an average pool: every spike of the pooled cell
                 effective = (nonzero.sum(dim=(0, 1)) * fan).sum() * per_input_channel
             dense = fan_total * x.shape[0] * x.shape[1] * per_input_channel
             return effective, dense, own
-        if op == "product":  # product units count their own (three-term) ops while counting is on
-            return module.last_ops, module.last_dense, module.last_ops
         raise ValueError(f"unknown connection op {op!r} for layer {counter.site.name}")
 
     def _neuron_hook(self, counter: _NeuronCounter):
@@ -288,8 +331,13 @@ class OpCounter:
             t = self._frame()
             if t is None:
                 return
-            counter.updates[t] += output.numel()
-            kernel_counts = getattr(module, "last_counts", None)
+            mask = self._sample_mask(output)
+            if mask is not None:  # early exit: count the samples computing this frame only
+                output = output * mask
+                counter.updates[t] += mask.sum() * (output[0].numel() if output.ndim else 1)
+            else:
+                counter.updates[t] += output.numel()
+            kernel_counts = getattr(module, "last_counts", None) if mask is None else None
             if kernel_counts is not None:  # counted by the fused kernel in its own pass
                 counter.events[t] += kernel_counts[0]
                 counter.units[t] += kernel_counts[1].to(torch.float64)
@@ -304,6 +352,18 @@ class OpCounter:
 
     def add_samples(self, n: int) -> None:
         self.samples += int(n)
+
+    def add_steps(self, t: int, active: torch.Tensor | None, batch: int) -> None:
+        """Record that ``active`` (None: all ``batch`` samples) computed readout step ``t``."""
+        if active is None:
+            self.steps[t] += batch
+        else:
+            self.steps[t] += active.sum()
+
+    def add_steps_used(self, used: torch.Tensor) -> None:
+        """Record the steps each sample of a batch used (for the histogram)."""
+        counts = torch.bincount(used.to(torch.int64).clamp(0, self.T), minlength=self.T + 1)
+        self.step_counts = counts if self.step_counts is None else self.step_counts + counts.to(self.step_counts)
 
     # -- results -------------------------------------------------------------------------
     def summary(self) -> CountSummary:
@@ -341,6 +401,9 @@ class OpCounter:
             neuron_updates=cumulative([c.updates for c in self.neurons]),
             dense_macs=sum(c.dense for c in self.layers) / n,
             layers=layers,
+            steps=(self.steps[1:].cumsum(0) / n).tolist(),
+            steps_histogram=None if self.step_counts is None else
+            {int(k): int(v) for k, v in enumerate(self.step_counts.tolist()) if v},
         )
 
 

@@ -64,6 +64,10 @@ def simulate(snn: SpikingModel, task, bundle, batches, T: int, desc: str = "", t
     (``bundle.finish``) nor scored.
 
     ``total`` is the number of batches, if known, for the progress bar over batches x t.
+
+    A model with per-sample early exit sets ``snn.active`` for each frame (methods/base.py):
+    the counter then counts only the samples that ran, and the steps each sample used are
+    recorded (``summary.steps``, ``summary.steps_histogram``).
     """
     from snnbench.console import step_bar
 
@@ -76,10 +80,17 @@ def simulate(snn: SpikingModel, task, bundle, batches, T: int, desc: str = "", t
                 x, meta = bundle.prepare(inputs)
                 x = x.to(_device_of(snn))
                 snn.reset()
+                used: torch.Tensor | None = None
                 for t, out in enumerate(snn.simulate(x, T), start=1):
                     if wanted is None or t in wanted:
                         metric.update(t, bundle.finish(out, meta), targets)
+                    active = getattr(snn, "active", None)
+                    counter.add_steps(t, active, x.shape[0])
+                    if active is not None:
+                        used = active.to(torch.int64) if used is None else used + active.to(torch.int64)
                     bar.update(1)
+                if used is not None:
+                    counter.add_steps_used(used)
                 counter.add_samples(x.shape[0])
             summary = counter.summary()
     finally:
@@ -274,6 +285,7 @@ def _run_cell(spec: CellSpec, cache, progress: bool, on_stage: Callable[[str], N
                                  "unit_spikes_per_sample": summary.unit_spikes[t - 1],
                                  "synops_per_sample": acs, "macs_per_sample": macs,
                                  "neuron_updates_per_sample": summary.neuron_updates[t - 1],
+                                 "steps_per_sample": summary.steps[t - 1],
                                  "energy_ratio": energy.ratio(acs, macs, ann["dense_macs"]),
                                  # the official DCGS convention: every op priced as an AC
                                  "energy_ratio_all_ac": energy.ratio(acs + macs, 0.0, ann["dense_macs"]),
@@ -282,6 +294,10 @@ def _run_cell(spec: CellSpec, cache, progress: bool, on_stage: Callable[[str], N
             result["per_t"] = per_t
             result["layers"] = summary.layers
             result["eval_samples"] = summary.samples
+            if summary.steps_histogram is not None:  # per-sample early exit (e.g. AdaFire's IAT)
+                result["adaptive_timesteps"] = {
+                    "mean_steps": summary.steps[-1],
+                    "steps_histogram": {str(k): v for k, v in sorted(summary.steps_histogram.items())}}
         result["status"] = "ok"
     except Exception:  # noqa: BLE001 - a failed cell is data, not a crash
         result["status"] = "failed"

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 #: the flat summary steps (only those <= T are logged, plus T itself)
 SUMMARY_STEPS = (1, 2, 4, 6, 8, 16, 32, 64, 128, 256)
-STEP_METRICS = ("metric", "energy_ratio", "spikes_per_sample", "synops_per_sample", "latency")
+STEP_METRICS = ("metric", "energy_ratio", "spikes_per_sample", "synops_per_sample", "latency", "unit_spikes_per_sample",
+                "steps_per_sample")
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 PARAM_VALUE_LIMIT = 6000

@@ -43,7 +43,8 @@ WEIGHTS_SHA_DIGITS = 12
 CELL_COLUMNS = ["cell_key", "task", "model", "method", "metric_name", "ann", "T_max", "seed", "calib_size",
                 "eval_size", "weights", "weights_sha", "data_root", "settings", "user_keys", "energy_model", "e_mac_pj", "e_ac_pj",
                 "git_sha", "finished_at", "track", "note", *FAIRNESS_FIELDS, "calib_split"]
-CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sample", "energy_ratio", "latency"]
+CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sample", "energy_ratio", "latency",
+                 "unit_spikes_per_sample", "steps_per_sample"]
 #: the track of records written before tracks existed
 DEFAULT_TRACK = "plain"
 FAILED_COLUMNS = ["cell_key", "task", "model", "method", "settings", "seed", "T_max", "error_line", "error"]
@@ -188,7 +189,10 @@ def results_from_records(records: Iterable[dict[str, Any]], source: str = "",
                            "synops_per_sample": _float(row.get("synops_per_sample")),
                            "energy_ratio": _float(row.get(chosen_key, row.get("energy_ratio")
                                                           if chosen is DEFAULT_ENERGY_MODEL else None)),
-                           "latency": _float(row.get("latency", int(t_text)))})
+                           "latency": _float(row.get("latency", int(t_text))),
+                           "unit_spikes_per_sample": _float(row.get("unit_spikes_per_sample")),
+                           # results without per-sample early exit computed every step
+                           "steps_per_sample": _float(row.get("steps_per_sample", int(t_text)))})
         if record.get("layers"):
             layers[key] = record["layers"]
     curves_frame = pd.DataFrame(curves, columns=CURVE_COLUMNS)

@@ -29,7 +29,8 @@ from snnbench.leaderboard.data import LeaderboardError
 log = logging.getLogger(__name__)
 
 #: per-t metrics the tracker logs with step=t, besides the headline metric
-STEP_KEYS = ("energy_ratio", "spikes_per_sample", "synops_per_sample", "latency")
+STEP_KEYS = ("energy_ratio", "spikes_per_sample", "synops_per_sample", "latency", "unit_spikes_per_sample",
+             "steps_per_sample")
 PAGE = 5000
 
 

@@ -47,7 +47,8 @@ CSV_LEAD = ["task", "track", "metric", "model", "row", "method", "settings", "re
             "ann_metric_pct"]
 #: section heading of each track (the plain track keeps the task's plain heading)
 TRACK_TITLES = {"plain": "", "qcfs": "QCFS track (ANNs trained with QCFS activations)"}
-CSV_TAIL = ["t_to_99pct_ann", "latency", "levels_per_step", "max_spikes_per_step", "chosen_T", "spikes_per_sample", "synops_per_sample", "energy_ratio", "energy_model",
+CSV_TAIL = ["t_to_99pct_ann", "latency", "levels_per_step", "max_spikes_per_step", "chosen_T", "spikes_per_sample",
+            "unit_spikes_per_sample", "steps_per_sample", "synops_per_sample", "energy_ratio", "energy_model",
             "e_mac_pj", "e_ac_pj", "pareto", "best", "cell_keys"]
 
 

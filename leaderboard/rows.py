@@ -40,7 +40,7 @@ ROW_COLUMNS = ["row_id", "task", "model", "method", "label", "reference", "setti
                "T_max", "calib_size", "eval_size", "weights", "weights_sha", "data_root", "metric_name", "ann", "energy_model",
                "e_mac_pj", "e_ac_pj", "track", *FAIRNESS_FIELDS, "calib_split"]
 CURVE_COLUMNS = ["row_id", "t", "metric", "metric_sd", "spikes_per_sample", "synops_per_sample", "energy_ratio",
-                 "latency"]
+                 "latency", "unit_spikes_per_sample", "steps_per_sample"]
 
 
 @dataclass
@@ -173,7 +173,8 @@ def build_rows(results: Results, per_seed: bool = False) -> Rows:
 def _mean_curve(curves: pd.DataFrame, row_id: int) -> pd.DataFrame:
     """Mean over seeds at every t; ``metric_sd`` is the sample standard deviation (NaN for one seed)."""
     grouped = curves.groupby("t", sort=True)
-    out = grouped[["metric", "spikes_per_sample", "synops_per_sample", "energy_ratio", "latency"]].mean()
+    out = grouped[["metric", "spikes_per_sample", "synops_per_sample", "energy_ratio", "latency",
+                   "unit_spikes_per_sample", "steps_per_sample"]].mean()
     out["metric_sd"] = grouped["metric"].std(ddof=1)
     out = out.reset_index()
     out.insert(0, "row_id", row_id)

@@ -149,6 +149,15 @@ def _at(curve: pd.DataFrame, t: int, column: str) -> float:
     return float(hit.iloc[0]) if not hit.empty and not pd.isna(hit.iloc[0]) else math.nan
 
 
+def _has_early_exit(rows: Rows, task_rows: pd.DataFrame, T: int) -> bool:
+    """Whether a row of the task stopped samples early (mean steps used at T below T)."""
+    for row_id in task_rows["row_id"]:
+        steps = _at(rows.curve(row_id), T, "steps_per_sample")
+        if not math.isnan(steps) and steps < T - 1e-9:
+            return True
+    return False
+
+
 # -- the task table --------------------------------------------------------------------
 def task_table(rows: Rows, task: str, chosen_T: int | None = None, track: str = "plain") -> TaskTable:
     """The ranking table of the ``track`` rows of ``task`` at ``chosen_T`` (default: the largest
@@ -180,7 +189,11 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None, track: str = 
                 Column("latency", f"latency @T={T} (frames)", "int"),
                 Column("levels_per_step", "levels/step (bits)", "ratio"),
                 Column("max_spikes_per_step", "max spikes/step", "int"),
-                Column("spikes_per_sample", f"spikes/sample @T={T}", "count", "min"),
+                Column("spikes_per_sample", f"spikes/sample @T={T}", "count", "min")]
+    if _has_early_exit(rows, task_rows, T):  # adaptive-timestep rows: unit spikes (bursts) and steps used
+        columns += [Column("unit_spikes_per_sample", f"unit spikes/sample @T={T}", "count", "min"),
+                    Column("steps_per_sample", f"mean steps @T={T}", "count", "min")]
+    columns += [
                 Column("synops_per_sample", f"SynOps/sample @T={T}", "count", "min"),
                 Column("energy_ratio", f"energy ratio @T={T} ({e_label})", "ratio", "min"),
                 Column("pareto", "Pareto front", "flag")]
@@ -200,7 +213,8 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None, track: str = 
             rec[f"metric_pct_T{t}_sd"] = _at(curve, t, "metric_sd") * PERCENT
         reach = None if row["reference"] else t_to_reach(curve, row["ann"])
         rec["t_to_99pct_ann"] = math.nan if reach is None else reach
-        for key in ("spikes_per_sample", "synops_per_sample", "energy_ratio"):
+        for key in ("spikes_per_sample", "unit_spikes_per_sample", "steps_per_sample", "synops_per_sample",
+                    "energy_ratio"):
             rec[key] = _at(curve, T, key)
         rec.update(_fairness(row, T))
         rec.update(energy_model=row["energy_model"], e_mac_pj=row["e_mac_pj"], e_ac_pj=row["e_ac_pj"],

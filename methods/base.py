@@ -9,7 +9,12 @@ tensor or dict of tensors out), the calibration statistics it asked for through
   the ANN output at every t = 1..T from one simulation;
 * declares, in its :class:`CountPlan`, which connection layers are fed by spikes and which
   by real values, and which modules emit spikes, so the op counter never guesses from
-  values (the NeuroBench pitfall).
+  values (the NeuroBench pitfall);
+* may stop some samples early (per-sample adaptive timesteps): before computing a frame it
+  sets :attr:`SpikingModel.active` to a bool mask ``[batch]`` of the samples that compute
+  it (``None``: all). The op counter counts spikes and ops of active samples only, the
+  runner reports the steps each sample used, and the model yields, for a sample that has
+  stopped, the output it stopped with, so the metric at t is that of the policy at t.
 """
 
 from __future__ import annotations
@@ -139,6 +144,9 @@ class SpikingModel(nn.Module, abc.ABC):
         super().__init__()
         #: index of the frame being computed (0 is the bias pass of differential coding)
         self.frame = 0
+        #: bool ``[batch]`` mask of the samples computing the current frame (None: all of them);
+        #: set by models with per-sample early exit, read by the op counter and the runner
+        self.active: torch.Tensor | None = None
 
     @abc.abstractmethod
     def reset(self) -> None:

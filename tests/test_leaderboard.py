@@ -496,3 +496,19 @@ def test_paper_energy_ratios_only_under_their_own_convention(tmp_path):
 
     assert not any(h.startswith("ER ") for h in paper_headers())
     assert "ER T=6 (dcgs-official)" in paper_headers(energy_model="dcgs-official")
+
+
+def test_early_exit_rows_show_unit_spikes_and_mean_steps():
+    """A row whose samples stop early (steps_per_sample < t) brings the unit-spike and mean-steps columns."""
+    plain = _synthetic("dcgs", {"n": 4}, {}, 0, [0.5, 0.9], "p")
+    early = _synthetic("adafire", {"iat": True}, {}, 0, [0.6, 0.8], "e")
+    for t, row in early["per_t"].items():
+        row.update(unit_spikes_per_sample=25.0 * int(t), steps_per_sample=[1.0, 1.5][int(t) - 1])
+    table = task_table(build_rows(results_from_records([plain, early])), "toy")
+    keys = [c.key for c in table.columns]
+    assert "unit_spikes_per_sample" in keys and "steps_per_sample" in keys
+    frame = table.frame.set_index("method")
+    assert frame.loc["adafire", "steps_per_sample"] == 1.5 and frame.loc["dcgs", "steps_per_sample"] == 2.0
+    assert frame.loc["adafire", "unit_spikes_per_sample"] == 50.0
+    without = task_table(build_rows(results_from_records([plain])), "toy")
+    assert "steps_per_sample" not in [c.key for c in without.columns]

@@ -17,7 +17,9 @@ A :class:`StatKind` names one statistic at every neuron site of one placement:
 * ``mse_grid``: SNN Calibration's threshold search (Li et al. 2021; baselines.md §2): per
   batch, candidates θ_i = max·(1 - 0.01·i), i < 95, the one minimising
   mean((a - Q(a))²) with the floor quantiser Q(a) = floor(clip(a/θ·N, 0, N))·θ/N wins;
-  batches are combined by an EMA with weight 0.9 on the old value.
+  batches are combined by an EMA with weight 0.9 on the old value. With ``maxspike`` K > 1
+  the quantiser is AdaFire's burst-aware one (Wang et al., AAAI 2025; baselines.md §4):
+  Q(a) = floor(clip(a/θ, 0, K)·N)·θ/N, whose range is [0, K·θ].
 
 Granularity: ``layer`` (one value), ``channel`` (the feature axis: dim 1 of conv maps, the
 last dim of token tensors) or ``token`` (dim 1, the official code's "channel", which is
@@ -61,6 +63,8 @@ class StatKind:
     grid_step: float = MSE_GRID_STEP
     #: at layer-input sites: statistics of |x| (``abs``, default) or of signed x (``signed``)
     input_value: Literal["abs", "signed"] = "abs"
+    #: burst cap K of the ``mse_grid`` quantiser (1: SNN Calibration's single-spike grid)
+    maxspike: int = 1
 
     def key(self) -> str:
         d = asdict(self)
@@ -70,6 +74,8 @@ class StatKind:
             d.pop("p"), d.pop("scope")
         if self.quantity != "mse_grid":
             d.pop("levels"), d.pop("grid_points"), d.pop("grid_step")
+        if self.quantity != "mse_grid" or self.maxspike == 1:  # keeps the keys cached before bursts existed
+            d.pop("maxspike")
         return "stat-v1:" + ",".join(f"{k}={v}" for k, v in d.items())
 
 
@@ -164,7 +170,7 @@ class _Accumulator:
                 self.m2 = self.m2 + m2_b + delta**2 * self.count * count / total
                 self.count = total
         elif kind.quantity == "mse_grid":
-            best = mse_grid_search(rows, kind.levels, kind.grid_points, kind.grid_step)
+            best = mse_grid_search(rows, kind.levels, kind.grid_points, kind.grid_step, kind.maxspike)
             self.value = best if self.value is None else MSE_EMA_OLD * self.value + (1 - MSE_EMA_OLD) * best
         else:  # pragma: no cover - StatKind is validated by its Literal
             raise ValueError(kind.quantity)
@@ -222,19 +228,28 @@ def _row_quantile(rows: torch.Tensor, q: float, nonzero: bool) -> torch.Tensor:
     return torch.quantile(rows, q, dim=1)
 
 
+def burst_floor_quantise(a: torch.Tensor, theta: torch.Tensor, levels: int, maxspike: int = 1) -> torch.Tensor:
+    """floor(clip(a/θ, 0, K)·N)·θ/N: what an IF (K = 1) or burst neuron with cap K decodes
+    after N steps (AdaFire's ``clip_floor``; baselines.md §4). θ must be positive."""
+    return torch.floor((a / theta * levels).clamp(0, levels * maxspike)) * theta / levels
+
+
 def mse_grid_search(rows: torch.Tensor, levels: int, points: int = MSE_GRID_POINTS,
-                    step: float = MSE_GRID_STEP) -> torch.Tensor:
+                    step: float = MSE_GRID_STEP, maxspike: int = 1) -> torch.Tensor:
     """Per row, the candidate θ = max·(1 - step·i), i < points, minimising the MSE between a
-    row and its floor quantisation with ``levels`` steps (SNN Calibration's search)."""
+    row and its floor quantisation with ``levels`` steps (SNN Calibration's search); with a
+    burst cap ``maxspike`` K the quantiser is :func:`burst_floor_quantise` (range K·θ)."""
     if levels < 1:
         raise ValueError("mse_grid needs the number of quantiser levels (>= 1)")
+    if maxspike < 1:
+        raise ValueError("mse_grid needs a burst cap maxspike >= 1")
     top = rows.amax(dim=1).clamp_min(0)
     best_err = torch.full_like(top, float("inf"))
     best = top.clone()
     for i in range(points):
         theta = top * (1 - step * i)
         safe = theta.clamp_min(1e-12)[:, None]
-        quant = torch.floor((rows / safe * levels).clamp(0, levels)) * safe / levels
+        quant = burst_floor_quantise(rows, safe, levels, maxspike)
         err = ((rows - quant) ** 2).mean(dim=1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
