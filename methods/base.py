@@ -68,6 +68,11 @@ class ConnectionSite:
     #: only): its input spikes are the events, each reaching the layer through the pooled
     #: cell that holds it, so the layer's ops are ACs counted per spike, not per pooled value
     events_from: nn.Module | None = None
+    #: events carried by each input element (by default one per non-zero element): a neuron that
+    #: sends several binary sub-spikes per step on separate threshold channels (H-MT, AAAI-26 Eq. 32)
+    #: returns its per-element sub-spike counts for the tensor it is given (the layer's input, or
+    #: the pool's input when ``events_from`` is set); each sub-spike reaches the whole fan-out
+    input_events: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
