@@ -278,8 +278,8 @@ def generalized_threshold_iteration(mean: torch.Tensor, var: torch.Tensor, N: in
 
     ``official``: the released H-MT code: θ_0 = 1, ``steps`` float32 updates with σ = √(var + 1e-8),
     NaN -> 1. ``converged``: the unique root of k1(θ) = 1 (Lemma 4.7: k1 > 1 below it, < 1 above it)
-    by float64 bisection to relative width ``tol``; σ = 0 gives θ = the level grid's best fit to the
-    point mass, approximated by θ = N·|μ|/max(|a|, b) clipped into range (|μ| on the outermost level).
+    by float64 bisection to relative width ``tol``; σ = 0 (a point mass at μ) puts μ on the outermost
+    level of its sign (θ = N·μ/b or N·|μ|/|a|), and θ = 0 when μ < 0 and a = 0 (as DCGS's rule).
     """
     check_level_range(N, a, b)
     if mode == "official":
@@ -315,8 +315,9 @@ def generalized_threshold_iteration(mean: torch.Tensor, var: torch.Tensor, N: in
         if bool(((hi - lo) <= tol * hi).all()):
             break
     theta = 0.5 * (lo + hi)
-    reach = torch.where(mu >= 0, torch.full_like(mu, float(max(b, 1))), torch.full_like(mu, float(max(-a, 1))))
-    theta = torch.where(degenerate, N * mu.abs() / reach, theta)
+    # a point mass: put it on the outermost level of its sign; below a ReLU's zero level θ = 0 (silent)
+    point = torch.where(mu >= 0, N * mu / b, N * mu.abs() / -a if a < 0 else torch.zeros_like(mu))
+    theta = torch.where(degenerate, point, theta)
     return torch.nan_to_num(theta, nan=0.0).float()
 
 
