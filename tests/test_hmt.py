@@ -306,3 +306,13 @@ def test_hmt_settings_are_validated():
         HMT({"n": 0})
     with pytest.raises(SettingsError):
         HMT({"threshold": "grid"})
+
+
+def test_hmt_energy_convention_prices_every_snn_op_as_an_accumulate():
+    from snnbench.energy import ENERGY_MODELS, HOROWITZ_45NM
+
+    hmt = ENERGY_MODELS["hmt-aaai26-eq31"]
+    acs, macs, dense = 1200.0, 300.0, 1000.0
+    assert hmt.ratio(acs, macs, dense) == pytest.approx((acs + macs) * 0.9 / (dense * 4.6))
+    assert hmt.ratio(acs, macs, dense) == pytest.approx(HOROWITZ_45NM.ratio(acs + macs, 0.0, dense))  # all-AC
+    assert HOROWITZ_45NM.ratio(acs, macs, dense) == pytest.approx((acs * 0.9 + macs * 4.6) / (dense * 4.6))
