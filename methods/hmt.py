@@ -13,8 +13,11 @@ Recipe (paper §4-5 and the released ``*_test_channel_hmt.yaml`` configs):
   pre-activation mean/variance, with N = T and levels 0..T(2^n - 1) (ReLU) or ±T(2^n - 1) (y = x),
   the range of the neuron's rate-coded output (Eq. 20). ``iteration_mode=converged`` (default)
   iterates to the fixed point, which the tests check against brute-force minimisation;
-  ``official`` is the released code's truncation (θ_0 = 1, 1500 updates), which for n = 8 barely
-  leaves θ_0 (see the report in methods/hmt.py's tests).
+  ``official`` is the released code's truncation (θ_0 = 1, 1500 updates), which for large
+  b = T(2^n - 1) barely leaves θ_0: for x ~ N(0, 1), n = 8, T = 8 the released float32 update
+  gives λ_min ≈ 1.0 against the optimum 0.0197 (the code's comment mentions a commented-out
+  normalisation θ_0 = T/(b - a) used "to overcome extreme cases"), so the published n = 8 rows
+  may have used another start.
 * ``threshold=percentile`` is the paper's "999" rule: λ_min = c·(99.9th percentile)/(2^n - 1)
   (the released code multiplies by a further 2: c = 2, the paper's "9992").
 
