@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 log = logging.getLogger("bench")
@@ -24,10 +25,20 @@ class UsageError(Exception):
 
 
 # --------------------------------------------------------------------------------------
-def setup_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * verbosity
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+def setup_logging(verbosity: int, quiet: bool = False) -> None:
+    """Configure logging once for the whole command (see :mod:`snnbench.console`)."""
+    from snnbench.console import configure_logging
+
+    configure_logging(verbose=verbosity, quiet=quiet)
+
+
+def _verbosity_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """-q/-v on the top-level parser and on every sub-command (``bench sweep -q`` and ``bench -q sweep``)."""
+    default = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="count", default=default,
+                        help="more output: -v shows information and third-party warnings, -vv debug")
+    parser.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="print nothing but errors")
 
 
 def _add_cell_options(p: argparse.ArgumentParser) -> None:
@@ -41,6 +52,9 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="dataset location (task-specific; see bench list)")
     p.add_argument("--weights", default=None, help="ANN weights file (state dict) instead of the default source")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    from snnbench.cell import EVAL_TS_HELP
+
+    p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
 
 
 # -- bench list ------------------------------------------------------------------------
@@ -73,6 +87,33 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- flag validation shared by bench run and bench sweep ----------------------------------
+VALID_DEVICES = "cpu, cuda, cuda:N or auto"
+
+
+def check_device(device: str) -> None:
+    """``--device`` must be cpu, cuda, cuda:N or auto (whether CUDA exists is checked where the cell runs)."""
+    name, _, index = str(device).partition(":")
+    ok = (device in ("cpu", "cuda", "auto") or (name == "cuda" and index.isdigit()))
+    if not ok:
+        raise UsageError(f"--device must be {VALID_DEVICES}, not {device!r}")
+
+
+def check_cell_flags(args: argparse.Namespace) -> None:
+    """The cell flags every command validates the same way: --T, sizes, --device.
+
+    Raises:
+        UsageError: naming the flag (exit status 2).
+    """
+    if args.T is not None and args.T < 1:
+        raise UsageError("--T must be at least 1")
+    for flag in ("calib_size", "eval_size", "batch_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be positive, not {value}")
+    check_device(args.device)
+
+
 # -- bench run -------------------------------------------------------------------------
 def build_cell(args: argparse.Namespace):
     """Validate names and settings up front and build the :class:`CellSpec`."""
@@ -90,18 +131,21 @@ def build_cell(args: argparse.Namespace):
     if args.task not in spec.tasks:
         raise UsageError(f"model {model!r} does not fit task {args.task!r}; models for {args.task}: "
                          f"{', '.join(task.models())}")
+    check_cell_flags(args)
     T = args.T if args.T is not None else DEFAULT_T
-    if T < 1:
-        raise UsageError("--T must be at least 1")
-    for flag in ("calib_size", "eval_size", "batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be positive")
     del method
+    from snnbench.cell import resolve_eval_ts
+
+    try:
+        resolve_eval_ts(args.eval_ts, T)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     task.check_data()
     return CellSpec(method=args.method, task=args.task, model=model, settings=settings, T=T, seed=args.seed,
-                    calib_size=args.calib_size or DEFAULT_CALIB_SIZE, eval_size=args.eval_size,
-                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device)
+                    calib_size=args.calib_size if args.calib_size is not None else DEFAULT_CALIB_SIZE,
+                    eval_size=args.eval_size,
+                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device,
+                    eval_ts=args.eval_ts)
 
 
 def format_result_table(result: dict[str, Any], steps: list[int] | None = None) -> str:
@@ -120,7 +164,8 @@ def format_result_table(result: dict[str, Any], steps: list[int] | None = None) 
     for t in steps:
         row = per_t[str(t)]
         er = row["energy_ratio"]
-        lines.append(f"{t:>5} {row['metric']:>8.4f} {row['spikes_per_sample']:>14.4g} "
+        score = "-" if row["metric"] is None else format(row["metric"], ".4f")  # t outside --eval-ts
+        lines.append(f"{t:>5} {score:>8} {row['spikes_per_sample']:>14.4g} "
                      f"{row['synops_per_sample']:>14.4g} {er if er is None else format(er, '12.4f'):>12}")
     return "\n".join(lines)
 
@@ -143,6 +188,13 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
     directory = cache.zoo_dir(args.zoo_dir)
     if args.zoo_command == "list":
+        from snnbench.tasks.zoo import reference
+
+        shipped = reference.manifest()
+        state = "used by default" if reference.enabled() else f"off (${reference.ENV_VAR})"
+        print(f"reference checkpoints: {reference.reference_dir()} ({state})")
+        for stem, entry in shipped.items():
+            print(f"  {stem:<60} sha256 {entry['sha256'][:12]}  {entry['size_bytes'] / 2**20:>6.2f} MB")
         entries = cache.list_entries(directory)
         print(f"zoo cache: {directory}")
         if not entries:
@@ -153,26 +205,51 @@ def cmd_zoo(args: argparse.Namespace) -> int:
             print(f"  {e['stem']:<60} {e['status']:<8} {e.get('size_mb', 0):>6.2f} MB  {acc_s}")
         return 0
     if args.zoo_command == "train":
-        from snnbench.plugins import create_task
-        from snnbench.tasks.zoo import get_model_spec
-
-        spec = get_model_spec(args.name)
-        if spec.source != "zoo":
-            raise UsageError(f"{args.name} is not trained by the zoo (its weights come from {spec.source}); "
-                             "zoo models: " + ", ".join(n for n in _zoo_model_names()))
-        task_name = args.task or next(iter(spec.recipes))
-        if task_name not in spec.recipes:
-            raise UsageError(f"the zoo trains {args.name} on {', '.join(spec.recipes)}, not {task_name}")
-        task = create_task(task_name, data_root=args.data_root, zoo_dir=args.zoo_dir)
-        from snnbench.tasks.zoo.provide import load_or_train
-
-        test = task.split("test")
-        net = spec.build(spec, in_shape=test.shape, num_classes=test.num_classes)
-        record = load_or_train(spec, task_name, net, task.split("train"), test, zoo_dir=args.zoo_dir,
-                               progress=sys.stderr.isatty(), retrain=args.retrain)
-        print(f"{args.name} on {task_name}: test top-1 {record['test_top1']:.4f} ({record['cache']}) -> {record['path']}")
-        return 0
+        return _zoo_train(args)
     raise UsageError("bench zoo needs a sub-command: list or train")
+
+
+def _zoo_train(args: argparse.Namespace) -> int:
+    """``bench zoo train NAME``: load (reference, cache) or train a zoo model on its task.
+
+    ``--force`` trains again into the user's zoo cache even when a reference checkpoint
+    ships; ``--reference`` (maintainers) then publishes the result as the shipped,
+    sha256-pinned reference checkpoint.
+    """
+    from snnbench.plugins import create_task
+    from snnbench.tasks.zoo import get_model_spec, reference
+
+    spec = get_model_spec(args.name)
+    if spec.source != "zoo":
+        raise UsageError(f"{args.name} is not trained by the zoo (its weights come from {spec.source}); "
+                         "zoo models: " + ", ".join(n for n in _zoo_model_names()))
+    task_name = args.task or next(iter(spec.recipes))
+    if task_name not in spec.recipes:
+        raise UsageError(f"the zoo trains {args.name} on {', '.join(spec.recipes)}, not {task_name}")
+    if args.reference and not args.retrain:
+        raise UsageError("--reference publishes a freshly trained checkpoint: pass --force with it")
+    if args.device:
+        import os
+
+        from snnbench.runner import resolve_device
+        from snnbench.tasks.zoo.training import TRAIN_DEVICE_ENV
+
+        os.environ[TRAIN_DEVICE_ENV] = str(resolve_device(args.device))
+    task = create_task(task_name, data_root=args.data_root, zoo_dir=args.zoo_dir)
+    bundle = task.build(args.name, progress=sys.stderr.isatty(), retrain=args.retrain)
+    record = bundle.info["zoo"]
+    score = {k: v for k, v in record.items() if k.startswith(("test_", "val_"))
+             and isinstance(v, (int, float))}
+    shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(score.items())[:3])
+    print(f"{args.name} on {task_name}: {shown} ({record['cache']}) -> {record['path']} "
+          f"sha256 {record.get('sha256', '?')[:12]}")
+    if args.reference:
+        target = reference.publish(Path(record["path"]).stem, Path(record["path"]), record)
+        print(f"published as the reference checkpoint {target}")
+    elif args.retrain and reference.manifest().get(Path(record["path"]).stem):
+        print(f"note: a reference checkpoint ships for this entry and is used by default; evaluate yours with "
+              f"--weights {record['path']} or {reference.ENV_VAR}=off")
+    return 0
 
 
 def _zoo_model_names() -> list[str]:
@@ -226,7 +303,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"list": cmd_list, "r
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="snnbench: benchmark training-free ANN-to-SNN "
                                      "conversion methods across tasks, models and time-steps.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    _verbosity_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("list", help="list methods, tasks and models")
@@ -251,10 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("name", help="zoo model, e.g. vgg_small")
     zt.add_argument("--task", default=None, help="dataset to train on (default: the model's first, fashion_mnist)")
     zt.add_argument("--data-root", default=None)
-    zt.add_argument("--retrain", action="store_true", help="train even if a cached copy exists")
+    zt.add_argument("--force", "--retrain", dest="retrain", action="store_true",
+                    help="train again even if a reference checkpoint or a cached copy exists")
+    zt.add_argument("--reference", action="store_true",
+                    help="with --force: publish the result as the shipped reference checkpoint (maintainers)")
+
     zt.add_argument("--zoo-dir", default=None)
+    zt.add_argument("--device", default=None,
+                    help="train on cpu (default), cuda or cuda:N; the checkpoint is evaluated and saved on the CPU")
     for extra in _EXTRA_PARSERS:
         extra(sub)
+    for name, subparser in sub.choices.items():
+        _verbosity_options(subparser, top=False)
+        if name == "zoo":
+            for zoo_parser in zoo.choices.values():
+                _verbosity_options(zoo_parser, top=False)
     return parser
 
 
@@ -269,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, quiet=args.quiet)
     if not args.command:
         parser.print_help()
         return 2

@@ -4,21 +4,27 @@
 * :class:`RayExecutor`: Ray tasks on a local instance or a cluster (``--ray-address``).
   Each cell is one task with its own resources (``num_gpus=1`` when it wants CUDA); Ray's
   own retries are off (``max_retries=0``, OOM retries 0 on a local instance) and the
-  harness retries a cell whose worker died, up to ``retries`` times, and fails a cell that
-  runs past ``cell_timeout``. A cell wanting a GPU on a cluster without one fails at once
+  harness retries a cell whose worker (or the cell's own process) died, up to ``retries``
+  times, logging each retry. A cell wanting a GPU on a cluster without one fails at once
   instead of pending forever (harness.md §3.2). Tasks return plain dicts; only the driver
   writes results.
 
 A cell that fails *inside* :func:`~snnbench.runner.run_cell` comes back as a result with
 ``status="failed"`` and is not retried (the same input would fail again); infrastructure
-failures (worker crash, OOM kill, timeout) are retried.
+failures (worker crash, OOM kill) are retried.
+
+``cell_timeout`` (both executors): each cell runs in a child process killed at the limit
+(:mod:`snnbench.cell_process`), counted from the moment the cell starts running (a
+queued Ray task is not running), so no library code can swallow it. A cell past the
+limit is recorded as failed, ``"timeout after N s"``, and not retried (it would take as
+long again); rerunning the sweep retries it like any failed cell. Without a timeout the
+serial executor runs cells in-process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 import traceback
 from contextlib import contextmanager
@@ -32,10 +38,6 @@ OnStart = Callable[[CellSpec], None]
 OnResult = Callable[[CellSpec, dict[str, Any]], None]
 
 
-class CellTimeout(Exception):
-    """A cell ran past the harness's per-cell timeout."""
-
-
 def failed_result(cell: CellSpec, error: str, wall_s: float = 0.0) -> dict[str, Any]:
     """A result for a cell that produced none (crash, timeout, missing resources)."""
     return {"method": cell.method, "task": cell.task, "model": cell.model, "settings": dict(cell.settings),
@@ -43,32 +45,31 @@ def failed_result(cell: CellSpec, error: str, wall_s: float = 0.0) -> dict[str, 
             "wall_s": round(wall_s, 3), "cell_key": cell.key(), "provenance": {"spec": cell.to_dict()}}
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
 def wants_gpu(cell: CellSpec) -> bool:
     return cell.device.startswith("cuda")
 
 
-@contextmanager
-def _alarm(seconds: float | None) -> Iterator[None]:
-    """Raise :class:`CellTimeout` in the main thread after ``seconds`` (POSIX)."""
-    if not seconds or not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise CellTimeout(f"cell exceeded the per-cell timeout of {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: int | None = None,
-                        timeout: float | None = None) -> dict[str, Any]:
-    """Run one cell here and return its result dict (what a Ray task executes)."""
+                        timeout: float | None = None, progress: bool = False) -> dict[str, Any]:
+    """Run one cell and return its result dict (what a Ray task executes).
+
+    With ``timeout`` the cell runs in a child process killed at the limit
+    (:func:`snnbench.cell_process.run_cell_with_timeout`); without, in this process, with
+    the inner progress bar when ``progress``.
+    """
+    if timeout:
+        from snnbench.cell_process import run_cell_with_timeout
+
+        if not threads:
+            import torch
+
+            threads = torch.get_num_threads()
+        return run_cell_with_timeout(spec, cache_root, threads, timeout)
     import torch
 
     from snnbench.cache import DiskCache, MemoryCache
@@ -78,8 +79,7 @@ def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: i
         torch.set_num_threads(threads)
     cell = CellSpec.from_dict(spec)
     cache = DiskCache(cache_root) if cache_root else MemoryCache()
-    with _alarm(timeout):
-        return run_cell(cell, cache=cache, progress=False)
+    return run_cell(cell, cache=cache, progress=progress)
 
 
 class SerialExecutor:
@@ -87,14 +87,51 @@ class SerialExecutor:
 
     name = "serial"
 
-    def __init__(self, cache_root: str | None, cell_timeout: float | None = None) -> None:
+    def __init__(self, cache_root: str | None, cell_timeout: float | None = None, progress: bool = False) -> None:
         self.cache_root = cache_root
         self.cell_timeout = cell_timeout
+        self.progress = progress  # the inner per-cell bar (batches x t); terminals only
 
     def run(self, cells: list[CellSpec], on_start: OnStart, on_result: OnResult) -> None:
+        from snnbench.cell_process import CellProcessDied
+
         for cell in cells:
             on_start(cell)
-            on_result(cell, run_cell_in_process(cell.to_dict(), self.cache_root, timeout=self.cell_timeout))
+            try:
+                result = run_cell_in_process(cell.to_dict(), self.cache_root, timeout=self.cell_timeout,
+                                             progress=self.progress)
+            except CellProcessDied as err:
+                result = failed_result(cell, f"{type(err).__name__}: {err}")
+            on_result(cell, result)
+
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_only(ray) -> Iterator[None]:
+    """Start a local Ray instance whose servers (GCS, raylet, agents, workers) listen on 127.0.0.1 only.
+
+    Ray binds its gRPC servers to every interface unless the node's address is the
+    loopback one, and it replaces a loopback ``_node_ip_address`` by the machine's
+    reachable IP; the single-machine mode it uses on macOS/Windows (clusters disabled)
+    keeps 127.0.0.1. That mode is switched on for the start of the local instance only
+    (the environment variable for Ray's own processes, the constant for this one).
+    """
+    from ray._private import ray_constants
+
+    old_env = os.environ.get(LOOPBACK_ENV)
+    old_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = old_env
 
 
 class RayExecutor:
@@ -121,8 +158,9 @@ class RayExecutor:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local sessions: no token file to manage
         if not ray.is_initialized():
             if self.address == "local":
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False, runtime_env=self.runtime_env,
-                         log_to_driver=False, _system_config={"task_oom_retries": 0})
+                with _loopback_only(ray):
+                    ray.init(num_cpus=self.num_cpus, include_dashboard=False, runtime_env=self.runtime_env,
+                             log_to_driver=False, _system_config={"task_oom_retries": 0})
             else:
                 ray.init(address=self.address, runtime_env=self.runtime_env, log_to_driver=False)
         return ray
@@ -136,7 +174,7 @@ class RayExecutor:
         def submit(cell: CellSpec, attempt: int) -> None:
             threads = max(1, int(self.cpus_per_cell))
             ref = remote.options(num_cpus=self.cpus_per_cell, num_gpus=1 if wants_gpu(cell) else 0).remote(
-                cell.to_dict(), self.cache_root, threads, None)
+                cell.to_dict(), self.cache_root, threads, self.cell_timeout)  # the limit is enforced in the worker
             pending[ref] = (cell, attempt, time.monotonic())
             on_start(cell)
 
@@ -156,25 +194,15 @@ class RayExecutor:
                         result = ray.get(ref)
                     except Exception as err:  # noqa: BLE001 - worker died, OOM-killed, cancelled ...
                         if attempt <= self.retries:
-                            log.warning("cell %s: attempt %d failed (%s); retrying", cell.label(), attempt,
-                                        type(err).__name__)
+                            log.warning("cell %s: attempt %d of %d failed (%s); retrying", cell.label(), attempt,
+                                        self.retries + 1, _first_line(err))
                             submit(cell, attempt + 1)
                             continue
                         result = failed_result(cell, f"{type(err).__name__} after {attempt} attempt(s):\n"
                                                      f"{''.join(traceback.format_exception_only(err))}",
                                                now - started)
+                    result["attempts"] = attempt
                     on_result(cell, result)
-                if self.cell_timeout:
-                    for ref, (cell, attempt, started) in list(pending.items()):
-                        if now - started > self.cell_timeout:
-                            ray.cancel(ref, force=True)
-                            pending.pop(ref)
-                            if attempt <= self.retries:
-                                submit(cell, attempt + 1)
-                            else:
-                                on_result(cell, failed_result(
-                                    cell, f"cell exceeded the per-cell timeout of {self.cell_timeout:g} s "
-                                          f"({attempt} attempt(s))", now - started))
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)

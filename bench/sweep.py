@@ -5,21 +5,30 @@ The driver is the only writer: each finished cell is appended to
 cells whose latest ledger record succeeded and retries failed ones; ``--force`` reruns
 everything. Ctrl-C loses no finished cell: they are on disk before the next one starts
 being waited for, and the sweep's parent run is marked KILLED.
+
+Under faults: one sweep at a time per results directory (:mod:`snnbench.results_lock`,
+taken before the MLflow store is opened); the ledger's torn tail is repaired before the
+first append (:meth:`~snnbench.ledger.Ledger.repair_tail`); MLflow is reconciled with the
+ledger when the sweep starts (:meth:`~snnbench.tracking.SweepTracker.reconcile`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from snnbench.cell import CellSpec
+from snnbench.console import SweepConsole, verbosity
 from snnbench.grid import GridOptions, describe_cell, expand_grid, parse_list, parse_sets
 from snnbench.ledger import Ledger
+from snnbench.results_lock import ResultsDirBusy, results_lock
 
 log = logging.getLogger(__name__)
 
@@ -38,41 +47,6 @@ class SweepOutcome:
         return [r for r in self.results if r.get("status") != "ok"]
 
 
-class _Progress:
-    """A progress bar over cells whose postfix names the running ones (off without a TTY)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.running: list[str] = []
-        self.bar = None
-        if enabled and total:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="sweep", unit="cell", disable=None)
-
-    def start(self, cell: CellSpec) -> None:
-        self.running.append(cell.label())
-        self._show()
-
-    def done(self, cell: CellSpec, result: dict[str, Any]) -> None:
-        if cell.label() in self.running:
-            self.running.remove(cell.label())
-        if self.bar is not None:
-            self.bar.update(1)
-            self._show()
-        else:
-            status = result.get("status")
-            log.info("%s: %s (%.1f s)", describe_cell(cell), status, result.get("wall_s", 0.0))
-
-    def _show(self) -> None:
-        if self.bar is not None:
-            shown = ", ".join(self.running[:3]) + (" ..." if len(self.running) > 3 else "")
-            self.bar.set_postfix_str(f"running: {shown}" if shown else "")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def dedupe(cells: list[CellSpec]) -> list[CellSpec]:
     seen: set[str] = set()
     out = []
@@ -86,13 +60,26 @@ def dedupe(cells: list[CellSpec]) -> list[CellSpec]:
 
 def run_sweep(cells: list[CellSpec], results_dir: str | Path, executor, experiment: str = DEFAULT_EXPERIMENT,
               force: bool = False, progress: bool = False, sweep_params: dict[str, Any] | None = None,
-              track: bool = True) -> SweepOutcome:
-    """Run the cells not yet finished in ``results_dir`` and record every result."""
+              track: bool = True, take_lock: bool = True) -> SweepOutcome:
+    """Run the cells not yet finished in ``results_dir`` and record every result.
+
+    Holds the results directory's lock throughout (``take_lock=False``: the caller holds it).
+
+    Raises:
+        ResultsDirBusy: another sweep holds ``results_dir``.
+    """
+    results_dir = Path(results_dir)
+    with results_lock(results_dir) if take_lock else contextlib.nullcontext():
+        return _run_sweep_locked(cells, results_dir, executor, experiment, force, progress, sweep_params, track)
+
+
+def _run_sweep_locked(cells: list[CellSpec], results_dir: Path, executor, experiment: str, force: bool,
+                      progress: bool, sweep_params: dict[str, Any] | None, track: bool) -> SweepOutcome:
     from snnbench.provenance import git_revision, package_versions
 
-    results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(results_dir)
+    ledger.repair_tail()
     cells = dedupe(cells)
     finished = set() if force else ledger.finished_keys()
     todo = [c for c in cells if c.key() not in finished]
@@ -106,10 +93,15 @@ def run_sweep(cells: list[CellSpec], results_dir: str | Path, executor, experime
                 "command": " ".join(sys.argv), **{f"version.{k}": v for k, v in package_versions().items()}}
         params = dict(sweep_params or {}, cells=len(cells), to_run=len(todo), skipped=len(outcome.skipped))
         tracker = SweepTracker(results_dir, experiment, params, tags)
-    bar = _Progress(len(todo), progress)
+        try:
+            tracker.reconcile(ledger.latest())
+        except Exception as err:  # noqa: BLE001 - MLflow trouble must not stop the ledger
+            log.warning("reconciling MLflow with the ledger failed: %s", err)
+    bar = SweepConsole(len(todo), progress)  # a line per finished cell; a bar over cells on a terminal
 
     def on_result(cell: CellSpec, result: dict[str, Any]) -> None:
         result.setdefault("cell_key", cell.key())
+        result["record_id"] = uuid.uuid4().hex   # ties the MLflow run to this very record
         result["sweep"] = {"results_dir": str(results_dir), "experiment": experiment,
                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         ledger.append(result)          # the ledger first: it is the source of truth
@@ -150,8 +142,9 @@ def summary_table(records: list[dict[str, Any]]) -> str:
             rows.append((label, "ok", f"{r['metric']}={last.get('metric', float('nan')):.4f}",
                          f"{r['ann']:.4f}", "" if er is None else f"{er:.3f}", f"{r.get('wall_s', 0):.1f}"))
         else:
-            first_line = (r.get("error") or "").strip().splitlines()
-            rows.append((label, "FAILED", (first_line[-1] if first_line else "")[:60], "", "", f"{r.get('wall_s', 0):.1f}"))
+            from snnbench.leaderboard.data import error_line
+
+            rows.append((label, "FAILED", error_line(r.get("error"))[:60], "", "", f"{r.get('wall_s', 0):.1f}"))
     header = ("cell", "status", "metric at T", "ANN", "energy@T", "wall s")
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -191,6 +184,41 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--weights", default=None)
     p.add_argument("--device", default="cpu")
+    from snnbench.cell import EVAL_TS_HELP
+
+    p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> ``[0, 1, 2]``; anything else is a usage error naming the flag."""
+    from snnbench.cli import UsageError
+
+    seeds = []
+    for item in parse_list(text):
+        try:
+            seeds.append(int(item))
+        except ValueError:
+            raise UsageError(f"--seeds expects comma-separated integers, got {item!r}") from None
+    return seeds or [0]
+
+
+def check_sweep_flags(args: argparse.Namespace) -> None:
+    """Validate what ``bench run`` validates (:func:`snnbench.cli.check_cell_flags`) plus the sweep's own flags.
+
+    Raises:
+        UsageError: naming the flag (exit status 2); nothing is rewritten silently.
+    """
+    from snnbench.cli import UsageError, check_cell_flags
+
+    check_cell_flags(args)
+    if args.retries < 0:
+        raise UsageError(f"--retries must be 0 or more, not {args.retries}")
+    if args.cell_timeout is not None and not args.cell_timeout > 0:
+        raise UsageError(f"--cell-timeout must be a positive number of seconds, not {args.cell_timeout}")
+    if not args.cpus_per_cell > 0:
+        raise UsageError(f"--cpus-per-cell must be positive, not {args.cpus_per_cell}")
+    if args.ray_cpus is not None and args.ray_cpus < 1:
+        raise UsageError(f"--ray-cpus must be at least 1, not {args.ray_cpus}")
 
 
 def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, Any]]:
@@ -198,19 +226,22 @@ def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, 
     from snnbench.campaigns import EMBEDDED_CAMPAIGN
     from snnbench.cell import DEFAULT_CALIB_SIZE, DEFAULT_T
 
+    check_sweep_flags(args)
     campaign = args.methods is None and args.tasks is None and args.models is None
     methods = parse_list(args.methods) if args.methods else EMBEDDED_CAMPAIGN.methods()
     tasks = parse_list(args.tasks) if args.tasks else list(EMBEDDED_CAMPAIGN.tasks)
     models = parse_list(args.models) if args.models else None
-    seeds = [int(s) for s in parse_list(args.seeds)] or [0]
+    seeds = parse_seeds(args.seeds)
     T = args.T if args.T is not None else (EMBEDDED_CAMPAIGN.T if campaign else DEFAULT_T)
     eval_sizes = tuple(EMBEDDED_CAMPAIGN.eval_sizes.items()) if campaign and args.eval_size is None else ()
-    options = GridOptions(T=T, calib_size=args.calib_size or (EMBEDDED_CAMPAIGN.calib_size if campaign
-                                                                  else DEFAULT_CALIB_SIZE),
+    if args.calib_size is not None:
+        calib_size = args.calib_size
+    else:
+        calib_size = EMBEDDED_CAMPAIGN.calib_size if campaign else DEFAULT_CALIB_SIZE
+    options = GridOptions(T=T, calib_size=calib_size,
                           eval_size=args.eval_size, batch_size=args.batch_size, data_root=args.data_root,
-                          weights=args.weights, device=args.device, task_eval_sizes=eval_sizes)
-    if T < 1:
-        raise ValueError("--T must be at least 1")
+                          weights=args.weights, device=args.device, task_eval_sizes=eval_sizes,
+                          eval_ts=args.eval_ts)
     cells = expand_grid(methods, tasks, models, parse_sets(args.sets), seeds, options)
     if campaign:
         cells = [c for c in cells if EMBEDDED_CAMPAIGN.includes(c)]
@@ -238,20 +269,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                cell_timeout=args.cell_timeout, cpus_per_cell=args.cpus_per_cell,
                                num_cpus=args.ray_cpus)
     else:
-        executor = SerialExecutor(cache_root, cell_timeout=args.cell_timeout)
+        executor = SerialExecutor(cache_root, cell_timeout=args.cell_timeout,
+                                  progress=sys.stderr.isatty() and verbosity() >= 0)
     experiment = args.experiment or DEFAULT_EXPERIMENT
     try:
+        with results_lock(args.results):
+            return _sweep_holding_lock(args, cells, params, executor, experiment)
+    except ResultsDirBusy as err:   # raised on entering only: a second sweep stops at once
+        print(f"bench sweep: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _sweep_holding_lock(args: argparse.Namespace, cells: list[CellSpec], params: dict[str, Any], executor,
+                        experiment: str) -> int:
+    """Run, summarise and render while this process is the results directory's one writer."""
+    try:
         outcome = run_sweep(cells, args.results, executor, experiment=experiment, force=args.force,
-                            progress=sys.stderr.isatty(), sweep_params=params, track=not args.no_mlflow)
+                            progress=sys.stderr.isatty(), sweep_params=params, track=not args.no_mlflow,
+                            take_lock=False)
     except KeyboardInterrupt:
         print("sweep interrupted; finished cells are in the ledger; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    records = list(Ledger(args.results).latest().values())
-    keys = {c.key() for c in outcome.cells}
-    print(summary_table([r for r in records if r.get("cell_key") in keys]))
-    print(f"\n{len(outcome.results)} cells run ({len(outcome.failed)} failed), {len(outcome.skipped)} already done; "
-          f"ledger: {Ledger(args.results).path}")
+    if verbosity() >= 0:  # -q: errors only
+        records = list(Ledger(args.results).latest().values())
+        keys = {c.key() for c in outcome.cells}
+        print(summary_table([r for r in records if r.get("cell_key") in keys]))
+        print(f"\n{len(outcome.results)} cells run ({len(outcome.failed)} failed), {len(outcome.skipped)} already "
+              f"done; ledger: {Ledger(args.results).path}")
     if not args.no_leaderboard:
         render_leaderboard_after_sweep(args, outcome)
     return 1 if outcome.failed else 0
@@ -259,8 +304,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def render_leaderboard_after_sweep(args: argparse.Namespace, outcome: SweepOutcome) -> None:
     """Render the leaderboard if the leaderboard package provides a renderer."""
+    import contextlib
+    import io
+
     try:
         from snnbench.leaderboard.render import render_after_sweep
     except ImportError:
         return
-    render_after_sweep(args.results, getattr(outcome, "tracker", None))
+    quiet = contextlib.redirect_stdout(io.StringIO()) if verbosity() < 0 else contextlib.nullcontext()
+    with quiet:
+        render_after_sweep(args.results, getattr(outcome, "tracker", None))

@@ -9,6 +9,13 @@ t logged with ``step=t`` (``top1``, ``energy_ratio``, ``spikes_per_sample``,
 so ``search_runs`` can sort on them; tags method/task/model/cell_key/git sha/package
 versions/status; per-layer counts as a CSV artifact. A failed cell gets status FAILED and
 its traceback as an artifact, and no metric.
+
+The store is created once, atomically (:func:`ensure_store`: built under a temporary name,
+then renamed), by the sweep holding the results directory's lock. When a sweep starts it
+reconciles MLflow with the ledger (:meth:`SweepTracker.reconcile`): runs left RUNNING by a
+sweep that died are marked KILLED, and every ledger record without its own finished run
+(the sweep died between the ledger append and the MLflow log) is logged now, tagged
+``snnbench.backfilled``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import csv
 import io
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,33 @@ def artifact_root(results_dir: str | Path) -> str:
     return (Path(results_dir).resolve() / "mlartifacts").as_uri()
 
 
+DB_NAME = "mlflow.db"
+#: MLflow run statuses of a run that is over
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+def ensure_store(results_dir: str | Path) -> Path:
+    """Create ``<results>/mlflow.db`` once, atomically: the schema is built (every migration
+    run) in a temporary file that is renamed into place only when complete, so no process
+    ever opens a half-migrated store. Call it holding the results directory's lock."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    results_dir = Path(results_dir).resolve()
+    db = results_dir / DB_NAME
+    if db.exists():
+        return db
+    results_dir.mkdir(parents=True, exist_ok=True)
+    tmp = results_dir / f".{DB_NAME}.creating-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    uri = f"sqlite:///{tmp}"
+    SqlAlchemyStore(uri, artifact_root(results_dir))
+    engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+    os.replace(tmp, db)
+    return db
+
+
 class SweepTracker:
     """Creates the experiment and the sweep's parent run, and logs each finished cell."""
 
@@ -51,10 +86,13 @@ class SweepTracker:
 
         self.results_dir = Path(results_dir)
         self.results_dir.mkdir(parents=True, exist_ok=True)
+        ensure_store(self.results_dir)
+        self.experiment = experiment
         self.client = MlflowClient(tracking_uri=tracking_uri(self.results_dir))
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(
             experiment, artifact_location=artifact_root(self.results_dir))
+        self._experiment_ids = {experiment: self.experiment_id}
         name = "sweep-" + time.strftime("%Y%m%d-%H%M%S")
         self.parent = self.client.create_run(self.experiment_id, run_name=name, tags=dict(sweep_tags)).info.run_id
         self._log(self.parent, params={k: _param(v) for k, v in sweep_params.items()})
@@ -74,21 +112,27 @@ class SweepTracker:
         for i in range(0, len(tag_items), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(run_id, tags=tag_items[i:i + MAX_PARAMS_TAGS_PER_BATCH])
 
-    def log_cell(self, result: dict[str, Any]) -> str:
-        """Log one cell result as a child run; returns its run id."""
+    def log_cell(self, result: dict[str, Any], experiment: str | None = None,
+                 extra_tags: dict[str, str] | None = None) -> str:
+        """Log one cell result as a child run (of this sweep's parent when in its experiment); returns its run id."""
         from mlflow.entities import Metric
+
+        experiment_id = self._experiment_id(experiment or self.experiment)
+        parent = {"mlflow.parentRunId": self.parent} if experiment_id == self.experiment_id else {}
 
         spec = result.get("provenance", {}).get("spec", {})
         label = f"{result['method']}/{result['model']}/{result['task']}"
         git = result.get("provenance", {}).get("git", {})
         versions = result.get("provenance", {}).get("versions", {})
-        tags = {"mlflow.parentRunId": self.parent, "method": result["method"], "task": result["task"],
+        tags = {**parent, "method": result["method"], "task": result["task"],
                 "model": result["model"], "cell_key": result.get("cell_key", ""), "status": result["status"],
                 "git.sha": git.get("sha") or "", "git.dirty": git.get("dirty"),
                 "user_settings": json.dumps(spec.get("settings") or {}, sort_keys=True),
                 "energy_model": json.dumps(result.get("energy_model") or {}, sort_keys=True),
-                **{f"version.{k}": v for k, v in versions.items()}}
-        run = self.client.create_run(self.experiment_id, run_name=label, tags={"mlflow.parentRunId": self.parent})
+                "ledger.record_id": result.get("record_id") or "",
+                "weights_sha256": result.get("weights_sha256") or "",
+                **{f"version.{k}": v for k, v in versions.items()}, **(extra_tags or {})}
+        run = self.client.create_run(experiment_id, run_name=label, tags=dict(parent))
         run_id = run.info.run_id
         params = {"method": result["method"], "task": result["task"], "model": result["model"],
                   "T": str(result["T"]), "metric": str(result.get("metric"))}
@@ -124,6 +168,62 @@ class SweepTracker:
         self.client.set_terminated(run_id, status="FINISHED" if result["status"] == "ok" else "FAILED")
         return run_id
 
+    def _experiment_id(self, name: str) -> str:
+        if name not in self._experiment_ids:
+            found = self.client.get_experiment_by_name(name)
+            self._experiment_ids[name] = found.experiment_id if found else self.client.create_experiment(
+                name, artifact_location=artifact_root(self.results_dir))
+        return self._experiment_ids[name]
+
+    def reconcile(self, latest: dict[str, dict[str, Any]]) -> dict[str, int]:
+        """Make MLflow show what the ledger holds (call holding the results lock, so no other sweep is alive).
+
+        * every run still RUNNING (other than this sweep's parent) belongs to a sweep that
+          died: it is marked KILLED;
+        * every latest ledger record of a cell without a FINISHED/FAILED run of its own
+          (same ``ledger.record_id``; for records older than that tag, same cell_key and
+          status) is logged now into its experiment, tagged ``snnbench.backfilled``.
+
+        Returns counts: ``killed`` runs and ``backfilled`` records.
+        """
+        killed = 0
+        experiments = list(self.client.search_experiments())
+        ids = [e.experiment_id for e in experiments]
+        runs = _search_all(self.client, ids) if ids else []
+        for run in runs:
+            if run.info.status == "RUNNING" and run.info.run_id != self.parent:
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                killed += 1
+        by_name = {e.experiment_id: e.name for e in experiments}
+        logged: set[tuple[str, str, str]] = set()   # (experiment, record id or "", cell_key/status)
+        for run in runs:
+            if run.info.status not in ("FINISHED", "FAILED"):
+                continue
+            tags = run.data.tags
+            name = by_name.get(run.info.experiment_id, "")
+            if tags.get("ledger.record_id"):
+                logged.add((name, tags["ledger.record_id"], ""))
+            if tags.get("cell_key"):
+                logged.add((name, "", f"{tags['cell_key']}/{tags.get('status', '')}"))
+        backfilled = 0
+        for key, record in latest.items():
+            experiment = (record.get("sweep") or {}).get("experiment") or self.experiment
+            record_id = record.get("record_id")
+            done = ((experiment, record_id, "") in logged if record_id
+                    else (experiment, "", f"{key}/{record.get('status', '')}") in logged)
+            if done:
+                continue
+            try:
+                self.log_cell(dict(record, cell_key=key), experiment=experiment,
+                              extra_tags={"snnbench.backfilled": "true"})
+                backfilled += 1
+            except Exception as err:  # noqa: BLE001 - one bad record must not stop the others
+                log.warning("could not log ledger record %s of cell %s to MLflow: %s", record_id, key, err)
+        if killed or backfilled:
+            log.warning("MLflow reconciled with the ledger: %d run(s) of dead sweeps marked KILLED, %d ledger "
+                        "record(s) without an MLflow run logged now", killed, backfilled)
+        return {"killed": killed, "backfilled": backfilled}
+
     def log_sweep_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.parent, str(path), artifact_path)
 
@@ -153,6 +253,17 @@ def _param(value: Any) -> str:
     return text if len(text) <= PARAM_VALUE_LIMIT else text[:PARAM_VALUE_LIMIT - 3] + "..."
 
 
+def _search_all(client, experiment_ids: list[str]) -> list:
+    """Every run of the experiments, page by page."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, max_results=5000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def runs_by_cell_key(results_dir: str | Path, experiment: str) -> dict[str, list[dict[str, Any]]]:
     """Child runs of an experiment grouped by cell_key (status, run id, metrics): for tests and resume checks."""
     from mlflow import MlflowClient
@@ -162,7 +273,7 @@ def runs_by_cell_key(results_dir: str | Path, experiment: str) -> dict[str, list
     if exp is None:
         return {}
     out: dict[str, list[dict[str, Any]]] = {}
-    for run in client.search_runs([exp.experiment_id], max_results=50000):
+    for run in _search_all(client, [exp.experiment_id]):
         key = run.data.tags.get("cell_key")
         if key:
             out.setdefault(key, []).append({"run_id": run.info.run_id, "status": run.info.status,

@@ -14,6 +14,10 @@ Two details matter on small machines (see the harness notes, section 2.8):
   all) that outlive a SIGTERM sent to the server.
 * The server runs in its own process group (``start_new_session=True``). On shutdown the
   whole group gets SIGTERM, then SIGKILL after a grace period, so no child survives.
+* ``bench ui`` killed by SIGKILL cannot stop its server. It records the server in
+  ``<DIR>/.ui.json`` (its own PID, the server's process group, host and port); the next
+  ``bench ui`` on the same directory finds a server whose ``bench ui`` is gone, checks it
+  is an MLflow server on this store, and stops its whole group before starting anew.
 
 POSIX only (process groups).
 """
@@ -48,6 +52,7 @@ JOB_EXECUTION_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 SERVER_WORKERS = 1
 STOP_GRACE_S = 10.0
 POLL_S = 0.5
+STATE_NAME = ".ui.json"
 
 
 class _TerminateRequested(Exception):
@@ -142,6 +147,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not 0 < port < 65536:
         print(f"bench ui: error: --port must be between 1 and 65535, not {port}", file=sys.stderr)
         return 2
+    _stop_orphaned_server(root)
     busy = _port_problem(host, port)
     if busy:
         print(f"bench ui: error: cannot listen on {host}:{port}: {busy}; "
@@ -158,6 +164,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     proc: subprocess.Popen | None = None
     try:
         proc = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+        _write_state(root, proc.pid, host, port)
         print(f"MLflow UI for {root}: {url}  (starting, up to ~30 s on a small machine; Ctrl-C to stop)",
               flush=True)
         rc = _wait(proc, url)
@@ -170,12 +177,100 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
     finally:
         restore()
+        _clear_state(root, proc)
     # The server exited by itself: make sure nothing of its group lingers.
     assert proc is not None
     _stop_process_group(proc, grace_s=2.0)
     if rc != 0:
         log.warning("the MLflow server exited with status %d", rc)
     return rc if rc >= 0 else 128 - rc
+
+
+# -- orphans of a killed bench ui ------------------------------------------------------
+def _write_state(root: Path, pgid: int, host: str, port: int) -> None:
+    import json
+
+    tmp = root / f"{STATE_NAME}.tmp"
+    tmp.write_text(json.dumps({"ui_pid": os.getpid(), "server_pgid": pgid, "host": host, "port": port}))
+    os.replace(tmp, root / STATE_NAME)
+
+
+def _clear_state(root: Path, proc: subprocess.Popen | None) -> None:
+    import json
+
+    path = root / STATE_NAME
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if proc is not None and state.get("server_pgid") == proc.pid:
+        path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
+
+
+def _group_serves(pgid: int, root: Path) -> bool:
+    """True if a live member of process group ``pgid`` is an MLflow server on ``root``'s store."""
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return False
+    db = str(root / DB_NAME)
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X") and \
+                "mlflow" in cmdline and db in cmdline:
+            return True
+    return False
+
+
+def _stop_orphaned_server(root: Path) -> bool:
+    """Stop the server of a ``bench ui`` on ``root`` that died without stopping it; True if one was stopped."""
+    import json
+
+    path = root / STATE_NAME
+    try:
+        state = json.loads(path.read_text())
+        ui_pid, pgid = int(state["ui_pid"]), int(state["server_pgid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if _pid_alive(ui_pid):
+        return False  # its bench ui still runs and owns it
+    if not _group_serves(pgid, root):
+        path.unlink(missing_ok=True)
+        return False
+    print(f"bench ui: stopping an orphaned MLflow server on {root} (process group {pgid}, port "
+          f"{state.get('port')}) left by a bench ui (PID {ui_pid}) that was killed", file=sys.stderr, flush=True)
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + STOP_GRACE_S
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while _group_alive(pgid) and time.monotonic() < deadline + 5:
+            time.sleep(0.1)
+    path.unlink(missing_ok=True)
+    return True
 
 
 # --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from either source is the same table.
 Frames of :class:`Results`:
 
 * ``cells``: one row per successful cell (the latest record of its ``cell_key``): task,
-  model, method, resolved ``settings`` (values as strings, so both sources compare
+  model, method, ``weights_sha`` (the first digits of the sha256 of the weights loaded), resolved ``settings`` (values as strings, so both sources compare
   equal), ``user_keys`` (the settings the user set with ``--set``), seed, T_max, calib and
   eval sizes, ANN value of the headline metric, energy model.
 * ``curves``: one row per (cell, t): headline metric, spikes, synaptic ops and energy
@@ -30,10 +30,12 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 #: spec fields that, when they differ between rows of a task, are shown in row labels
-SPEC_FIELDS = ("T_max", "calib_size", "eval_size", "weights", "data_root")
+SPEC_FIELDS = ("T_max", "calib_size", "eval_size", "weights", "weights_sha", "data_root")
+#: hex digits of a weights sha256 shown in row labels
+WEIGHTS_SHA_DIGITS = 12
 
 CELL_COLUMNS = ["cell_key", "task", "model", "method", "metric_name", "ann", "T_max", "seed", "calib_size",
-                "eval_size", "weights", "data_root", "settings", "user_keys", "energy_model", "e_mac_pj", "e_ac_pj",
+                "eval_size", "weights", "weights_sha", "data_root", "settings", "user_keys", "energy_model", "e_mac_pj", "e_ac_pj",
                 "git_sha", "finished_at"]
 CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sample", "energy_ratio"]
 FAILED_COLUMNS = ["cell_key", "task", "model", "method", "settings", "seed", "T_max", "error_line", "error"]
@@ -61,20 +63,55 @@ def settings_text(value: Any) -> str:
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(: |:$|$)")
+_DIRECT_CAUSE = "The above exception was the direct cause of the following exception:"
+_DURING_HANDLING = "During handling of the above exception, another exception occurred:"
+_NOT_A_MESSAGE = ("None", "")
+
+
+def _exception_header(segment: list[str]) -> str | None:
+    """The exception line of one traceback block: the first unindented line after its frames."""
+    in_frames = False
+    for line in segment:
+        if line.startswith("Traceback"):
+            in_frames = True
+            continue
+        if in_frames and line[:1].isspace():
+            continue
+        if in_frames and line.strip() and line.strip() not in _NOT_A_MESSAGE:
+            return line.strip()
+    return None
 
 
 def error_line(error: str | None) -> str:
-    """The line that names the exception (``ValueError: ...``) of a traceback, else its first line."""
-    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
-    if not lines:
+    """The line that names the real exception of a traceback, else the error's first line.
+
+    In a chain ``raise Wrapper(...) from cause`` (what torch does around errors raised
+    inside compiled code) the *cause* is the real one, so the chain is followed back
+    through "direct cause" links; a line that says nothing (``None``) is never chosen.
+    """
+    lines = [line for line in (error or "").strip().splitlines()]
+    text_lines = [line for line in lines if line.strip()]
+    if not text_lines:
         return "(no error message recorded)"
-    if not lines[0].startswith("Traceback"):
-        return lines[0].strip()
-    for line in reversed(lines):
-        if not line[:1].isspace() and _EXCEPTION_LINE.match(line) and not line.startswith(
-                ("Traceback", "During handling", "The above exception")):
-            return line.strip()
-    return lines[-1].strip()
+    if not text_lines[0].startswith("Traceback"):
+        return text_lines[0].strip()
+    segments: list[list[str]] = [[]]
+    links: list[str] = []   # links[i]: how segment i+1 relates to segment i
+    for line in lines:
+        if line.strip() in (_DIRECT_CAUSE, _DURING_HANDLING):
+            links.append("cause" if line.strip() == _DIRECT_CAUSE else "context")
+            segments.append([])
+        else:
+            segments[-1].append(line)
+    chosen = len(segments) - 1
+    while chosen > 0 and links[chosen - 1] == "cause":
+        chosen -= 1
+    for index in [chosen] + [i for i in range(len(segments) - 1, -1, -1) if i != chosen]:
+        header = _exception_header(segments[index])
+        if header:
+            return header
+    meaningful = [line.strip() for line in text_lines if line.strip() not in _NOT_A_MESSAGE]
+    return meaningful[-1] if meaningful else text_lines[-1].strip()
 
 
 def _none_if_text_none(value: Any) -> Any:
@@ -108,7 +145,9 @@ def results_from_records(records: Iterable[dict[str, Any]], source: str = "") ->
         cells.append({
             **base, "metric_name": record.get("metric"), "ann": float(record["ann"]),
             "calib_size": _int_or_none(spec.get("calib_size")), "eval_size": _int_or_none(spec.get("eval_size")),
-            "weights": _none_if_text_none(spec.get("weights")), "data_root": _none_if_text_none(spec.get("data_root")),
+            "weights": _none_if_text_none(spec.get("weights")),
+            "weights_sha": (_none_if_text_none(record.get("weights_sha256")) or "")[:WEIGHTS_SHA_DIGITS] or None,
+            "data_root": _none_if_text_none(spec.get("data_root")),
             "settings": {k: settings_text(v) for k, v in (record.get("settings") or {}).items()},
             "user_keys": tuple(user_settings), "energy_model": energy.get("name", "unknown"),
             "e_mac_pj": energy.get("e_mac_pj"), "e_ac_pj": energy.get("e_ac_pj"),

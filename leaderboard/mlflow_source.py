@@ -142,6 +142,7 @@ def _record(client, run, user_keys: tuple[str, ...] | None) -> dict[str, Any]:
     record: dict[str, Any] = {
         "method": params.get("method"), "task": params.get("task"), "model": params.get("model"),
         "settings": settings, "T": T, "cell_key": tags.get("cell_key"), "status": tags.get("status", "failed"),
+        "weights_sha256": tags.get("weights_sha256") or None,
         "provenance": {"spec": spec, "git": {"sha": tags.get("git.sha") or None}},
         "mlflow_run_id": run.info.run_id, "per_t": {}, "error": None}
     if record["status"] != "ok":
@@ -184,7 +185,10 @@ def mlflow_records(results_dir: str | Path, experiment: str | None = None) -> tu
         experiments = [found]
     else:
         experiments = list(client.search_experiments())
-    runs = [r for r in _all_runs(client, [e.experiment_id for e in experiments]) if r.data.tags.get("cell_key")]
+    # runs still RUNNING or KILLED were cut off mid-log (a sweep died): the next sweep logs
+    # the ledger's record again (snnbench.tracking.SweepTracker.reconcile)
+    runs = [r for r in _all_runs(client, [e.experiment_id for e in experiments])
+            if r.data.tags.get("cell_key") and r.info.status in ("FINISHED", "FAILED")]
     if not runs:
         raise LeaderboardError(f"no cell runs in {results_dir}/mlflow.db; run `bench sweep --results {results_dir}`")
     latest: dict[str, Any] = {}

@@ -9,7 +9,9 @@ A row's label is the method, then the settings *varied* for that method in the t
 the ones the user set with ``--set`` (``provenance.spec.settings``) plus any resolved
 setting whose value differs between the method's rows; then, in brackets, any of
 T_max / calib_size / eval_size / weights / data_root that differ between rows of the
-task; then ``seed=N`` in per-seed mode when the task has several seeds. Examples:
+task; then ``seed=N`` in per-seed mode when the task has several seeds. Cells of one
+model name loaded from different weights (``weights_sha``: a retrained zoo model, another
+checkpoint) never share a row, and their labels say ``weights_sha=...``. Examples:
 ``dcgs n=4``, ``rate coding=rate, n=8 [eval_size=200]``, ``ann (reference)``.
 """
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 REFERENCE_METHOD = "ann"
 
 ROW_COLUMNS = ["row_id", "task", "model", "method", "label", "reference", "settings", "varied", "seeds", "cell_keys",
-               "T_max", "calib_size", "eval_size", "weights", "data_root", "metric_name", "ann", "energy_model",
+               "T_max", "calib_size", "eval_size", "weights", "weights_sha", "data_root", "metric_name", "ann", "energy_model",
                "e_mac_pj", "e_ac_pj"]
 CURVE_COLUMNS = ["row_id", "t", "metric", "metric_sd", "spikes_per_sample", "synops_per_sample", "energy_ratio"]
 
@@ -109,6 +111,11 @@ def build_rows(results: Results, per_seed: bool = False) -> Rows:
         varied = varied_settings(task_cells)
         spec_varied = [f for f in SPEC_FIELDS if task_cells[f].map(_value_text).nunique() > 1]
         several_seeds = task_cells["seed"].nunique() > 1
+        for model, group in task_cells.groupby("model"):
+            shas = sorted(group["weights_sha"].map(_value_text).unique())
+            if len(shas) > 1:
+                log.warning("%s/%s: results from %d different weights (sha256 %s); their rows are labelled "
+                            "weights_sha=... and compare different networks", task, model, len(shas), ", ".join(shas))
 
         def group_key(cell: pd.Series) -> tuple:
             key = (cell["model"], cell["method"], tuple(sorted(cell["settings"].items())),

@@ -73,6 +73,10 @@ class ConnectionSite:
     #: returns its per-element sub-spike counts for the tensor it is given (the layer's input, or
     #: the pool's input when ``events_from`` is set); each sub-spike reaches the whole fan-out
     input_events: Callable[[torch.Tensor], torch.Tensor] | None = None
+    #: the one spiking module whose output reaches this layer unchanged (``conv``: through
+    #: identity/dropout only; ``linear``: also through reshapes): the op counter then takes
+    #: the spike counts from that module's own counting pass instead of reading the input
+    spikes_from: nn.Module | None = None
 
 
 @dataclass

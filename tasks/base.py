@@ -34,13 +34,17 @@ class ModelBundle:
         prepare: turns a batch of raw task inputs into the core's input tensor and a
             ``meta`` object kept for :attr:`finish` (identity for classification).
         finish: turns the core's (decoded) output and ``meta`` into task predictions.
-        info: provenance (weights file, training record, input size ...).
+        info: provenance (weights file in ``info["weights"]``, training record, input size ...).
+        weights_sha256: sha256 of the weights file actually loaded, when the task knows it
+            already; otherwise :func:`snnbench.tasks.zoo.weights.bundle_weights_sha256`
+            hashes ``info["weights"]``.
     """
 
     core: nn.Module
     prepare: Callable[[Any], tuple[torch.Tensor, Any]] = field(default=lambda x: (x, None))
     finish: Callable[[Any, Any], Any] = field(default=lambda out, meta: out)
     info: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str | None = None
 
 
 class StepMetric(abc.ABC):
@@ -72,6 +76,8 @@ class Task(abc.ABC):
     description: ClassVar[str] = ""
     #: evaluation batch size used when the caller gives none
     default_batch_size: ClassVar[int] = 100
+    #: time-steps scored when a cell's ``eval_ts`` is ``auto`` (see ``snnbench.cell.resolve_eval_ts``)
+    default_eval_ts: ClassVar[str] = "all"
 
     def __init__(self, data_root: str | None = None) -> None:
         self.data_root = data_root

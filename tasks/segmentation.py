@@ -393,7 +393,7 @@ class FashionMNISTSegmentationTask(SegmentationTask):
         return "fcn_mobilenet_v2"
 
     def build(self, model: str, weights: str | None = None, device: str | torch.device = "cpu",
-              progress: bool = True) -> ModelBundle:
+              progress: bool = True, retrain: bool = False) -> ModelBundle:
         spec = get_model_spec(model)
         check_model_fits(self, spec)
         net = spec.build(spec, num_classes=self.num_classes)
@@ -404,7 +404,8 @@ class FashionMNISTSegmentationTask(SegmentationTask):
         elif spec.source == "zoo":
             from snnbench.tasks.zoo.segmentation_training import load_or_train_segmenter
 
-            record = load_or_train_segmenter(spec, self, net, zoo_dir=self.zoo_dir, progress=progress)
+            record = load_or_train_segmenter(spec, self, net, zoo_dir=self.zoo_dir, progress=progress,
+                                             retrain=retrain)
             info.update(weights=record["path"], zoo=record)
         else:
             raise DataNotFoundError(f"model {spec.name} has no default weights for {self.name}; pass --weights FILE")

