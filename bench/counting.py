@@ -6,7 +6,9 @@ Per connection layer and frame t:
   outputs it reaches), i.e. the layer run on the binarised input with all weights set to
   one and no bias: NeuroBench's ``Effective_ACs``/``Effective_MACs`` definition. Spike-fed
   layers (declared by the method) count them as ACs, layers fed by real values as MACs.
-  A multi-level spike is one event: the level index travels with it.
+  A multi-level spike is one event: the level index travels with it. A neuron that sends
+  several binary sub-spikes per step on separate channels (H-MT) declares its per-element
+  counts (``ConnectionSite.input_events``); each sub-spike then costs the full fan-out.
 * dense ops = the same with every input element present (padding excluded); one frame of
   these is the ANN's cost.
 
@@ -89,7 +91,8 @@ def _adaptive_window_sizes(size: int, out: int, device: torch.device) -> torch.T
 
 
 def pooled_event_counts(pool: nn.Module, events: torch.Tensor) -> torch.Tensor:
-    """Number of events in each pooling window (sum-pooling of a 0/1 event mask), int64."""
+    """Number of events in each pooling window (sum-pooling of a 0/1 event mask, or of per-element
+    event counts), int64."""
     mask = events.to(torch.float32)
     if isinstance(pool, (nn.AvgPool2d, nn.AvgPool3d)):
         fn = F.avg_pool2d if isinstance(pool, nn.AvgPool2d) else F.avg_pool3d
@@ -185,6 +188,7 @@ class OpCounter:
         self.samples = 0
         self._handles: list[Any] = []
         self._pool_events: dict[int, torch.Tensor] = {}
+        self._pool_event_fns: dict[int, Any] = {}
         zeros = lambda dtype=torch.int64: torch.zeros(self.last_frame + 1, dtype=dtype, device=self.device)  # noqa: E731
         self.layers = [_LayerCounter(site, zeros(), zeros(), zeros(), zeros()) for site in self.plan.connections]
         self.steps = torch.zeros(T + 1, dtype=torch.float64, device=self.device)
@@ -194,6 +198,8 @@ class OpCounter:
     # -- hooks ---------------------------------------------------------------------------
     def __enter__(self) -> "OpCounter":
         pools = {id(c.site.events_from): c.site.events_from for c in self.layers if c.site.events_from is not None}
+        self._pool_event_fns = {id(c.site.events_from): c.site.input_events for c in self.layers
+                                if c.site.events_from is not None and c.site.input_events is not None}
         for pool in pools.values():
             self._handles.append(pool.register_forward_hook(self._pool_hook))
         for counter in self.layers:
@@ -265,9 +271,10 @@ class OpCounter:
         """Spikes per pooled cell (sum-pooling of the event mask) for the layer after the pool."""
         if self._frame() is None:
             return
-        events = args[0] != 0
+        events_of = self._pool_event_fns.get(id(module))
+        events = events_of(args[0]) if events_of is not None else args[0] != 0  # sub-spikes per element (H-MT)
         mask = self._sample_mask(events)
-        self._pool_events[id(module)] = pooled_event_counts(module, events if mask is None else events & mask)
+        self._pool_events[id(module)] = pooled_event_counts(module, events if mask is None else events * mask)
 
     def _connection_ops(self, counter: _LayerCounter, module: nn.Module, x: torch.Tensor
                         ) -> tuple[torch.Tensor, int, torch.Tensor]:
@@ -289,6 +296,8 @@ class OpCounter:
             if events is None or events.numel() != x.numel():
                 raise RuntimeError(f"layer {counter.site.name}: no spike counts from its average pool this frame")
             nonzero = events.reshape(x.shape)  # already masked by the pool hook
+        elif counter.site.input_events is not None:  # several sub-spikes per element (H-MT)
+            nonzero = counter.site.input_events(x)
         else:
             nonzero = present  # None: read from x only when the feeding neuron did not count (below)
         source = counter.site.spikes_from if mask is None else None

@@ -28,6 +28,11 @@ Conventions (ratio = E_SNN(t) / E_ANN, Horowitz 45 nm FP32: E_MAC = 4.6 pJ, E_AC
 * ``loihi-published`` / ``spinnaker2-prototype-published``: published per-operation
   constants (a *published-constant estimate*, never a measurement): every effective op is a
   synaptic op, every neuron update is charged; E_ANN stays the Horowitz dense-MAC cost.
+* ``hmt-aaai26-eq31`` (H-MT, Zhang et al., AAAI-26, Eqs. 31-32, as its released ``sop.py``
+  computes them): every SNN op at E_AC, the analog first layer's non-zero inputs x fan-out
+  included (the paper neglects SNN MACs); H-MT's ops count each binary sub-spike x its
+  fan-out (Eq. 32), which snnbench's counter does for ``hmt`` rows. It equals the runner's
+  ``energy_ratio_all_ac``.
 """
 
 from __future__ import annotations
@@ -70,10 +75,12 @@ class EnergyModel:
     e_neuron_update_pj: float | None = None
     compute: Callable[["EnergyModel", EnergyInputs, int], float | None] | None = field(
         default=None, compare=False, repr=False)
+    #: price of an SNN multiply-accumulate (None: ``e_mac_pj``); the H-MT convention prices them as ACs
+    snn_mac_pj: float | None = None
 
     # -- the default model's helpers (kept for callers of the single-model API) -----------
     def snn_pj(self, acs: float, macs: float) -> float:
-        return acs * self.e_ac_pj + macs * self.e_mac_pj
+        return acs * self.e_ac_pj + macs * (self.e_mac_pj if self.snn_mac_pj is None else self.snn_mac_pj)
 
     def ann_pj(self, dense_macs: float) -> float:
         return dense_macs * self.e_mac_pj
@@ -136,6 +143,11 @@ def _adafire_official(m: EnergyModel, x: EnergyInputs, t: int) -> float | None:
     return _safe(energy, m.e_mac_pj * sum(r["dense_ungrouped"] for r in layers))
 
 
+def _all_ops_as_ac(m: EnergyModel, x: EnergyInputs, t: int) -> float | None:
+    ops = sum(_at(r["ops"], t) for r in x.connections())
+    return _safe(ops * m.e_ac_pj, x.ann_dense_macs * m.e_mac_pj)
+
+
 def _hardware(m: EnergyModel, x: EnergyInputs, t: int) -> float | None:
     synops = sum(_at(r["ops"], t) for r in x.connections())
     assert m.e_synop_pj is not None and m.e_neuron_update_pj is not None
@@ -178,8 +190,14 @@ SPINNAKER2 = EnergyModel(
     description="published-constant estimate, not a measurement: every effective op at 450 pJ, every neuron "
                 "update at 2.19 nJ; E_ANN = Horowitz dense MACs x 4.6 pJ", compute=_hardware)
 
+HMT_AAAI26_EQ31 = EnergyModel(
+    name="hmt-aaai26-eq31", e_mac_pj=E_MAC_PJ, e_ac_pj=E_AC_PJ, snn_mac_pj=E_AC_PJ,
+    reference="Zhang et al., AAAI-26 (H-MT), Eqs. 31-32 as the released sop.py computes them; " + HOROWITZ_REFERENCE,
+    description="every SNN op (sub-spike x fan-out; first-layer non-zero inputs x fan-out) at E_AC = 0.9 pJ over "
+                "the ANN's dense MACs at 4.6 pJ", compute=_all_ops_as_ac)
+
 ENERGY_MODELS: dict[str, EnergyModel] = {m.name: m for m in (
-    HOROWITZ_45NM, DCGS_OFFICIAL, NEUROBENCH, ADAFIRE_OFFICIAL, LOIHI, SPINNAKER2)}
+    HOROWITZ_45NM, DCGS_OFFICIAL, NEUROBENCH, ADAFIRE_OFFICIAL, LOIHI, SPINNAKER2, HMT_AAAI26_EQ31)}
 DEFAULT_ENERGY_MODEL = HOROWITZ_45NM
 #: per-t key of a model's ratio (the default's is also ``energy_ratio``)
 RATIO_KEY = "energy_ratio@{}"

@@ -73,6 +73,11 @@ class ConnectionSite:
     #: only): its input spikes are the events, each reaching the layer through the pooled
     #: cell that holds it, so the layer's ops are ACs counted per spike, not per pooled value
     events_from: nn.Module | None = None
+    #: events carried by each input element (by default one per non-zero element): a neuron that
+    #: sends several binary sub-spikes per step on separate threshold channels (H-MT, AAAI-26 Eq. 32)
+    #: returns its per-element sub-spike counts for the tensor it is given (the layer's input, or
+    #: the pool's input when ``events_from`` is set); each sub-spike reaches the whole fan-out
+    input_events: Callable[[torch.Tensor], torch.Tensor] | None = None
     #: the one spiking module whose output reaches this layer unchanged (``conv``: through
     #: identity/dropout only; ``linear``: also through reshapes): the op counter then takes
     #: the spike counts from that module's own counting pass instead of reading the input

@@ -38,7 +38,7 @@ class CalibrationSettings(EngineSettings):
     neuron: Literal["mt", "if"] = "if"
     n: int = 1
     coding: Literal["differential", "rate"] = "rate"
-    threshold: Literal["auto", "iteration", "percentile", "max", "grid"] = "grid"
+    threshold: Literal["auto", "iteration", "percentile", "max", "grid", "hmt_iteration"] = "grid"
     granularity: Literal["auto", "layer", "channel", "token"] = "layer"
     threshold_scale: float | None = 1.0
     mode: Literal["grid", "light", "potential"] = "light"

@@ -22,7 +22,7 @@ class RateSettings(EngineSettings):
     neuron: Literal["mt", "if"] = "if"
     n: int = 1
     coding: Literal["differential", "rate"] = "rate"
-    threshold: Literal["auto", "iteration", "percentile", "max", "grid"] = "percentile"
+    threshold: Literal["auto", "iteration", "percentile", "max", "grid", "hmt_iteration"] = "percentile"
     granularity: Literal["auto", "layer", "channel", "token"] = "layer"
     threshold_scale: float | None = 1.0
 

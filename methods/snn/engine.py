@@ -19,7 +19,7 @@ from snnbench.methods.snn.fused import resolve_fuse
 from snnbench.methods.snn.graph import NetworkGraph, Site, network_graph
 from snnbench.methods.snn.network import SimulatedNetwork
 from snnbench.methods.snn.stats import StatKind, Stats
-from snnbench.methods.snn.thresholds import threshold_iteration
+from snnbench.methods.snn.thresholds import generalized_threshold_iteration, threshold_iteration
 from snnbench.methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron
 
 #: the official code's hard-coded threshold scale c for transformers (dcgs.md §1.1)
@@ -35,8 +35,11 @@ class EngineSettings:
         n: MT levels per sign (DCGS default 8).
         coding: ``differential`` (DCGS) or ``rate``.
         threshold: ``iteration`` (DCGS Algorithm 1 on pre-activation mean/var),
-            ``percentile``, ``max``, ``grid`` (SNN Calibration's MSE search) or ``auto``
-            (iteration for CNNs, percentile for transformers: the official recipes).
+            ``percentile``, ``max``, ``grid`` (SNN Calibration's MSE search), ``hmt_iteration``
+            (H-MT's generalized iteration, AAAI-26 Eq. 29: the same objective with levels
+            0..N at ReLU sites and -N..N at signed input sites, so it also serves transformer
+            placement) or ``auto`` (iteration for CNNs, percentile for transformers: the
+            official recipes).
         iteration_mode: ``official`` (θ_0 = 1, 100 steps, as released) or ``converged``.
         percentile: p of the percentile rule (99.9).
         percentile_scope: percentile over ``all`` values or ``nonzero`` values only.
@@ -63,7 +66,7 @@ class EngineSettings:
     neuron: Literal["mt", "if"] = "mt"
     n: int = 8
     coding: Literal["differential", "rate"] = "differential"
-    threshold: Literal["auto", "iteration", "percentile", "max", "grid"] = "auto"
+    threshold: Literal["auto", "iteration", "percentile", "max", "grid", "hmt_iteration"] = "auto"
     iteration_mode: Literal["official", "converged"] = "official"
     percentile: float = 99.9
     percentile_scope: Literal["all", "nonzero"] = "all"
@@ -120,9 +123,10 @@ class EngineMethod(ConversionMethod[EngineSettings]):
             return StatKind("max", **common)
         if r["threshold"] == "grid":
             return StatKind("mse_grid", levels=s.levels_for_iteration(T), **common)
-        if graph.placement != "activations":
+        if graph.placement != "activations" and r["threshold"] != "hmt_iteration":
             raise SettingsError("threshold=iteration models ReLU pre-activations and needs neurons at activations; "
-                                "transformer placement (inputs) takes threshold=percentile (the official recipe)")
+                                "transformer placement (inputs) takes threshold=percentile (the official recipe) "
+                                "or threshold=hmt_iteration (levels -N..N)")
         return StatKind("moments", **common)
 
     def stat_kinds(self, model: nn.Module, ctx: ConversionContext) -> tuple[StatKind, ...]:
@@ -132,7 +136,11 @@ class EngineMethod(ConversionMethod[EngineSettings]):
     def site_threshold(self, site: Site, stats: Stats, kind: StatKind, T: int, scale: float) -> torch.Tensor:
         s = self.settings
         values = stats.site(kind, site.name)
-        if kind.quantity == "moments":
+        if kind.quantity == "moments" and s.threshold == "hmt_iteration":
+            N = s.levels_for_iteration(T)
+            a = 0 if site.kind == "activation" else -N
+            theta = generalized_threshold_iteration(values["mean"], values["var"], N, a, N, s.iteration_mode)
+        elif kind.quantity == "moments":
             theta = threshold_iteration(values["mean"], values["var"], s.levels_for_iteration(T), s.iteration_mode)
         else:
             theta = values["value"]
@@ -163,6 +171,13 @@ class EngineMethod(ConversionMethod[EngineSettings]):
 
     def _kernel(self) -> str:
         return "torch" if self.settings.neuron != "mt" else self.settings.kernel
+
+    #: the spiking model class :meth:`build` returns
+    network_cls: type[SimulatedNetwork] = SimulatedNetwork
+
+    def coding(self) -> str:
+        """The coding the converted network runs (a setting of the engine presets)."""
+        return self.settings.coding
 
     def convert(self, model: nn.Module, stats: Stats, ctx: ConversionContext) -> SpikingModel:
         snn, _, _ = self.build(model, stats, ctx)
@@ -202,4 +217,4 @@ class EngineMethod(ConversionMethod[EngineSettings]):
 
     def make_network(self, net: nn.Module, coding: str, description: dict[str, Any]) -> SimulatedNetwork:
         """The spiking model around the converted graph (SRP substitutes its pre-simulating network)."""
-        return SimulatedNetwork(net, coding=coding, description=description)
+        return self.network_cls(net, coding=coding, description=description)

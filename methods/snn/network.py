@@ -104,8 +104,7 @@ class SimulatedNetwork(SpikingModel):
             source = next(iter(sources)) if spike and pool is None and len(sources) == 1 else None
             connections.append(ConnectionSite(target, module, "spike" if spike else "analog", op=op, events_from=pool,
                                               spikes_from=source))
-        neurons = [NeuronSite(name, m, unit=m.unit_amplitude) for name, m in gm.named_modules()
-                   if isinstance(m, SpikingNeuron)]
+        neurons = [NeuronSite(name, m, unit=m.unit_amplitude) for name, m in gm.named_modules() if is_spiking(m)]
         return CountPlan(connections=connections, neurons=neurons, first_counted_frame=1)
 
     def fairness(self) -> Fairness:
@@ -124,12 +123,18 @@ class SimulatedNetwork(SpikingModel):
                         levels_per_step=levels if neurons else 0.0, max_spikes_per_step=spikes)
 
     def describe(self) -> dict[str, Any]:
-        neurons = [m for m in self.net.modules() if isinstance(m, SpikingNeuron)]
+        neurons = [m for m in self.net.modules() if is_spiking(m)]
         graded = [m for m in self.net.modules() if isinstance(m, GradedUnit)]
         out = dict(self._description)
         out.update(coding=self.coding, neurons=len(neurons), graded_units=len(graded),
                    graded_ops=sorted({g.label for g in graded}))
         return out
+
+
+def is_spiking(module: nn.Module) -> bool:
+    """Whether ``module`` emits spikes: an engine :class:`SpikingNeuron` or any unit that declares
+    ``emits_spikes = True`` (and a ``unit_amplitude()``), e.g. the H-MT neuron."""
+    return isinstance(module, SpikingNeuron) or bool(getattr(module, "emits_spikes", False))
 
 
 def _is_product(module: nn.Module) -> bool:
@@ -182,7 +187,7 @@ def spike_source(gm: fx.GraphModule, node: fx.Node) -> tuple[bool, nn.Module | N
         name = getattr(node.target, "__name__", str(node.target))
         if node.op == "call_module":
             module = gm.get_submodule(node.target)
-            if isinstance(module, SpikingNeuron):
+            if is_spiking(module):
                 return True, pool
             if isinstance(module, POOL_MODULES) and pool is None and reshape_only:
                 pool = module
