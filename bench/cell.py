@@ -14,6 +14,41 @@ CELL_SCHEMA_VERSION = "1"
 DEFAULT_CALIB_SIZE = 1000
 DEFAULT_CALIB_BATCH = 100
 DEFAULT_T = 32
+#: ``eval_ts`` spellings besides a comma list of time-steps
+EVAL_TS_WORDS = ("auto", "all", "pow2")
+EVAL_TS_HELP = ("time-steps whose task metric is computed (counts cover every t): auto (every t, but 1,2,4,...,T "
+                "for detection), all, pow2, or a list such as 1,2,4,T (T is always scored)")
+
+
+def resolve_eval_ts(text: str, T: int, task_default: str = "all") -> list[int]:
+    """The time-steps whose task metric a cell computes (spike and op counts cover every t).
+
+    ``all``: 1..T; ``pow2``: 1, 2, 4, ... up to T, and T; ``auto``: the task's default
+    (``all`` for classification and segmentation, ``pow2`` for detection, whose COCOeval
+    costs seconds per t); or a comma list of integers and ``T``, e.g. ``1,2,4,T``. T itself
+    is always included (the headline metric is the one at T).
+    """
+    text = (text or "auto").strip()
+    if text == "auto":
+        text = task_default
+    if text == "all":
+        return list(range(1, T + 1))
+    if text == "pow2":
+        return sorted({2**k for k in range(T.bit_length()) if 2**k <= T} | {T})
+    steps: set[int] = {T}
+    for part in text.split(","):
+        part = part.strip()
+        if part == "T":
+            continue
+        try:
+            t = int(part)
+        except ValueError:
+            raise ValueError(f"eval_ts: {part!r} is not a time-step; use {', '.join(EVAL_TS_WORDS)} or a comma "
+                             f"list of integers and T, e.g. 1,2,4,T") from None
+        if not 1 <= t <= T:
+            raise ValueError(f"eval_ts: time-step {t} is outside 1..T={T}")
+        steps.add(t)
+    return sorted(steps)
 
 
 @dataclass(frozen=True)
@@ -38,13 +73,16 @@ class CellSpec:
     data_root: str | None = None
     weights: str | None = None
     device: str = "cpu"
+    #: time-steps whose task metric is computed (see :func:`resolve_eval_ts`)
+    eval_ts: str = "auto"
 
     def canonical(self) -> dict[str, Any]:
         """The configuration that defines the result (not where or how fast it runs)."""
         from snnbench.plugins import create_method
 
         method = create_method(self.method, self.settings)
-        return {
+        extra = {} if self.eval_ts == "auto" else {"eval_ts": self.eval_ts}  # the default keeps old keys
+        return {**extra,
             "schema": CELL_SCHEMA_VERSION,
             "method": method.config(),
             "task": self.task,

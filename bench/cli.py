@@ -25,10 +25,20 @@ class UsageError(ValueError):
 
 
 # --------------------------------------------------------------------------------------
-def setup_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * verbosity
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+def setup_logging(verbosity: int, quiet: bool = False) -> None:
+    """Configure logging once for the whole command (see :mod:`snnbench.console`)."""
+    from snnbench.console import configure_logging
+
+    configure_logging(verbose=verbosity, quiet=quiet)
+
+
+def _verbosity_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """-q/-v on the top-level parser and on every sub-command (``bench sweep -q`` and ``bench -q sweep``)."""
+    default = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="count", default=default,
+                        help="more output: -v shows information and third-party warnings, -vv debug")
+    parser.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="print nothing but errors")
 
 
 def _add_cell_options(p: argparse.ArgumentParser) -> None:
@@ -42,6 +52,9 @@ def _add_cell_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="dataset location (task-specific; see bench list)")
     p.add_argument("--weights", default=None, help="ANN weights file (state dict) instead of the default source")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    from snnbench.cell import EVAL_TS_HELP
+
+    p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
 
 
 # -- bench list ------------------------------------------------------------------------
@@ -121,11 +134,18 @@ def build_cell(args: argparse.Namespace):
     check_cell_flags(args)
     T = args.T if args.T is not None else DEFAULT_T
     del method
+    from snnbench.cell import resolve_eval_ts
+
+    try:
+        resolve_eval_ts(args.eval_ts, T)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     task.check_data()
     return CellSpec(method=args.method, task=args.task, model=model, settings=settings, T=T, seed=args.seed,
                     calib_size=args.calib_size if args.calib_size is not None else DEFAULT_CALIB_SIZE,
                     eval_size=args.eval_size,
-                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device)
+                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device,
+                    eval_ts=args.eval_ts)
 
 
 def format_result_table(result: dict[str, Any], steps: list[int] | None = None) -> str:
@@ -144,7 +164,8 @@ def format_result_table(result: dict[str, Any], steps: list[int] | None = None) 
     for t in steps:
         row = per_t[str(t)]
         er = row["energy_ratio"]
-        lines.append(f"{t:>5} {row['metric']:>8.4f} {row['spikes_per_sample']:>14.4g} "
+        score = "-" if row["metric"] is None else format(row["metric"], ".4f")  # t outside --eval-ts
+        lines.append(f"{t:>5} {score:>8} {row['spikes_per_sample']:>14.4g} "
                      f"{row['synops_per_sample']:>14.4g} {er if er is None else format(er, '12.4f'):>12}")
     return "\n".join(lines)
 
@@ -207,6 +228,13 @@ def _zoo_train(args: argparse.Namespace) -> int:
         raise UsageError(f"the zoo trains {args.name} on {', '.join(spec.recipes)}, not {task_name}")
     if args.reference and not args.retrain:
         raise UsageError("--reference publishes a freshly trained checkpoint: pass --force with it")
+    if args.device:
+        import os
+
+        from snnbench.runner import resolve_device
+        from snnbench.tasks.zoo.training import TRAIN_DEVICE_ENV
+
+        os.environ[TRAIN_DEVICE_ENV] = str(resolve_device(args.device))
     task = create_task(task_name, data_root=args.data_root, zoo_dir=args.zoo_dir)
     bundle = task.build(args.name, progress=sys.stderr.isatty(), retrain=args.retrain)
     record = bundle.info["zoo"]
@@ -275,7 +303,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"list": cmd_list, "r
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="snnbench: benchmark training-free ANN-to-SNN "
                                      "conversion methods across tasks, models and time-steps.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    _verbosity_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("list", help="list methods, tasks and models")
@@ -306,8 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --force: publish the result as the shipped reference checkpoint (maintainers)")
 
     zt.add_argument("--zoo-dir", default=None)
+    zt.add_argument("--device", default=None,
+                    help="train on cpu (default), cuda or cuda:N; the checkpoint is evaluated and saved on the CPU")
     for extra in _EXTRA_PARSERS:
         extra(sub)
+    for name, subparser in sub.choices.items():
+        _verbosity_options(subparser, top=False)
+        if name == "zoo":
+            for zoo_parser in zoo.choices.values():
+                _verbosity_options(zoo_parser, top=False)
     return parser
 
 
@@ -322,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, quiet=args.quiet)
     if not args.command:
         parser.print_help()
         return 2

@@ -161,6 +161,10 @@ class OpCounter:
             self._handles.append(counter.site.module.register_forward_hook(self._neuron_hook(counter)))
             if hasattr(counter.site.module, "count_spikes"):  # neurons that can count in their own pass
                 counter.site.module.count_spikes = True
+        for counter in self.layers:  # convolutions reading a neuron directly: its pass maps the hits too
+            source = counter.site.spikes_from
+            if counter.site.op == "conv" and source is not None and hasattr(source, "count_positions"):
+                source.count_positions = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -174,6 +178,9 @@ class OpCounter:
             if hasattr(counter.site.module, "count_spikes"):
                 counter.site.module.count_spikes = False
                 counter.site.module.last_counts = None
+            if hasattr(counter.site.module, "count_positions"):
+                counter.site.module.count_positions = False
+                counter.site.module.last_hits = None
 
     def _frame(self) -> int | None:
         frame = self.model.frame
@@ -208,11 +215,15 @@ class OpCounter:
                 raise RuntimeError(f"layer {counter.site.name}: no spike counts from its average pool this frame")
             nonzero = events.reshape(x.shape)
         else:
-            nonzero = x != 0
+            nonzero = None  # read from x only when the feeding neuron did not count (below)
+        source = counter.site.spikes_from
         if op == "linear":
             out_features = module.out_features
             dense = x.numel() * out_features
-            return nonzero.sum() * out_features, dense
+            own = getattr(source, "last_counts", None) if pool is None else None
+            if own is not None:  # the neuron counted its events in its own pass: no read of x
+                return own[0] * out_features, dense
+            return (x != 0 if nonzero is None else nonzero).sum() * out_features, dense
         if op == "conv":
             spatial = tuple(x.shape[2:])
             cached = counter.fanout.get(spatial)
@@ -221,7 +232,9 @@ class OpCounter:
                 cached = counter.fanout[spatial] = (fan, int(fan.sum()))
             fan, fan_total = cached
             per_input_channel = module.out_channels // module.groups
-            hits = nonzero.sum(dim=(0, 1))  # [spatial...] count of non-zero inputs per position
+            hits = getattr(source, "last_hits", None) if pool is None else None
+            if hits is None or tuple(hits.shape) != spatial:  # not counted by the neuron: read the input
+                hits = (x != 0 if nonzero is None else nonzero).sum(dim=(0, 1))  # non-zero inputs per position
             effective = (hits * fan).sum() * per_input_channel
             dense = fan_total * x.shape[0] * x.shape[1] * per_input_channel
             return effective, dense

@@ -55,11 +55,12 @@ def wants_gpu(cell: CellSpec) -> bool:
 
 
 def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: int | None = None,
-                        timeout: float | None = None) -> dict[str, Any]:
+                        timeout: float | None = None, progress: bool = False) -> dict[str, Any]:
     """Run one cell and return its result dict (what a Ray task executes).
 
     With ``timeout`` the cell runs in a child process killed at the limit
-    (:func:`snnbench.cell_process.run_cell_with_timeout`); without, in this process.
+    (:func:`snnbench.cell_process.run_cell_with_timeout`); without, in this process, with
+    the inner progress bar when ``progress``.
     """
     if timeout:
         from snnbench.cell_process import run_cell_with_timeout
@@ -78,7 +79,7 @@ def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: i
         torch.set_num_threads(threads)
     cell = CellSpec.from_dict(spec)
     cache = DiskCache(cache_root) if cache_root else MemoryCache()
-    return run_cell(cell, cache=cache, progress=False)
+    return run_cell(cell, cache=cache, progress=progress)
 
 
 class SerialExecutor:
@@ -86,9 +87,10 @@ class SerialExecutor:
 
     name = "serial"
 
-    def __init__(self, cache_root: str | None, cell_timeout: float | None = None) -> None:
+    def __init__(self, cache_root: str | None, cell_timeout: float | None = None, progress: bool = False) -> None:
         self.cache_root = cache_root
         self.cell_timeout = cell_timeout
+        self.progress = progress  # the inner per-cell bar (batches x t); terminals only
 
     def run(self, cells: list[CellSpec], on_start: OnStart, on_result: OnResult) -> None:
         from snnbench.cell_process import CellProcessDied
@@ -96,7 +98,8 @@ class SerialExecutor:
         for cell in cells:
             on_start(cell)
             try:
-                result = run_cell_in_process(cell.to_dict(), self.cache_root, timeout=self.cell_timeout)
+                result = run_cell_in_process(cell.to_dict(), self.cache_root, timeout=self.cell_timeout,
+                                             progress=self.progress)
             except CellProcessDied as err:
                 result = failed_result(cell, f"{type(err).__name__}: {err}")
             on_result(cell, result)

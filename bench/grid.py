@@ -63,6 +63,7 @@ class GridOptions:
     weights: str | None = None
     device: str = "cpu"
     task_eval_sizes: tuple[tuple[str, int | None], ...] = ()
+    eval_ts: str = "auto"
 
 
 def validate_sets_for_method(method: str, sets: dict[str, list[str]]) -> bool:
@@ -114,7 +115,7 @@ def expand_grid(methods: list[str], tasks: list[str], models: list[str] | None, 
                             seed=seed, calib_size=options.calib_size,
                             eval_size=eval_sizes.get(task_name, options.eval_size),
                             batch_size=options.batch_size, data_root=options.data_root, weights=options.weights,
-                            device=options.device))
+                            device=options.device, eval_ts=options.eval_ts))
     if models:
         unused = [m for m in models if m not in used_models]
         if unused:

@@ -17,12 +17,12 @@ import itertools
 import logging
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 
 from snnbench.cache import MemoryCache, digest
-from snnbench.cell import CellSpec
+from snnbench.cell import CellSpec, resolve_eval_ts
 from snnbench.counting import OpCounter
 from snnbench.energy import DEFAULT_ENERGY_MODEL
 from snnbench.plugins import create_method, create_task
@@ -55,28 +55,47 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _progress(iterable, desc: str, total: int | None, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, disable=None)
-
-
 def simulate(snn: SpikingModel, task, bundle, batches, T: int, desc: str = "", total: int | None = None,
-             progress: bool = False) -> tuple[dict[int, dict[str, float]], Any]:
-    """Step ``snn`` to T over evaluation batches; metric per t and op counts."""
+             progress: bool = False, eval_ts: Collection[int] | None = None
+             ) -> tuple[dict[int, dict[str, float]], Any]:
+    """Step ``snn`` to T over evaluation batches; the metric at each t of ``eval_ts`` (every
+    t when None) and op counts at every t. Outputs at other t are neither post-processed
+    (``bundle.finish``) nor scored.
+
+    ``total`` is the number of batches, if known, for the progress bar over batches x t.
+    """
+    from snnbench.console import step_bar
+
     metric = task.new_metric()
-    with torch.inference_mode(), OpCounter(snn, T) as counter:
-        for inputs, targets in _progress(batches, desc, total, progress):
-            x, meta = bundle.prepare(inputs)
-            x = x.to(_device_of(snn))
-            snn.reset()
-            for t, out in enumerate(snn.simulate(x, T), start=1):
-                metric.update(t, bundle.finish(out, meta), targets)
-            counter.add_samples(x.shape[0])
-        summary = counter.summary()
+    wanted = None if eval_ts is None else set(eval_ts)
+    bar = step_bar(desc, total, T, progress)
+    try:
+        with torch.inference_mode(), OpCounter(snn, T) as counter:
+            for inputs, targets in batches:
+                x, meta = bundle.prepare(inputs)
+                x = x.to(_device_of(snn))
+                snn.reset()
+                for t, out in enumerate(snn.simulate(x, T), start=1):
+                    if wanted is None or t in wanted:
+                        metric.update(t, bundle.finish(out, meta), targets)
+                    bar.update(1)
+                counter.add_samples(x.shape[0])
+            summary = counter.summary()
+    finally:
+        bar.close()
     return metric.compute(), summary
+
+
+def _batch_count(task, eval_size: int | None, batch_size: int) -> int | None:
+    """Evaluation batches of a cell, for the progress bar (None when the set size is unknown)."""
+    try:
+        n = task.eval_set_size()
+    except Exception:  # noqa: BLE001 - only a progress-bar total
+        n = None
+    if n is None:
+        return None
+    n = min(n, eval_size) if eval_size else n
+    return -(-n // batch_size)
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -108,7 +127,8 @@ def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[st
         ctx = ConversionContext(T=1, example=example.to(_device_of(bundle.core)))
         reference = ANNReference().convert(bundle.core, None, ctx)
         metrics, summary = simulate(reference, task, bundle, itertools.chain([first], batches), T=1,
-                                    desc=f"ann/{spec.model}/{spec.task}", progress=progress)
+                                    desc=f"ann/{spec.model}/{spec.task}", progress=progress,
+                                    total=_batch_count(task, spec.eval_size, batch))
         return {"metrics": metrics[1], "dense_macs": summary.dense_macs, "samples": summary.samples,
                 "layers": summary.layers, "wall_s": time.perf_counter() - start}
 
@@ -142,7 +162,21 @@ def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionConte
 
 def run_cell(spec: CellSpec, cache=None, progress: bool = False,
              on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run one cell; never raises for a failing cell: returns ``status="failed"`` with the traceback."""
+    """Run one cell; never raises for a failing cell: returns ``status="failed"`` with the traceback.
+
+    Third-party warnings raised meanwhile (torch's CUDA_HOME notice, dynamo recompile
+    messages, ...) stay off the console and are stored in ``result["warnings"]``
+    (:func:`snnbench.console.capture_warnings`).
+    """
+    from snnbench.console import capture_warnings
+
+    with capture_warnings() as captured:
+        result = _run_cell(spec, cache, progress, on_stage)
+    result["warnings"] = captured.to_list()
+    return result
+
+
+def _run_cell(spec: CellSpec, cache, progress: bool, on_stage: Callable[[str], None] | None) -> dict[str, Any]:
     start = time.perf_counter()
     cache = cache if cache is not None else MemoryCache()
     result: dict[str, Any] = {
@@ -206,14 +240,17 @@ def run_cell(spec: CellSpec, cache=None, progress: bool = False,
             stage("simulate")
             t0 = time.perf_counter()
             batch = spec.batch_size or task.default_batch_size
+            eval_ts = resolve_eval_ts(spec.eval_ts, spec.T, getattr(task, "default_eval_ts", "all"))
+            result["eval_ts"] = eval_ts
             metrics, summary = simulate(snn, task, bundle, task.eval_batches(spec.eval_size, batch, bundle), spec.T,
-                                        desc=spec.label(), progress=progress)
+                                        desc=spec.label(), progress=progress, eval_ts=eval_ts,
+                                        total=_batch_count(task, spec.eval_size, batch))
             timings["simulate_s"] = time.perf_counter() - t0
             per_t = {}
             for t in range(1, spec.T + 1):
-                m = metrics[t]
+                m = metrics.get(t, {})  # a t outside eval_ts: counts only, metric None
                 acs, macs = summary.acs[t - 1], summary.macs[t - 1]
-                per_t[str(t)] = {"metric": m[task.metric], **m, "latency": fairness.latency(t),
+                per_t[str(t)] = {"metric": m.get(task.metric), **m, "latency": fairness.latency(t),
                                  "spikes_per_sample": summary.events[t - 1],
                                  "unit_spikes_per_sample": summary.unit_spikes[t - 1],
                                  "synops_per_sample": acs, "macs_per_sample": macs,

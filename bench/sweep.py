@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from snnbench.cell import CellSpec
+from snnbench.console import SweepConsole, verbosity
 from snnbench.grid import GridOptions, describe_cell, expand_grid, parse_list, parse_sets
 from snnbench.ledger import Ledger
 from snnbench.results_lock import ResultsDirBusy, results_lock
@@ -44,41 +45,6 @@ class SweepOutcome:
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.results if r.get("status") != "ok"]
-
-
-class _Progress:
-    """A progress bar over cells whose postfix names the running ones (off without a TTY)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.running: list[str] = []
-        self.bar = None
-        if enabled and total:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="sweep", unit="cell", disable=None)
-
-    def start(self, cell: CellSpec) -> None:
-        self.running.append(cell.label())
-        self._show()
-
-    def done(self, cell: CellSpec, result: dict[str, Any]) -> None:
-        if cell.label() in self.running:
-            self.running.remove(cell.label())
-        if self.bar is not None:
-            self.bar.update(1)
-            self._show()
-        else:
-            status = result.get("status")
-            log.info("%s: %s (%.1f s)", describe_cell(cell), status, result.get("wall_s", 0.0))
-
-    def _show(self) -> None:
-        if self.bar is not None:
-            shown = ", ".join(self.running[:3]) + (" ..." if len(self.running) > 3 else "")
-            self.bar.set_postfix_str(f"running: {shown}" if shown else "")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def dedupe(cells: list[CellSpec]) -> list[CellSpec]:
@@ -131,7 +97,7 @@ def _run_sweep_locked(cells: list[CellSpec], results_dir: Path, executor, experi
             tracker.reconcile(ledger.latest())
         except Exception as err:  # noqa: BLE001 - MLflow trouble must not stop the ledger
             log.warning("reconciling MLflow with the ledger failed: %s", err)
-    bar = _Progress(len(todo), progress)
+    bar = SweepConsole(len(todo), progress)  # a line per finished cell; a bar over cells on a terminal
 
     def on_result(cell: CellSpec, result: dict[str, Any]) -> None:
         result.setdefault("cell_key", cell.key())
@@ -218,6 +184,9 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--weights", default=None)
     p.add_argument("--device", default="cpu")
+    from snnbench.cell import EVAL_TS_HELP
+
+    p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -271,7 +240,8 @@ def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, 
         calib_size = EMBEDDED_CAMPAIGN.calib_size if campaign else DEFAULT_CALIB_SIZE
     options = GridOptions(T=T, calib_size=calib_size,
                           eval_size=args.eval_size, batch_size=args.batch_size, data_root=args.data_root,
-                          weights=args.weights, device=args.device, task_eval_sizes=eval_sizes)
+                          weights=args.weights, device=args.device, task_eval_sizes=eval_sizes,
+                          eval_ts=args.eval_ts)
     cells = expand_grid(methods, tasks, models, parse_sets(args.sets), seeds, options)
     if campaign:
         cells = [c for c in cells if EMBEDDED_CAMPAIGN.includes(c)]
@@ -299,7 +269,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                cell_timeout=args.cell_timeout, cpus_per_cell=args.cpus_per_cell,
                                num_cpus=args.ray_cpus)
     else:
-        executor = SerialExecutor(cache_root, cell_timeout=args.cell_timeout)
+        executor = SerialExecutor(cache_root, cell_timeout=args.cell_timeout,
+                                  progress=sys.stderr.isatty() and verbosity() >= 0)
     experiment = args.experiment or DEFAULT_EXPERIMENT
     try:
         with results_lock(args.results):
@@ -320,11 +291,12 @@ def _sweep_holding_lock(args: argparse.Namespace, cells: list[CellSpec], params:
         print("sweep interrupted; finished cells are in the ledger; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    records = list(Ledger(args.results).latest().values())
-    keys = {c.key() for c in outcome.cells}
-    print(summary_table([r for r in records if r.get("cell_key") in keys]))
-    print(f"\n{len(outcome.results)} cells run ({len(outcome.failed)} failed), {len(outcome.skipped)} already done; "
-          f"ledger: {Ledger(args.results).path}")
+    if verbosity() >= 0:  # -q: errors only
+        records = list(Ledger(args.results).latest().values())
+        keys = {c.key() for c in outcome.cells}
+        print(summary_table([r for r in records if r.get("cell_key") in keys]))
+        print(f"\n{len(outcome.results)} cells run ({len(outcome.failed)} failed), {len(outcome.skipped)} already "
+              f"done; ledger: {Ledger(args.results).path}")
     if not args.no_leaderboard:
         render_leaderboard_after_sweep(args, outcome)
     return 1 if outcome.failed else 0
@@ -332,8 +304,13 @@ def _sweep_holding_lock(args: argparse.Namespace, cells: list[CellSpec], params:
 
 def render_leaderboard_after_sweep(args: argparse.Namespace, outcome: SweepOutcome) -> None:
     """Render the leaderboard if the leaderboard package provides a renderer."""
+    import contextlib
+    import io
+
     try:
         from snnbench.leaderboard.render import render_after_sweep
     except ImportError:
         return
-    render_after_sweep(args.results, getattr(outcome, "tracker", None))
+    quiet = contextlib.redirect_stdout(io.StringIO()) if verbosity() < 0 else contextlib.nullcontext()
+    with quiet:
+        render_after_sweep(args.results, getattr(outcome, "tracker", None))

@@ -5,6 +5,8 @@
 Each (T) runs in a fresh subprocess that measures the peak resident set size *during the
 simulation* above the level just before it (sampled from /proc/self/statm by a thread),
 and, on CUDA, ``torch.cuda.max_memory_allocated`` over the simulation.
+Memory, not time: the two runs need fresh processes (a peak cannot be un-reached), so they
+are not interleaved; threads and load average are recorded all the same.
 Target (issue 10): T = 64 within 1.2x of T = 4.
 """
 
@@ -20,7 +22,7 @@ import time
 
 import torch
 
-from benchmarks.common import add_common_args, environment, print_table, resolve_device, write_json
+from benchmarks.common import add_common_args, environment, finish_environment, print_table, resolve_device, write_json
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         child(args)
         return {}
+    env = environment(resolve_device(args.device), args.threads)
     rows = []
     for T in (4, 64):
         cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--child", "--T", str(T), "--model", args.model,
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(rows, columns)
     device = resolve_device(args.device)
     payload = {"benchmark": "memory", "model": args.model, "method": args.method, "batch": args.batch,
-               "environment": environment(device, args.threads), "rows": rows, "rss_ratio_T64_T4": ratio,
+               "environment": finish_environment(env), "rows": rows, "rss_ratio_T64_T4": ratio,
                "target": 1.2}
     write_json("memory" + ("_cuda" if device.type == "cuda" else ""), payload, args.out)
     return payload

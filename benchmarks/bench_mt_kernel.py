@@ -6,7 +6,8 @@ The frames are the DESIGN.md reference case (32x64x16x16; the official DCGS neur
 5.5x a 64->64 3x3 convolution there). Paths: ``torch`` (eager element-wise ops),
 ``fused`` (torch.compile of the same step), ``triton`` (the hand-written kernel; CUDA only,
 skipped on CPU), and the conv. Differential ReLU-masked variant, counting included for
-the kernel (it counts in its own pass).
+the kernel (it counts in its own pass). All paths are warmed (compiled) first, then timed in
+interleaved rounds; "vs conv" is the per-round ratio (median, min-max).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import argparse
 
 import torch
 
-from benchmarks.common import add_common_args, environment, print_table, resolve_device, timed, write_json
+from benchmarks.common import (add_common_args, environment, finish_environment, interleaved, median, paired_ratio,
+                               print_table, ratio_text, resolve_device, write_json)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    env = environment(device, args.threads)
     from snnbench.methods.snn import triton_mt
     from snnbench.methods.snn.units import SpikingNeuron
 
@@ -45,24 +48,26 @@ def main(argv: list[str] | None = None) -> dict:
                 neuron(x if t == 1 else zero)
         return run
 
-    rows = []
     conv = torch.nn.Conv2d(shape[1], shape[1], 3, padding=1).to(device)
+    candidates = {"conv3x3 (same frames)": lambda: [conv(x) for _ in range(args.steps + 1)],
+                  "neuron torch (eager)": neuron_run(kernel="torch"),
+                  "neuron fused (torch.compile)": neuron_run(kernel="torch", fuse=True)}
+    has_triton = triton_mt.available_on(device) and device.type == "cuda"
+    if has_triton:
+        candidates["neuron triton kernel (+counts)"] = neuron_run(kernel="triton")
     with torch.inference_mode():
-        conv_s = timed(lambda: [conv(x) for _ in range(args.steps + 1)], device, args.repeats)
-        rows.append({"path": "conv3x3 (same frames)", "seconds": conv_s, "vs_conv": 1.0})
-        torch_s = timed(neuron_run(kernel="torch"), device, args.repeats)
-        rows.append({"path": "neuron torch (eager)", "seconds": torch_s, "vs_conv": torch_s / conv_s})
-        fused_s = timed(neuron_run(kernel="torch", fuse=True), device, args.repeats, warmup=2)
-        rows.append({"path": "neuron fused (torch.compile)", "seconds": fused_s, "vs_conv": fused_s / conv_s})
-        if triton_mt.available_on(device) and device.type == "cuda":
-            tri_s = timed(neuron_run(kernel="triton"), device, args.repeats, warmup=2)
-            rows.append({"path": "neuron triton kernel (+counts)", "seconds": tri_s, "vs_conv": tri_s / conv_s})
-        else:
-            rows.append({"path": "neuron triton kernel", "seconds": float("nan"), "vs_conv": float("nan"),
-                         "note": "no CUDA device: skipped"})
-    print_table(rows, ["path", "seconds", "vs_conv"])
+        times = interleaved(candidates, device, args.repeats, warmup=2)
+    rows = []
+    for name in candidates:
+        ratio = paired_ratio(times, name, "conv3x3 (same frames)")
+        rows.append({"path": name, "seconds": median(times[name]), "vs_conv": ratio["median"],
+                     "vs_conv_range": [ratio["min"], ratio["max"]], "ratio": ratio_text(ratio)})
+    if not has_triton:
+        rows.append({"path": "neuron triton kernel", "seconds": float("nan"), "vs_conv": float("nan"),
+                     "ratio": "-", "note": "no CUDA device: skipped"})
+    print_table(rows, ["path", "seconds", "ratio"])
     payload = {"benchmark": "mt_kernel", "shape": shape, "n": args.n, "steps": args.steps + 1,
-               "environment": environment(device, args.threads), "rows": rows}
+               "repeats": args.repeats, "environment": finish_environment(env), "rows": rows}
     write_json("mt_kernel" + ("_cuda" if device.type == "cuda" else ""), payload, args.out)
     return payload
 

@@ -1,10 +1,12 @@
 """Simulation overhead: wall time of T SNN steps / T ANN forwards on the same batch.
 
-    python -m benchmarks.bench_simulation [--T 8] [--batch 64] [--device auto] [--threads 2]
+    python -m benchmarks.bench_simulation [--T 8] [--batch 64] [--device auto] [--threads 1]
 
 For vgg_small (28x28), resnet18 (64x64) and the embedded ViT, with dcgs and rate, counting
 on and off. Differential coding runs T + 1 frames (the bias pass included in its time).
-Targets (issue 10): <= 1.3 with counting off, <= 1.6 with counting on.
+Per model, the ANN and every SNN variant are warmed first (fused steps compiled, heap
+grown), then timed in interleaved rounds; the overheads are the per-round ratios SNN / ANN
+(median, min-max). Targets (issue 10): <= 1.3 with counting off, <= 1.6 with counting on.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import argparse
 
 import torch
 
-from benchmarks.common import (add_common_args, benchmark_models, convert, environment, print_table, resolve_device,
-                               timed, write_json)
+from benchmarks.common import (add_common_args, benchmark_models, convert, environment, finish_environment,
+                               interleaved, median, paired_ratio, print_table, ratio_text, resolve_device,
+                               write_json)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -28,6 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    env = environment(device, args.threads)
     from snnbench.counting import OpCounter
     from snnbench.methods.settings import parse_assignments
 
@@ -39,12 +43,17 @@ def main(argv: list[str] | None = None) -> dict:
         model = build().to(device)
         torch.manual_seed(1)
         x = torch.randn(args.batch, *shape, device=device)
-        with torch.inference_mode():
-            ann = timed(lambda: [model(x) for _ in range(args.T)], device, args.repeats)
+
+        def ann() -> None:
+            with torch.inference_mode():
+                for _ in range(args.T):
+                    model(x)
+
+        candidates = {"ann": ann}
         for method in args.methods.split(","):
             snn = convert(model, x, method, args.T, settings).to(device)
 
-            def run(count: bool) -> None:
+            def run(count: bool, snn=snn) -> None:
                 with torch.inference_mode():
                     snn.reset()
                     if count:
@@ -57,14 +66,23 @@ def main(argv: list[str] | None = None) -> dict:
                         for _ in snn.simulate(x, args.T):
                             pass
 
-            off = timed(lambda: run(False), device, args.repeats)
-            on = timed(lambda: run(True), device, args.repeats)
-            rows.append({"model": name, "method": method, "ann_s": ann, "snn_s": off, "snn_count_s": on,
-                         "overhead": off / ann, "overhead_counting": on / ann})
-    print_table(rows, ["model", "method", "ann_s", "snn_s", "snn_count_s", "overhead", "overhead_counting"])
+            candidates[f"{method}"] = lambda run=run: run(False)
+            candidates[f"{method}+count"] = lambda run=run: run(True)
+        times = interleaved(candidates, device, args.repeats, warmup=2)
+        for method in args.methods.split(","):
+            off = paired_ratio(times, method, "ann")
+            on = paired_ratio(times, f"{method}+count", "ann")
+            rows.append({"model": name, "method": method, "ann_s": median(times["ann"]),
+                         "snn_s": median(times[method]), "snn_count_s": median(times[f"{method}+count"]),
+                         "overhead": off["median"], "overhead_range": [off["min"], off["max"]],
+                         "overhead_counting": on["median"], "overhead_counting_range": [on["min"], on["max"]],
+                         "off": ratio_text(off), "on": ratio_text(on)})
+    print_table(rows, ["model", "method", "ann_s", "snn_s", "snn_count_s", "off", "on"])
     payload = {"benchmark": "simulation", "T": args.T, "batch": args.batch, "settings": settings,
-               "environment": environment(device, args.threads), "rows": rows,
+               "repeats": args.repeats, "environment": finish_environment(env), "rows": rows,
                "targets": {"overhead": 1.3, "overhead_counting": 1.6}}
+    print(f"load average: start {env['load_average_start']}, end {env['load_average_end']}; "
+          f"threads {args.threads}")
     write_json("simulation" + ("_cuda" if device.type == "cuda" else ""), payload, args.out)
     return payload
 

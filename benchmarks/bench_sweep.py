@@ -7,7 +7,9 @@ Cells: every built-in method on Fashion-MNIST (vgg_small, resnet_small) with sma
 evaluation and calibration sizes; each executor starts from an empty results directory
 (the zoo models are trained once beforehand). The overhead is measured with cells whose
 method does nothing (``ann`` on 1 image, distinct seeds): their wall time is the harness:
-building the task and model, the cache lookups, the ledger and MLflow writes.
+building the task and model, the cache lookups, the ledger and MLflow writes. With
+``--repeats N`` the executors run N rounds, alternating which goes first (each from an
+empty results directory); Ray's speed-up is the per-round ratio serial / Ray.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import add_common_args, environment, print_table, resolve_device, write_json
+from benchmarks.common import (add_common_args, environment, finish_environment, median, paired_ratio, print_table,
+                               ratio_text, resolve_device, write_json)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -32,8 +35,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--models", default="vgg_small,resnet_small")
     p.add_argument("--overhead-cells", type=int, default=6)
     p.add_argument("--skip-ray", action="store_true")
+    p.set_defaults(repeats=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    env = environment(resolve_device("cpu"), args.threads)
     from snnbench.campaigns import EMBEDDED_CAMPAIGN
     from snnbench.executors import RayExecutor, SerialExecutor
     from snnbench.grid import GridOptions, expand_grid
@@ -53,14 +58,23 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.skip_ray:
             executors.append(("ray (local, 2 workers)",
                               lambda d: RayExecutor(str(d / "cache"), address="local", num_cpus=2)))
-        for name, make in executors:
-            directory = work / name.split()[0]
-            start = time.perf_counter()
-            outcome = run_sweep(cells, directory, make(directory), experiment="bench")
-            wall = time.perf_counter() - start
-            failed = len(outcome.failed)
-            rows.append({"executor": name, "cells": len(cells), "failed": failed, "wall_s": wall,
-                         "cells_per_min": 60 * len(cells) / wall})
+        walls: dict[str, list[float]] = {name: [] for name, _ in executors}
+        fails: dict[str, int] = {name: 0 for name, _ in executors}
+        for r in range(args.repeats):  # rounds; the executor order alternates between rounds
+            for name, make in executors[r % len(executors):] + executors[:r % len(executors)]:
+                directory = work / f"{name.split()[0]}-{r}"
+                start = time.perf_counter()
+                outcome = run_sweep(cells, directory, make(directory), experiment="bench")
+                walls[name].append(time.perf_counter() - start)
+                fails[name] += len(outcome.failed)
+        for name, _ in executors:
+            wall = median(walls[name])
+            row = {"executor": name, "cells": len(cells), "failed": fails[name], "wall_s": wall,
+                   "cells_per_min": 60 * len(cells) / wall}
+            if name != "serial":
+                ratio = paired_ratio(walls, "serial", name)  # serial wall / ray wall = ray's speed-up
+                row.update(speedup_vs_serial=ratio["median"], speedup=ratio_text(ratio))
+            rows.append(row)
         try:
             import ray
 
@@ -76,11 +90,10 @@ def main(argv: list[str] | None = None) -> dict:
         per_cell = (time.perf_counter() - start) / (len(noop) - 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print_table(rows, ["executor", "cells", "failed", "wall_s", "cells_per_min"])
+    print_table(rows, ["executor", "cells", "failed", "wall_s", "cells_per_min", "speedup"])
     print(f"\nharness overhead per cell (method doing nothing, serial, MLflow on): {per_cell:.2f} s")
-    device = resolve_device("cpu")
     payload = {"benchmark": "sweep", "eval_size": args.eval_size, "T": args.T, "models": models,
-               "environment": environment(device, args.threads), "rows": rows, "overhead_per_cell_s": per_cell}
+               "repeats": args.repeats, "environment": finish_environment(env), "rows": rows, "overhead_per_cell_s": per_cell}
     write_json("sweep", payload, args.out)
     return payload
 

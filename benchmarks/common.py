@@ -1,9 +1,21 @@
-"""Shared helpers of the benchmarks: timing, tables, JSON output, model fixtures."""
+"""Shared helpers of the benchmarks: timing, tables, JSON output, model fixtures.
+
+How every benchmark times (so that its ratios hold up on a shared, noisy machine):
+
+* :func:`interleaved` warms **every** candidate first (compilation, allocator and page
+  faults of a fresh heap belong to no candidate), then runs ``repeats`` rounds, each round
+  timing every candidate once, the order rotating from round to round;
+* :func:`paired_ratio` divides the two candidates' times **within each round** and reports
+  the median with the min-max range of those paired ratios;
+* :func:`environment` records the torch threads and the load average (at the start and,
+  via :func:`finish_environment`, at the end), so a reader can judge the noise.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -18,7 +30,8 @@ OUT_DIR = Path(__file__).parent / "out"
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved rounds (paired ratios: median and min-max reported)")
     p.add_argument("--out", default=None, help="JSON output path (default benchmarks/out/<name>.json)")
 
 
@@ -34,7 +47,10 @@ def synchronize(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs (CUDA-synchronised)."""
+    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs (CUDA-synchronised).
+
+    For a single quantity only: to compare candidates use :func:`interleaved` and
+    :func:`paired_ratio`."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -47,9 +63,62 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int
     return statistics.median(times)
 
 
+def interleaved(candidates: dict[str, Callable[[], Any]], device: torch.device, repeats: int,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times of every candidate over ``repeats`` rounds (one run of each per round).
+
+    Every candidate runs ``warmup`` times before any timing; the order within a round
+    rotates, so no candidate always runs first (in a fresh heap) or last.
+    """
+    names = list(candidates)
+    for _ in range(warmup):
+        for name in names:
+            candidates[name]()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            candidates[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> dict[str, float]:
+    """``numerator / denominator`` per round: median, min and max of the paired ratios."""
+    ratios = [a / b for a, b in zip(times[numerator], times[denominator])]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
+
+
+def ratio_text(r: dict[str, float]) -> str:
+    """``1.28 (1.20-1.35)``: the median paired ratio and its range."""
+    return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (empty where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # pragma: no cover - not on POSIX
+        return []
+
+
+def finish_environment(info: dict[str, Any]) -> dict[str, Any]:
+    """Add the load average at the end of the run to :func:`environment`'s record."""
+    info["load_average_end"] = load_average()
+    return info
+
+
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
+    """Versions, device, torch threads, CPU count and the load average at the start."""
     info = {"torch": torch.__version__, "device": str(device), "threads": threads, "machine": platform.machine(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "cpus": os.cpu_count(), "load_average_start": load_average(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -55,6 +55,7 @@ def plot_metric_vs_T(rows: Rows, task: str, model: str, path: Path) -> Path:
         style = _LINESTYLES[seen.get(row["method"], 0) % len(_LINESTYLES)]   # rows of a method: other dashes
         seen[row["method"]] = seen.get(row["method"], 0) + 1
         curve = rows.curve(row["row_id"])
+        curve = curve[curve["metric"].notna()]  # t outside a cell's eval_ts has no metric
         t = curve["t"].to_numpy()
         y = curve["metric"].to_numpy(dtype=float) * PERCENT
         ax.plot(t, y, marker="o", markersize=3, color=color, linestyle=style, label=row["label"])

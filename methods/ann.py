@@ -58,11 +58,12 @@ class StaticModel(SpikingModel):
 
 def traced_reference(model: nn.Module, example: torch.Tensor) -> StaticModel:
     """The ANN as a traced graph whose products count their dense MACs."""
-    from snnbench.methods.snn.graph import build_network_graph
+    from snnbench.methods.snn.graph import network_graph
     from snnbench.methods.snn.network import SimulatedNetwork
     from snnbench.methods.snn.units import AnalogOp
 
-    graph = build_network_graph(model, example, placement="activations")
+    # any placement gives the same function and MACs; "auto" shares the conversion's graph
+    graph = network_graph(model, example, placement="auto")
     gm, _ = graph.instantiate(site_unit=None, graded_unit=lambda node, fn, positions, label: AnalogOp(
         fn, positions, label, product=graph.kinds[node.name] == "product"))
     plan = SimulatedNetwork(gm, "rate").count_plan()

@@ -68,6 +68,10 @@ class ConnectionSite:
     #: only): its input spikes are the events, each reaching the layer through the pooled
     #: cell that holds it, so the layer's ops are ACs counted per spike, not per pooled value
     events_from: nn.Module | None = None
+    #: the one spiking module whose output reaches this layer unchanged (``conv``: through
+    #: identity/dropout only; ``linear``: also through reshapes): the op counter then takes
+    #: the spike counts from that module's own counting pass instead of reading the input
+    spikes_from: nn.Module | None = None
 
 
 @dataclass

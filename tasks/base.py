@@ -76,6 +76,8 @@ class Task(abc.ABC):
     description: ClassVar[str] = ""
     #: evaluation batch size used when the caller gives none
     default_batch_size: ClassVar[int] = 100
+    #: time-steps scored when a cell's ``eval_ts`` is ``auto`` (see ``snnbench.cell.resolve_eval_ts``)
+    default_eval_ts: ClassVar[str] = "all"
 
     def __init__(self, data_root: str | None = None) -> None:
         self.data_root = data_root

@@ -15,8 +15,9 @@ from snnbench.tasks.base import DataNotFoundError, ModelBundle, StepMetric, Task
 from snnbench.tasks.data import cifar, digits, fashion_mnist, imagenet
 from snnbench.tasks.data.arrays import ImageArrays, subset_indices
 from snnbench.tasks.zoo import ModelSpec, get_model_spec, list_models
-from snnbench.tasks.zoo.weights import (load_into, load_state_dict_file, package_mobilenet_v2_path, timm_weights_path,
-                               torchvision_weights_path)
+from snnbench.tasks.zoo.weights import (adapt_state_dict, load_into, load_state_dict_file,
+                                        package_efficientnet_lite0_path, package_mobilenet_v2_path, timm_weights_path,
+                                        torchvision_weights_path)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ def default_weights_path(spec: ModelSpec) -> str:
     """Local file of a spec's default pretrained weights (torchvision, timm or package)."""
     if spec.source == "package" and spec.name == "mobilenet_v2":
         return str(package_mobilenet_v2_path())
+    if spec.source == "package" and spec.name == "efficientnet_lite0":
+        return str(package_efficientnet_lite0_path())
     if spec.source in ("torchvision", "package") and spec.weights:
         return str(torchvision_weights_path(spec.weights))
     if spec.source == "timm":
@@ -185,8 +188,10 @@ class CIFAR100Task(ArrayClassificationTask):
 
 
 def eval_transform(spec: ModelSpec, net: nn.Module) -> Callable:
-    """The standard evaluation transform of a pretrained ImageNet model."""
-    if spec.source == "timm":
+    """The standard evaluation transform of a pretrained ImageNet model (timm's data config for timm models)."""
+    from snnbench.tasks.zoo.catalog import build_timm
+
+    if spec.source == "timm" or spec.build is build_timm:
         import timm.data
 
         config = timm.data.resolve_data_config({}, model=net)
@@ -241,7 +246,7 @@ class ImageNetTask(Task):
         check_model_fits(self, spec)
         net = spec.build(spec, num_classes=1000)
         path = weights or default_weights_path(spec)
-        load_into(net, load_state_dict_file(path), origin=path)
+        load_into(net, adapt_state_dict(load_state_dict_file(path)), origin=path)
         info = {"model": model, "weights": os.path.abspath(path), "transform": eval_transform(spec, net)}
         return ModelBundle(core=net.eval().to(device), info=info)
 

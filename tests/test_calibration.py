@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.calibration import SNNCalibration
 from snnbench.methods.settings import SettingsError
-from snnbench.methods.snn.correction import ann_activations, mean_rate
+from snnbench.methods.snn.correction import (ann_activations, calibrate_network, calibrate_network_reference,
+                                               mean_rate)
 from snnbench.methods.snn.stats import StatKind, collect_stats
 from snnbench.methods.snn.units import SpikingNeuron
 
@@ -115,3 +117,89 @@ def test_corrections_work_on_a_transformer_with_signed_input_sites(mode):
         corrected.reset()
         out = list(corrected.simulate(batch, 8))[-1]
     assert torch.isfinite(out).all() and out.shape == model(batch).shape
+
+
+class _Residual(nn.Module):
+    """conv-ReLU-conv with a skip connection: a value (the block input) crosses the cut at
+    the inner ReLU, so the segmented pass must carry it over."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu0 = nn.ReLU()
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        h = self.relu0(self.stem(x))
+        y = self.relu2(self.conv2(self.relu1(self.conv1(h))) + h)
+        return self.fc(y.flatten(1))
+
+
+def _corrections(snn):
+    return [(m.input_bias, m.v_init) for m in snn.modules() if isinstance(m, SpikingNeuron)]
+
+
+def _assert_same_corrections(a, b):
+    pairs = list(zip(_corrections(a), _corrections(b)))
+    assert pairs and len(_corrections(a)) == len(_corrections(b))
+    for (bias_a, v_a), (bias_b, v_b) in pairs:
+        for x, y in ((bias_a, bias_b), (v_a, v_b)):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert torch.equal(x, y)
+
+
+def _both_paths(model, batch, T, mode, **kwargs):
+    method, stats, ctx = build(model, batch, T, mode="grid")
+    ref, graph, paths = method.build(model, stats, ctx)
+    new, _, _ = method.build(model, stats, ctx)
+    report_ref = calibrate_network_reference(ref, graph, paths, batch, T, mode)
+    report_new = calibrate_network(new, graph, paths, batch, T, mode, **kwargs)
+    return ref, new, report_ref, report_new
+
+
+@pytest.mark.parametrize("mode", ["bias", "potential"])
+@pytest.mark.parametrize("budget", [None, 0])
+def test_segmented_correction_equals_the_whole_network_reference_on_cnns(digits_vgg, digits_batch, mode, budget):
+    """Each segment simulated once (budget None), or re-run from the input when the cut's
+    values exceed the memory budget (0): the same corrections, bit for bit, as one whole
+    T-step simulation per site."""
+    kwargs = {} if budget is None else {"max_cached_bytes": budget}
+    torch.manual_seed(0)
+    residual = _Residual().eval()
+    for model, batch in ((digits_vgg.core, digits_batch[:24]), (residual, torch.randn(16, 1, 8, 8))):
+        ref, new, report_ref, report_new = _both_paths(model, batch, 6, mode, **kwargs)
+        assert report_ref == report_new and len(report_new) >= 3
+        _assert_same_corrections(ref, new)
+        assert any(b is not None and bool(b.abs().sum() > 0) for pair in _corrections(new) for b in pair)
+
+
+def test_segmented_correction_equals_the_reference_on_a_transformer():
+    """vit_mini (34 signed input sites, products, graded units with state): identical too."""
+    from snnbench.tasks.zoo import get_model_spec
+
+    torch.manual_seed(0)
+    spec = get_model_spec("vit_mini")
+    model = spec.build(spec, in_shape=(1, 28, 28), num_classes=10).eval()
+    batch = torch.randn(4, 1, 28, 28)
+    ref, new, report_ref, report_new = _both_paths(model, batch, 3, "bias")
+    assert report_ref == report_new and len(report_new) > 30
+    _assert_same_corrections(ref, new)
+
+
+def test_a_cell_traces_its_network_once(digits_vgg):
+    """The ANN reference, the statistic kinds, the statistics pass and the conversion share
+    one traced graph (it used to be built four times per cell)."""
+    from snnbench.cell import CellSpec
+    from snnbench.methods.snn import graph as graph_module
+    from snnbench.runner import run_cell
+
+    before = graph_module.GRAPH_BUILDS["count"]
+    result = run_cell(CellSpec(method="calibration", task="digits", model="vgg_small", T=4, calib_size=100,
+                               eval_size=50))
+    assert result["status"] == "ok", result["error"]
+    assert graph_module.GRAPH_BUILDS["count"] == before + 1

@@ -218,3 +218,43 @@ def test_neurons_counting_in_their_own_pass_match_their_outputs(rule, coding, fu
     s = counter.summary()
     assert s.events == pytest.approx(events, abs=0) and s.unit_spikes == pytest.approx(units, abs=0)
     assert s.events[-1] > 0 and (rule == "if" or s.unit_spikes[-1] > s.events[-1])
+
+
+def _counts(snn, x, T, from_neurons: bool):
+    counter = OpCounter(snn, T)
+    if not from_neurons:  # the reference: every layer reads its own input
+        for layer in counter.layers:
+            layer.site.spikes_from = None
+    with torch.inference_mode(), counter:
+        snn.reset()
+        for _ in snn.simulate(x, T):
+            pass
+        counter.add_samples(x.shape[0])
+    return counter.summary()
+
+
+@pytest.mark.parametrize("method_name", ["dcgs", "rate"])
+@pytest.mark.parametrize("fuse", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "fused"])
+def test_layers_fed_directly_by_neurons_take_counts_from_the_neurons_pass(digits_vgg, method_name, fuse):
+    """Convolutions read the per-position spike map, linear layers the event count, that the
+    feeding neuron computed in its own pass; every count equals the layers reading their input."""
+    from snnbench.methods.base import ConversionContext
+    from snnbench.methods.snn.stats import collect_stats
+    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.plugins import create_method
+
+    model = digits_vgg.core
+    torch.manual_seed(3)
+    x = torch.rand(6, 1, 8, 8) * 2
+    method = create_method(method_name, {"threshold": "max", "fuse": fuse})
+    ctx = ConversionContext(T=3, example=x)
+    snn = method.convert(model, collect_stats(model, [x], method.stat_kinds(model, ctx)), ctx)
+    direct = {c.name: c.spikes_from is not None for c in snn.count_plan().connections}
+    assert direct == {"features.0": False, "features.3": True, "features.7": False, "features.10": True,
+                      "classifier.1": False, "classifier.3": True}
+    fast = _counts(snn, x, 4, from_neurons=True)
+    slow = _counts(snn, x, 4, from_neurons=False)
+    assert fast.acs == slow.acs and fast.macs == slow.macs and fast.events == slow.events
+    assert fast.layers == slow.layers and fast.acs[-1] > 0
+    assert not any(m.count_positions or m.last_hits is not None for m in snn.modules()
+                   if isinstance(m, SpikingNeuron))  # switched off on exit

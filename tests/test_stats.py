@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from snnbench.methods.snn.stats import StatKind, collect_stats, mse_grid_search
+from snnbench.methods.snn.stats import StatKind, as_rows, batch_moments, collect_stats, mse_grid_search
 
 
 class TwoLayer(nn.Module):
@@ -97,3 +97,47 @@ def test_mse_grid_search_finds_minimiser():
         errs = torch.stack([mse(c) for c in cands])
         assert best[r].item() == pytest.approx(cands[errs.argmin()].item(), rel=1e-6)
     assert best[1] < 30.0
+
+
+@pytest.mark.parametrize("axis", [None, 1, 2])
+def test_batch_moments_in_float32_agree_with_the_float64_two_pass_formula(axis):
+    """Per batch one float32 var_mean, pooled in float64: within 1e-6 relative of the float64
+    two-pass mean and sum of squared deviations, also with a large offset and many values."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 16, 30, 30) * 0.3 + 5.0
+    x[:, 3] *= 40.0
+    mean, m2, count = batch_moments(x, axis)
+    rows = as_rows(x, axis).double()
+    ref_mean = rows.mean(1)
+    ref_m2 = ((rows - ref_mean[:, None]) ** 2).sum(1)
+    assert count == rows.shape[1] and mean.dtype == torch.float64
+    assert ((mean - ref_mean).abs() / ref_mean.abs()).max() < 1e-6
+    assert ((m2 - ref_m2).abs() / ref_m2).max() < 1e-6
+
+
+def test_pooled_moments_over_batches_within_1e6_of_float64_over_all_values():
+    torch.manual_seed(1)
+    model = TwoLayer().eval()
+    batches = [torch.randn(50, 2, 4, 4) * 3 + 1 for _ in range(4)]
+    kind = StatKind("moments", granularity="channel")
+    got = collect_stats(model, batches, [kind]).site(kind, "relu")
+    with torch.no_grad():
+        rows = torch.cat([model.conv(b) for b in batches]).transpose(0, 1).reshape(3, -1).double()
+    assert ((got["mean"].flatten().double() - rows.mean(1)).abs() / rows.mean(1).abs()).max() < 1e-6
+    ref_var = rows.var(1, unbiased=False)
+    assert ((got["var"].flatten().double() - ref_var).abs() / ref_var).max() < 1e-6
+
+
+def test_network_graph_is_built_once_per_model_and_rebuilt_after_an_edit(model_and_batches):
+    from snnbench.methods.snn import graph as graph_module
+
+    model, batches = model_and_batches
+    before = graph_module.GRAPH_BUILDS["count"]
+    first = graph_module.network_graph(model, batches[0], "auto")
+    assert graph_module.network_graph(model, batches[1][:3], "activations") is first  # batch size ignored
+    assert graph_module.GRAPH_BUILDS["count"] == before + 1
+    with torch.no_grad():
+        model.conv.weight.mul_(2.0)  # in-place edit: the traced copy is stale
+    second = graph_module.network_graph(model, batches[0], "auto")
+    assert second is not first and graph_module.GRAPH_BUILDS["count"] == before + 2
+    assert torch.equal(second.module.conv.weight, model.conv.weight)

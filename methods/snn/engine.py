@@ -16,7 +16,7 @@ from torch import nn
 from snnbench.methods.base import ConversionContext, ConversionMethod, SpikingModel
 from snnbench.methods.settings import SettingsError
 from snnbench.methods.snn.fused import resolve_fuse
-from snnbench.methods.snn.graph import NetworkGraph, Site, build_network_graph
+from snnbench.methods.snn.graph import NetworkGraph, Site, network_graph
 from snnbench.methods.snn.network import SimulatedNetwork
 from snnbench.methods.snn.stats import StatKind, Stats
 from snnbench.methods.snn.thresholds import threshold_iteration
@@ -90,7 +90,7 @@ class EngineMethod(ConversionMethod[EngineSettings]):
 
     # -- resolution of "auto" settings -----------------------------------------------
     def graph(self, model: nn.Module, example: torch.Tensor) -> NetworkGraph:
-        return build_network_graph(model, example, self.settings.placement)
+        return network_graph(model, example, self.settings.placement)
 
     def resolved(self, graph: NetworkGraph) -> dict[str, Any]:
         s = self.settings

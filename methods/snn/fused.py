@@ -80,6 +80,20 @@ def spike_counts(s: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     return torch.stack([events, units])
 
 
+def spike_counts_by_position(s: torch.Tensor, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position of the trailing axes, the number of non-zero spikes over the batch and
+    channel axes (dims 0 and 1), and the step's unit spikes, in one read of ``s``.
+
+    A convolution fed directly by these spikes counts its effective ops from the map
+    (Σ_positions hits·fan-out), so the op counter need not read the spikes again; the
+    step's events are the map's sum.
+    """
+    a = s.abs()
+    hits = (a > 0).sum(dim=(0, 1))
+    units = (a / unit.clamp_min(1e-30)).to(torch.int32).sum()
+    return hits, units
+
+
 @functools.lru_cache(maxsize=None)
 def compiled(name: str) -> Callable:
     """The ``torch.compile``d version of :func:`differential_step`, :func:`rate_step` or
@@ -99,7 +113,8 @@ def resolve_fuse(fuse: bool | None) -> bool:
     return any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++"))
 
 
-_EAGER: dict[str, Callable] = {"differential": differential_step, "rate": rate_step, "counts": spike_counts}
+_EAGER: dict[str, Callable] = {"differential": differential_step, "rate": rate_step, "counts": spike_counts,
+                               "position_counts": spike_counts_by_position}
 #: steps whose compilation failed in this process (they run eagerly from then on)
 _FAILED: set[str] = set()
 

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import operator
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -496,3 +498,45 @@ def _looks_like_transformer(gm: fx.GraphModule, kinds: dict[str, str]) -> bool:
                                              or node.target in ("softmax",)):
                 return True
     return False
+
+
+# --------------------------------------------------------------------------------------
+#: graphs already built, per live model (weak keys: a model's entries go with it)
+_GRAPH_MEMO: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, NetworkGraph]]" = weakref.WeakKeyDictionary()
+#: how many times :func:`network_graph` traced a model (tests and benchmarks read it)
+GRAPH_BUILDS = {"count": 0}
+
+
+def _model_fingerprint(model: nn.Module) -> tuple:
+    """Changes when the model's modules, parameters or buffers are replaced or edited in place."""
+    tensors = tuple((id(t), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
+    return tuple(id(m) for m in model.modules()), tensors
+
+
+def network_graph(model: nn.Module, example: torch.Tensor, placement: Placement | Literal["auto"] = "auto"
+                  ) -> NetworkGraph:
+    """:func:`build_network_graph`, built once per model, input layout and placement.
+
+    One cell asks for the graph up to four times (the ANN reference, the statistic kinds,
+    the statistics pass, the conversion); tracing and shape propagation of a detector take
+    seconds, so the graph is kept while the model lives and is unchanged (same modules,
+    same parameter tensors, no in-place edit). The key ignores the batch size: the graph
+    (its nodes, kinds and sites) does not depend on it. Callers must treat the returned
+    graph as read-only; :meth:`NetworkGraph.instantiate` copies it.
+    """
+    key_base = (tuple(example.shape[1:]), example.dtype, example.device.type, _model_fingerprint(model))
+    try:
+        per_model = _GRAPH_MEMO.setdefault(model, {})
+    except TypeError:  # pragma: no cover - a module that cannot be weakly referenced
+        return build_network_graph(model, example, placement)
+    found = per_model.get((*key_base, placement))
+    if found is not None:
+        return found
+    GRAPH_BUILDS["count"] += 1
+    graph = build_network_graph(model, example, placement)
+    if len(per_model) > 8:  # a model edited many times: keep only the newest graphs
+        per_model.clear()
+    per_model[(*key_base, placement)] = graph
+    if placement == "auto":  # the same graph answers a request for the placement it chose
+        per_model[(*key_base, graph.placement)] = graph
+    return graph

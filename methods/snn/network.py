@@ -75,6 +75,7 @@ class SimulatedNetwork(SpikingModel):
         gm = self.net
         kinds_by_module: dict[str, set[str]] = {}
         pools: dict[str, set[nn.Module | None]] = {}
+        direct: dict[str, set[nn.Module | None]] = {}
         for node in gm.graph.nodes:
             if node.op != "call_module":
                 continue
@@ -83,6 +84,8 @@ class SimulatedNetwork(SpikingModel):
                 spike, pool = spike_source(gm, node.args[0])
                 kinds_by_module.setdefault(node.target, set()).add("spike" if spike else "analog")
                 pools.setdefault(node.target, set()).add(pool)
+                direct.setdefault(node.target, set()).add(
+                    direct_spike_module(gm, node.args[0], reshapes=not isinstance(module, CONV_MODULES)))
         for node in gm.graph.nodes:
             if node.op == "call_module" and _is_product(gm.get_submodule(node.target)):
                 unit = gm.get_submodule(node.target)
@@ -96,7 +99,10 @@ class SimulatedNetwork(SpikingModel):
             op = "conv" if isinstance(module, CONV_MODULES) else "product" if _is_product(module) else "linear"
             spike = kinds == {"spike"} and len(pools[target]) == 1
             pool = next(iter(pools[target])) if spike else None
-            connections.append(ConnectionSite(target, module, "spike" if spike else "analog", op=op, events_from=pool))
+            sources = direct.get(target, {None})
+            source = next(iter(sources)) if spike and pool is None and len(sources) == 1 else None
+            connections.append(ConnectionSite(target, module, "spike" if spike else "analog", op=op, events_from=pool,
+                                              spikes_from=source))
         neurons = [NeuronSite(name, m, unit=m.unit_amplitude) for name, m in gm.named_modules()
                    if isinstance(m, SpikingNeuron)]
         return CountPlan(connections=connections, neurons=neurons, first_counted_frame=1)
@@ -118,6 +124,33 @@ POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, 
                 nn.AdaptiveAvgPool3d)
 RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous"}
 RESHAPE_MODULES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+
+
+IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+
+
+def direct_spike_module(gm: fx.GraphModule, node: fx.Node, reshapes: bool) -> nn.Module | None:
+    """The spiking neuron whose output ``node`` is, unchanged: through identity/dropout
+    modules and ``contiguous``, and with ``reshapes`` also through flatten/view/reshape
+    (which keep every element, so the counts of non-zero values are the neuron's)."""
+    for _ in range(64):
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if isinstance(module, SpikingNeuron):
+                return module
+            if isinstance(module, IDENTITY_MODULES) or (reshapes and isinstance(module, nn.Flatten)):
+                node = node.args[0]
+                continue
+            return None
+        if node.op == "call_method" and (node.target == "contiguous" or (reshapes and node.target in RESHAPE_METHODS)):
+            node = node.args[0]
+            continue
+        name = getattr(node.target, "__name__", "")
+        if node.op == "call_function" and reshapes and name in ("flatten", "reshape"):
+            node = node.args[0]
+            continue
+        return None
+    return None
 
 
 def spike_source(gm: fx.GraphModule, node: fx.Node) -> tuple[bool, nn.Module | None]:

@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Literal
 import torch
 from torch import nn
 
-from snnbench.methods.snn.graph import NetworkGraph, Site, build_network_graph
+from snnbench.methods.snn.graph import NetworkGraph, Site, network_graph
 
 Quantity = Literal["percentile", "max", "moments", "mse_grid"]
 Granularity = Literal["layer", "channel", "token"]
@@ -137,7 +137,8 @@ class _Accumulator:
         if self.axis is None and self.ndim == 0:
             self.ndim = x.ndim
             self.axis = reduction_axis(self.site, kind.granularity, x.ndim)
-        rows = as_rows(x.detach().float(), self.axis)
+        # moments reduce the tensor in place; the other statistics work on [C, L] rows
+        rows = None if kind.quantity == "moments" else as_rows(x.detach().float(), self.axis)
         batch = x.shape[0]
         if kind.quantity == "max":
             m = rows.amax(dim=1)
@@ -147,10 +148,7 @@ class _Accumulator:
             weight = batch / (self.n + batch)
             self.value = q if self.value is None else (1 - weight) * self.value + weight * q
         elif kind.quantity == "moments":
-            rows64 = rows.double()
-            count = rows64.shape[1]
-            mean_b = rows64.mean(dim=1)
-            m2_b = ((rows64 - mean_b[:, None]) ** 2).sum(dim=1)
+            mean_b, m2_b, count = batch_moments(x.detach(), self.axis)
             if self.mean is None:
                 self.mean, self.m2, self.count = mean_b, m2_b, torch.full_like(mean_b, count)
             else:  # Chan et al. parallel update of mean and sum of squared deviations
@@ -174,6 +172,25 @@ class _Accumulator:
                     "count": torch.tensor(float(self.count.min()))}
         value = torch.nan_to_num(self.value, nan=0.0)
         return {"value": shape(value.float()), "samples": torch.tensor(float(self.n))}
+
+
+def batch_moments(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One batch's per-row mean and sum of squared deviations (float64) and its value count.
+
+    One float32 ``var_mean`` pass over the values, reduced in place over every axis but the
+    kept one (no float64 copy of the activations, no transposed copy); only the per-row
+    results are promoted to float64, where batches are pooled (Chan et al.'s update in
+    :meth:`_Accumulator.observe`). Agrees with the float64 two-pass formula to ~1e-7 relative.
+    """
+    x = x.float()
+    if axis is None:
+        dims: tuple[int, ...] | None = None
+        count = x.numel()
+    else:
+        dims = tuple(d for d in range(x.ndim) if d != axis)
+        count = x.numel() // x.shape[axis]
+    var, mean = torch.var_mean(x, dim=dims, correction=0)
+    return mean.double().reshape(-1), var.double().reshape(-1) * count, count
 
 
 def _row_quantile(rows: torch.Tensor, q: float, nonzero: bool) -> torch.Tensor:
@@ -247,8 +264,7 @@ def collect_stats(model: nn.Module, batches: Iterable[torch.Tensor] | Callable[[
             first = next(iterator)
         except StopIteration:
             raise ValueError("no calibration batches") from None
-        g = graph if graph is not None and graph.placement == placement else build_network_graph(model, first,
-                                                                                                   placement)
+        g = graph if graph is not None and graph.placement == placement else network_graph(model, first, placement)
         accs = {(k.key(), s.name): _Accumulator(k, s) for k in group for s in g.sites}
         probed, _ = g.instantiate(
             site_unit=lambda site: StatProbe(site, [accs[(k.key(), site.name)] for k in group]), graded_unit=None)

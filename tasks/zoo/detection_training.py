@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from snnbench.tasks.base import DataNotFoundError
 from snnbench.tasks.zoo.spec import ModelSpec
-from snnbench.tasks.zoo.training import seed_everything
+from snnbench.tasks.zoo.training import seed_everything, training_device
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ def train_detector(detector: nn.Module, data: DetectionTrainData, recipe: Detect
     params = freeze_backbone_stages(detector, recipe.frozen_stages)
     opt = torch.optim.SGD(params, lr=recipe.lr_at(0), momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     order: list[int] = []
+    device = training_device()
+    detector.to(device)
     start = time.perf_counter()
     running: dict[str, float] = {}
     detector.train()
@@ -135,7 +137,8 @@ def train_detector(detector: nn.Module, data: DetectionTrainData, recipe: Detect
         images, targets = zip(*(data.sample(i, bool(f)) for i, f in zip(batch, flips)))
         for group in opt.param_groups:
             group["lr"] = recipe.lr_at(step)
-        losses = detector(list(images), list(targets))
+        losses = detector([image.to(device) for image in images],
+                          [{k: v.to(device) for k, v in target.items()} for target in targets])
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: the training loss became {float(loss)} at step {step}; "
@@ -154,11 +157,12 @@ def train_detector(detector: nn.Module, data: DetectionTrainData, recipe: Detect
                      time.perf_counter() - start)
     bar.close()
     detector.requires_grad_(True)
+    detector.to("cpu")
     detector.eval()
     wall = time.perf_counter() - start
     log.info("%s: %d steps in %.0f s, final losses %s", desc, recipe.steps, wall,
              {k: round(v, 3) for k, v in running.items()})
-    return {"train_wall_s": round(wall, 1), "steps": recipe.steps, "recipe": recipe.key(),
+    return {"train_wall_s": round(wall, 1), "steps": recipe.steps, "recipe": recipe.key(), "trained_on": str(device),
             "final_losses": {k: round(v, 4) for k, v in running.items()}}
 
 

