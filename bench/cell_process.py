@@ -160,7 +160,13 @@ def _child_main() -> None:
     import torch  # noqa: F401 - the heavy imports happen before the clock starts
 
     import snnbench.runner  # noqa: F401
+    from snnbench.cell import CellSpec
     from snnbench.executors import run_cell_in_process
+    from snnbench.plugins import create_task
+
+    cell = CellSpec.from_dict(request["spec"])
+    cell.key()                                        # imports the method's plugin
+    create_task(cell.task, data_root=cell.data_root)  # and the task's (no data is read)
 
     out = os.fdopen(request["result_fd"], "wb")
     out.write(_STARTED)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 log = logging.getLogger("bench")
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """Bad command-line input: printed without a traceback, exit status 2."""
 
 
