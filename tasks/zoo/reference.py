@@ -91,6 +91,7 @@ def publish(stem: str, weights: Path, record: dict[str, Any], directory: Path | 
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".pt.tmp")
     os.close(fd)
     shutil.copyfile(weights, tmp)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, target)
     keep = {k: v for k, v in record.items() if k not in {"path", "cache", "file", "sha256", "saved_at", "source"}}
     entries = manifest(directory)
@@ -100,6 +101,7 @@ def publish(stem: str, weights: Path, record: dict[str, Any], directory: Path | 
     with os.fdopen(fd, "w") as f:
         json.dump(dict(sorted(entries.items())), f, indent=2, sort_keys=True)
         f.write("\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, directory / "manifest.json")
     return target
 
