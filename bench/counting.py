@@ -281,7 +281,6 @@ class OpCounter:
         """(effective ops, dense ops, ops of the non-zero elements of ``x`` itself)."""
         op = counter.site.op
         pool = counter.site.events_from
-        t = self._frame()
         if op == "product":
             active = getattr(self.model, "active", None)
             if active is not None and not bool(active.all()):
@@ -327,9 +326,9 @@ class OpCounter:
             else:  # non-zero inputs per position (only the active samples under early exit)
                 own_hits = ((x != 0) if present is None else present).sum(dim=(0, 1))
             own = (own_hits * fan).sum() * per_input_channel
-            if nonzero is None or pool is None:
+            if nonzero is None:
                 effective = own
-            else:  # behind an average pool: every spike of the pooled cell
+            else:  # behind an average pool every spike of the pooled cell; H-MT sub-spikes; active samples
                 effective = (nonzero.sum(dim=(0, 1)) * fan).sum() * per_input_channel
             dense = fan_total * x.shape[0] * x.shape[1] * per_input_channel
             return effective, dense, own

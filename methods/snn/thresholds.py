@@ -278,6 +278,8 @@ def quantisation_error(theta: float, mu: float, sigma: float, N: int) -> float:
 # starts at θ = 1 and runs 1500 updates (``OFFICIAL_GENERALIZED_STEPS``).
 
 #: updates of the released H-MT code (threshold_getter.py ``get_scale_from_var``)
+#: level ranges up to this many levels are summed directly; wider ones use the closed form
+GENERALIZED_DIRECT_SUM_MAX_LEVELS = 256
 OFFICIAL_GENERALIZED_STEPS = 1500
 #: the released H-MT code adds this to the variance before the square root
 OFFICIAL_GENERALIZED_VAR_EPS = 1e-8
@@ -286,7 +288,7 @@ OFFICIAL_GENERALIZED_VAR_EPS = 1e-8
 def generalized_iteration_sums(theta: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, N: int, a: int, b: int
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Σe_i, Σg_i and Σ(2i-1)e_i over the boundaries i = a+1..b (direct for <= 256 terms)."""
-    if b - a > DIRECT_SUM_MAX_N:
+    if b - a > GENERALIZED_DIRECT_SUM_MAX_LEVELS:
         return _generalized_sums_closed_form(theta, mu, sigma, N, a, b)
     return _generalized_sums_direct(theta, mu, sigma, N, a, b)
 
