@@ -38,7 +38,7 @@ from snnbench.methods.base import ConversionContext, CountPlan, Fairness
 from snnbench.methods.qcfs import is_qcfs_graph, qcfs_site_thresholds
 from snnbench.methods.settings import SettingsError
 from snnbench.methods.snn.engine import EngineMethod, EngineSettings
-from snnbench.methods.snn.fused import resolve_fuse
+from snnbench.methods.snn.fused import resolve_fuse, spike_counts
 from snnbench.methods.snn.graph import NetworkGraph, Site
 from snnbench.methods.snn.network import SimulatedNetwork
 from snnbench.methods.snn.stats import StatKind, Stats
@@ -81,8 +81,9 @@ class SRPNeuron(SpikingNeuron):
             self.v = self.initial_potential(x)
             return s
         s = s * self.mask
-        if self.count_spikes:  # the counts of the emitted (masked) spikes
-            self.last_counts = self._step_fn("counts")(s, self.unit_amplitude())
+        if self.count_spikes:  # the counts of the emitted (masked) spikes; layers it feeds read them
+            self.last_counts = spike_counts(s, self.unit_amplitude())
+            self.last_hits = None
         return s
 
 
