@@ -42,3 +42,32 @@ def digits_vgg(digits_task):
 @pytest.fixture(scope="session")
 def digits_resnet(digits_task):
     return digits_task.build("resnet_small", progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Tests that run a command in-process configure logging the CLI way (levels, a stderr
+    handler, routing filters on every handler); undo it so later tests' caplog sees records."""
+    import logging
+
+    root = logging.getLogger()
+    watched = ("snnbench", "torch")
+    saved_levels = {name: logging.getLogger(name).level for name in watched}
+    saved = (root.level, list(root.handlers), {h: list(h.filters) for h in root.handlers})
+    yield
+    root.setLevel(saved[0])
+    for handler in list(root.handlers):
+        if handler not in saved[1]:
+            root.removeHandler(handler)
+    for name, level in saved_levels.items():
+        logging.getLogger(name).setLevel(level)
+    for logger in [root, *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            handler.filters[:] = saved[2].get(handler, [f for f in handler.filters
+                                                         if type(f).__module__ != "snnbench.console"])
+    logging.captureWarnings(False)
+    import sys
+
+    console = sys.modules.get("snnbench.console")
+    if console is not None:
+        console._STATE = console._State()
