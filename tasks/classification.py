@@ -209,6 +209,19 @@ def eval_transform(spec: ModelSpec, net: nn.Module) -> Callable:
                        v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
 
 
+def build_imagenet_classifier(task: Task, model: str, weights: str | None,
+                              device: str | torch.device) -> ModelBundle:
+    """An ImageNet classifier with its weights (``weights`` or the spec's default file) and
+    its evaluation transform in ``info["transform"]``; shared by the ImageNet-input tasks."""
+    spec = get_model_spec(model)
+    check_model_fits(task, spec)
+    net = spec.build(spec, num_classes=1000)
+    path = weights or default_weights_path(spec)
+    load_into(net, adapt_state_dict(load_state_dict_file(path)), origin=path)
+    info = {"model": model, "weights": os.path.abspath(path), "transform": eval_transform(spec, net)}
+    return ModelBundle(core=net.eval().to(device), info=info)
+
+
 class ImageNetTask(Task):
     """ImageNet-1k validation (ImageFolder layout under --data-root), top-1/top-5."""
 
@@ -245,13 +258,7 @@ class ImageNetTask(Task):
 
     def build(self, model: str, weights: str | None = None, device: str | torch.device = "cpu",
               progress: bool = True) -> ModelBundle:
-        spec = get_model_spec(model)
-        check_model_fits(self, spec)
-        net = spec.build(spec, num_classes=1000)
-        path = weights or default_weights_path(spec)
-        load_into(net, adapt_state_dict(load_state_dict_file(path)), origin=path)
-        info = {"model": model, "weights": os.path.abspath(path), "transform": eval_transform(spec, net)}
-        return ModelBundle(core=net.eval().to(device), info=info)
+        return build_imagenet_classifier(self, model, weights, device)
 
     def _loader(self, samples: list, batch_size: int, bundle: ModelBundle):
         dataset = imagenet.ImageList(samples, bundle.info["transform"])
