@@ -20,7 +20,8 @@ each as before / after in one process (issue 22, items 2-4).
   bias 0 so that every image keeps its 100 detections, as a trained detector's would:
   COCOeval costs what it costs on real output), dcgs to T: COCOeval at every t with the op
   counter reading every layer's input (before) against COCOeval at t = 1, 2, 4, ..., T with
-  the counts taken from the neurons' own pass (after), and each change alone.
+  the counts taken from the neurons' own pass (after), and each change alone. With
+  ``--trained`` the detector is the shipped reference checkpoint (what a real cell runs).
 
 Candidates are warmed once, then timed in interleaved rounds; ratios are per round
 (median, min-max).
@@ -160,11 +161,15 @@ def graph_part(args, device) -> list[dict[str, Any]]:
              "saved_per_cell_s": 3 * median(build_times)}]
 
 
-def _detector_and_input(device):
+def _detector_and_input(device, trained: bool = False):
     from snnbench.tasks.detection import FashionMNISTDetectionTask, detection_bundle
     from snnbench.tasks.zoo import get_model_spec
 
     task = FashionMNISTDetectionTask()
+    if trained:  # the shipped reference checkpoint (tasks/zoo/reference), as a real cell runs it
+        bundle = task.build("fcos_mobilenet_v2", device=device, progress=False)
+        x = next(iter(task.calib_batches(4, 4, 0, bundle)))
+        return bundle, x.to(device)
     spec = get_model_spec("fcos_mobilenet_v2")
     detector = spec.build(spec, num_classes=task.num_classes())
     with torch.no_grad():  # every location scores sigmoid(0) = 0.5: 100 detections per image after NMS
@@ -184,7 +189,7 @@ def detection_part(args, device) -> list[dict[str, Any]]:
     from snnbench import counting
 
     task = FashionMNISTDetectionTask()
-    bundle, x = _detector_and_input(device)
+    bundle, x = _detector_and_input(device, args.trained)
     calib = list(task.calib_batches(8, 4, 0, bundle))
     method = create_method("dcgs", {"fuse": args.fuse})
     ctx = ConversionContext(T=args.det_T, example=calib[0], device=device, calib_batches=lambda: iter(calib))
@@ -298,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--det-images", type=int, default=8)
     p.add_argument("--fuse", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
                    help="counting and detection parts: compiled neuron steps (default false: no compilation)")
+    p.add_argument("--trained", action="store_true",
+                   help="detection part: the shipped fcos_mobilenet_v2 reference checkpoint instead of random weights")
     p.set_defaults(repeats=3, threads=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

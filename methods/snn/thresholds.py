@@ -26,7 +26,7 @@ Every rule's θ is finally scaled by c (``threshold_scale``) and clamped at >= 0
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -183,6 +183,31 @@ def iteration_update(theta: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
     return numer / denom
 
 
+def _bisect_unit_gain(k1_minus_one: Callable[[torch.Tensor], torch.Tensor], lo: torch.Tensor, hi: torch.Tensor,
+                      widen_steps: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The root of k1(θ) = 1 per element by float64 bisection (``converged`` mode of both iterations).
+
+    k1(θ) - 1 is positive below the unique root and negative above it (DCGS Thm 4.6; H-MT
+    Lemma 4.7). ``hi`` is doubled (at most ``widen_steps`` times) until k1(hi) < 1, then
+    [lo, hi] is halved until its relative width is below ``tol``. Returns the midpoint and
+    the elements where k1(hi) is undefined (NaN: no mass above the boundaries in float64).
+    """
+    for _ in range(widen_steps):
+        bad = k1_minus_one(hi) >= 0
+        if not bool(bad.any()):
+            break
+        hi = torch.where(bad, hi * 2, hi)
+    undefined = torch.isnan(k1_minus_one(hi))
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        above = k1_minus_one(mid) > 0  # k1 > 1: the root is above mid
+        lo = torch.where(above, mid, lo)
+        hi = torch.where(above, hi, mid)
+        if bool(((hi - lo) <= tol * hi).all()):
+            break
+    return 0.5 * (lo + hi), undefined
+
+
 def threshold_iteration(mean: torch.Tensor, var: torch.Tensor, N: int,
                         mode: Literal["official", "converged"] = "official", steps: int = OFFICIAL_STEPS,
                         tol: float = 1e-10) -> torch.Tensor:
@@ -216,21 +241,7 @@ def threshold_iteration(mean: torch.Tensor, var: torch.Tensor, N: int,
 
     lo = torch.full_like(mu, 1e-9) * sigma_safe
     hi = (mu.abs() + 12 * sigma_safe).clamp_min(1e-6)
-    # widen hi until k1(hi) < 1 (the root lies below it)
-    for _ in range(60):
-        bad = k1_minus_one(hi) >= 0
-        if not bool(bad.any()):
-            break
-        hi = torch.where(bad, hi * 2, hi)
-    undefined = torch.isnan(k1_minus_one(hi))
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        above = k1_minus_one(mid) > 0  # k1 > 1: the root is above mid
-        lo = torch.where(above, mid, lo)
-        hi = torch.where(above, hi, mid)
-        if bool(((hi - lo) <= tol * hi).all()):
-            break
-    theta = 0.5 * (lo + hi)
+    theta, undefined = _bisect_unit_gain(k1_minus_one, lo, hi, widen_steps=60, tol=tol)
     theta = torch.where(degenerate | undefined, mu.clamp_min(0), theta)
     return torch.nan_to_num(theta, nan=0.0).float()
 
@@ -382,19 +393,7 @@ def generalized_threshold_iteration(mean: torch.Tensor, var: torch.Tensor, N: in
     span = max(b, -a)
     lo = torch.full_like(mu, 1e-9) * sigma_safe
     hi = ((mu.abs() + 12 * sigma_safe) * N / max(min(b, span), 1)).clamp_min(1e-6)
-    for _ in range(80):
-        bad = k1_minus_one(hi) >= 0
-        if not bool(bad.any()):
-            break
-        hi = torch.where(bad, hi * 2, hi)
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        above = k1_minus_one(mid) > 0
-        lo = torch.where(above, mid, lo)
-        hi = torch.where(above, hi, mid)
-        if bool(((hi - lo) <= tol * hi).all()):
-            break
-    theta = 0.5 * (lo + hi)
+    theta, _ = _bisect_unit_gain(k1_minus_one, lo, hi, widen_steps=80, tol=tol)
     # a point mass: put it on the outermost level of its sign; below a ReLU's zero level θ = 0 (silent)
     point = torch.where(mu >= 0, N * mu / b, N * mu.abs() / -a if a < 0 else torch.zeros_like(mu))
     theta = torch.where(degenerate, point, theta)
