@@ -63,8 +63,10 @@ class EngineSettings:
             modules (with the op counter attached, counting on, and under SNN Calibration's or
             AdaFire's probes the per-unit path runs) and only for graphs whose units all have a
             functional step (H-MT, AdaFire's burst and SRP's neurons keep the per-unit path).
-            Empty = auto (the default): on when ``fuse`` resolves on; a compilation failure falls
-            back to the per-unit path with one warning.
+            Off by default (opt-in): it compiles for ~35-40 s per input shape (vit_mini) and
+            took ~20 % off a counting-off vit_mini simulation (BENCHMARKS.md §8), and a cell's
+            counted simulation never uses it; a compilation failure falls back to the per-unit
+            path with one warning.
         kernel: ``auto`` (the fused Triton MT kernel on CUDA tensors, PyTorch otherwise),
             ``torch`` or ``triton`` (force; on CPU only under ``TRITON_INTERPRET=1``).
         if_v_init: IF initial potential ``half`` (θ/2) or ``zero`` (SpikingJelly's default).
@@ -85,7 +87,7 @@ class EngineSettings:
     threshold_scale: float | None = None
     placement: Literal["auto", "activations", "inputs"] = "auto"
     fuse: bool | None = None
-    compile_frame: bool | None = None
+    compile_frame: bool = False
     kernel: Literal["auto", "torch", "triton"] = "auto"
     if_v_init: Literal["half", "zero"] = "half"
     if_negative: Literal["below_zero", "at_or_below_zero"] = "below_zero"
@@ -183,9 +185,8 @@ class EngineMethod(ConversionMethod[EngineSettings]):
 
     def compile_frame(self) -> bool:
         """Whether the network runs its frames after the first as one compiled graph (the
-        ``compile_frame`` setting; empty = as ``fuse`` resolves)."""
-        explicit = getattr(self.settings, "compile_frame", None)
-        return bool(explicit) if explicit is not None else resolve_fuse(getattr(self.settings, "fuse", None))
+        ``compile_frame`` setting; off by default)."""
+        return bool(getattr(self.settings, "compile_frame", False))
 
     def _kernel(self) -> str:
         return "torch" if self.settings.neuron != "mt" else self.settings.kernel
