@@ -179,10 +179,6 @@ class EngineMethod(ConversionMethod[EngineSettings]):
                              fuse=resolve_fuse(s.fuse), kernel=self._kernel(), if_v_init=s.if_v_init,
                              if_negative=s.if_negative)
 
-    def coding(self) -> str:
-        """The coding of the converted network (``rate`` / ``differential``)."""
-        return self.settings.coding
-
     def compile_frame(self) -> bool:
         """Whether the network runs its frames after the first as one compiled graph (the
         ``compile_frame`` setting; off by default)."""

@@ -53,7 +53,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from snnbench.methods.snn import fused
-from snnbench.methods.snn.units import AnalogOp, GradedUnit, ProductUnit, SpikingNeuron, StatefulUnit
+from snnbench.methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron, StatefulUnit
 
 log = logging.getLogger(__name__)
 
