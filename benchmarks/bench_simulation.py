@@ -3,7 +3,8 @@
     python -m benchmarks.bench_simulation [--T 8] [--batch 64] [--device auto] [--threads 1]
 
 For vgg_small (28x28), resnet18 (64x64) and the embedded ViT, with dcgs and rate, counting
-on and off. Differential coding runs T + 1 frames (the bias pass included in its time).
+on and off (``--frame`` adds the compiled network frame, compile_frame=true, counting off,
+as a column). Differential coding runs T + 1 frames (the bias pass included in its time).
 Per model, the ANN and every SNN variant are warmed first (fused steps compiled, heap
 grown), then timed in interleaved rounds; the overheads are the per-round ratios SNN / ANN
 (median, min-max). Targets (issue 10): <= 1.3 with counting off, <= 1.6 with counting on.
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--models", default="vgg_small,resnet18,vit_mini")
     p.add_argument("--methods", default="dcgs,rate")
+    p.add_argument("--frame", action="store_true",
+                   help="also time each method with compile_frame=true (the compiled network frame), counting off")
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra method settings key=value")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -68,16 +71,23 @@ def main(argv: list[str] | None = None) -> dict:
 
             candidates[f"{method}"] = lambda run=run: run(False)
             candidates[f"{method}+count"] = lambda run=run: run(True)
+            if args.frame:
+                framed = convert(model, x, method, args.T, {**settings, "compile_frame": True}).to(device)
+                candidates[f"{method}+frame"] = lambda run=run, framed=framed: run(False, framed)
         times = interleaved(candidates, device, args.repeats, warmup=2)
         for method in args.methods.split(","):
             off = paired_ratio(times, method, "ann")
             on = paired_ratio(times, f"{method}+count", "ann")
+            framed = paired_ratio(times, f"{method}+frame", "ann") if args.frame else None
             rows.append({"model": name, "method": method, "ann_s": median(times["ann"]),
                          "snn_s": median(times[method]), "snn_count_s": median(times[f"{method}+count"]),
                          "overhead": off["median"], "overhead_range": [off["min"], off["max"]],
                          "overhead_counting": on["median"], "overhead_counting_range": [on["min"], on["max"]],
-                         "off": ratio_text(off), "on": ratio_text(on)})
-    print_table(rows, ["model", "method", "ann_s", "snn_s", "snn_count_s", "off", "on"])
+                         "off": ratio_text(off), "on": ratio_text(on),
+                         "frame_off": ratio_text(framed) if framed else "",
+                         "overhead_frame": framed["median"] if framed else None})
+    print_table(rows, ["model", "method", "ann_s", "snn_s", "snn_count_s", "off", "on"]
+                + (["frame_off"] if args.frame else []))
     payload = {"benchmark": "simulation", "T": args.T, "batch": args.batch, "settings": settings,
                "repeats": args.repeats, "environment": finish_environment(env), "rows": rows,
                "targets": {"overhead": 1.3, "overhead_counting": 1.6}}

@@ -117,7 +117,7 @@ def test_every_setting_changes_the_converted_snn():
                "percentile_scope": "nonzero", "granularity": "layer", "threshold_scale": 2.0, "placement": "inputs"}
     fields = {f.name for f in dataclasses.fields(DCGS.settings_cls)}
     # equal-output paths and the peer conventions (each changes the SNN in test_peer_conventions.py)
-    assert fields == set(changes) | {"iteration_mode", "fuse", "kernel", "if_v_init", "if_negative",
+    assert fields == set(changes) | {"iteration_mode", "fuse", "compile_frame", "kernel", "if_v_init", "if_negative",
                                      "input_percentile_of"}
     for key, value in changes.items():
         assert not torch.equal(outputs(**{key: value}), reference), key

@@ -54,6 +54,19 @@ class EngineSettings:
             steps several times faster; see methods/snn/fused.py and BENCHMARKS.md).
             Empty = auto (the default): on when a C++ compiler is present and
             ``SNNBENCH_FUSE`` is not 0; any compilation failure falls back to eager.
+        compile_frame: run every frame after the first as **one compiled graph** of the whole
+            network (methods/snn/frame.py: the converted graph with each unit's functional step,
+            one ``torch.compile`` per input shape, t a tensor input), so inductor fuses across
+            units (LayerNorm, softmax, GELU, products and neurons of a transformer block) instead
+            of dispatching each small op. Identical outputs and unit states to the per-unit path
+            (tested); a one-off compilation per input shape; used only while nothing watches single
+            modules (with the op counter attached, counting on, and under SNN Calibration's or
+            AdaFire's probes the per-unit path runs) and only for graphs whose units all have a
+            functional step (H-MT, AdaFire's burst and SRP's neurons keep the per-unit path).
+            Off by default (opt-in): it compiles for ~35-40 s per input shape (vit_mini) and
+            took ~20 % off a counting-off vit_mini simulation (BENCHMARKS.md §8), and a cell's
+            counted simulation never uses it; a compilation failure falls back to the per-unit
+            path with one warning.
         kernel: ``auto`` (the fused Triton MT kernel on CUDA tensors, PyTorch otherwise),
             ``torch`` or ``triton`` (force; on CPU only under ``TRITON_INTERPRET=1``).
         if_v_init: IF initial potential ``half`` (θ/2) or ``zero`` (SpikingJelly's default).
@@ -74,6 +87,7 @@ class EngineSettings:
     threshold_scale: float | None = None
     placement: Literal["auto", "activations", "inputs"] = "auto"
     fuse: bool | None = None
+    compile_frame: bool = False
     kernel: Literal["auto", "torch", "triton"] = "auto"
     if_v_init: Literal["half", "zero"] = "half"
     if_negative: Literal["below_zero", "at_or_below_zero"] = "below_zero"
@@ -165,9 +179,10 @@ class EngineMethod(ConversionMethod[EngineSettings]):
                              fuse=resolve_fuse(s.fuse), kernel=self._kernel(), if_v_init=s.if_v_init,
                              if_negative=s.if_negative)
 
-    def coding(self) -> str:
-        """The coding of the converted network (``rate`` / ``differential``)."""
-        return self.settings.coding
+    def compile_frame(self) -> bool:
+        """Whether the network runs its frames after the first as one compiled graph (the
+        ``compile_frame`` setting; off by default)."""
+        return bool(getattr(self.settings, "compile_frame", False))
 
     def _kernel(self) -> str:
         return "torch" if self.settings.neuron != "mt" else self.settings.kernel
@@ -205,6 +220,7 @@ class EngineMethod(ConversionMethod[EngineSettings]):
                        "theta_mean": float(torch.stack([t.float().mean() for t in thetas.values()]).mean())
                        if thetas else 0.0}
         snn = self.make_network(net.eval(), coding, description).to(ctx.device)
+        snn.compile_frame = self.compile_frame()
         return snn, graph, unit_paths
 
     def site_thresholds(self, graph: NetworkGraph, stats: Stats, ctx: ConversionContext

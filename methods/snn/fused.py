@@ -127,6 +127,11 @@ def rate_step(x: torch.Tensor, v: torch.Tensor, c_out: torch.Tensor | None, thet
 _EAGER: dict[str, Callable] = {"differential": differential_step, "rate": rate_step}
 
 
+def step_function(coding: str) -> Callable:
+    """The (un-compiled) step function of a coding: :func:`differential_step` or :func:`rate_step`."""
+    return _EAGER[coding]
+
+
 @dataclass(frozen=True)
 class StepSignature:
     """Everything Python-valued a neuron step depends on (the tensors are dynamic).

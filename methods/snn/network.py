@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_map
 
 from snnbench.methods.base import ConnectionSite, CountPlan, Fairness, NeuronSite, SpikingModel
 from snnbench.methods.snn.graph import CONNECTION_MODULES, CONV_MODULES
+from snnbench.methods.snn.frame import FrameRunner, observed, structural_obstacle
 from snnbench.methods.snn.units import AnalogOp, GradedUnit, ProductUnit, SpikingNeuron, reset_units
 
 #: ops through which a spike train stays a spike train (pure data movement)
@@ -43,14 +44,48 @@ class SimulatedNetwork(SpikingModel):
         self.net = net
         self.coding = coding
         self._description = dict(description or {})
+        #: run every frame after the first as one compiled graph (methods/snn/frame.py) when the
+        #: network allows it; the engine sets this from its ``compile_frame`` setting
+        self.compile_frame = False
+        self._frame_runner: FrameRunner | None = None
+        self._frame_obstacle: str | None = None
 
     def reset(self) -> None:
         reset_units(self.net)
         self.frame = 0
 
     def step(self, frame: torch.Tensor) -> Any:
-        """One frame through the network (advances every unit by one step)."""
+        """One frame through the network (advances every unit by one step): the compiled
+        functional frame when ``compile_frame`` is on and nothing watches single modules,
+        unit by unit otherwise (and always for the first frame, which creates the state)."""
+        runner = self.frame_runner() if self.compile_frame else None
+        if runner is not None and not observed(self.net):
+            out = runner(frame)
+            if out is not None:
+                return out
         return self.net(frame)
+
+    def frame_runner(self) -> FrameRunner | None:
+        """The compiled-frame runner of this network, or None where its graph cannot run as a
+        functional frame (``frame_obstacle`` says why)."""
+        if self._frame_runner is None and self._frame_obstacle is None:
+            self._frame_obstacle = structural_obstacle(self.net) if isinstance(self.net, fx.GraphModule) else (
+                "not an fx graph")
+            if self._frame_obstacle is None:
+                self._frame_runner = FrameRunner(self.net)
+        return self._frame_runner
+
+    def __getstate__(self) -> dict[str, Any]:
+        # copies and pickles drop the runner (compiled functions bound to this graph); it is rebuilt on use
+        state = dict(self.__dict__)
+        state["_frame_runner"] = state["_frame_obstacle"] = None
+        return state
+
+    @property
+    def frame_obstacle(self) -> str | None:
+        """Why the compiled frame is not used for this network's graph (None: it can be)."""
+        self.frame_runner()
+        return self._frame_obstacle
 
     def simulate(self, x: torch.Tensor, T: int) -> Iterator[Any]:
         if self.coding == "rate":

@@ -88,6 +88,7 @@ class AdaptiveTimestepNetwork(SimulatedNetwork):
             raise ValueError("IAT sums rate-coded per-step outputs; the network must use rate coding")
         super().__init__(inner.net, coding=inner.coding, description=inner.describe())
         self.thresholds = [float(v) for v in thresholds]
+        self.compile_frame = inner.compile_frame
         self._fairness = inner.fairness()
 
     def fairness(self) -> Fairness:

@@ -50,6 +50,21 @@ class StatefulUnit(nn.Module):
             setattr(self, name, None)
         self.t = 0
 
+    # -- the functional step (frames after the first; methods/snn/frame.py) ----------------
+    def frame_state(self) -> tuple[torch.Tensor, ...]:
+        """The state tensors :meth:`frame_step` threads, in its order (after the first frame)."""
+        raise NotImplementedError
+
+    def frame_step(self, t: torch.Tensor | int, state: tuple[torch.Tensor, ...], /, *args: Any, **kwargs: Any
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One frame t after the first as a pure function: ``(inputs, state, t) -> (output, new
+        state)``, no mutation, no data-dependent Python control flow (t may be a 0-dim tensor)."""
+        raise NotImplementedError
+
+    def advance(self, state: tuple[torch.Tensor, ...]) -> None:
+        """Store the state a :meth:`frame_step` returned and advance the clock by one frame."""
+        raise NotImplementedError
+
 
 def reset_units(model: nn.Module) -> None:
     """Reset every :class:`StatefulUnit` in ``model`` (between batches)."""
@@ -170,6 +185,37 @@ class SpikingNeuron(StatefulUnit):
             return self._rate_step(x)
         return self._differential_step(x)
 
+    # -- the functional step (methods/snn/frame.py) -------------------------------------------
+    def frame_state(self) -> tuple[torch.Tensor, ...]:
+        if self.coding == "differential":
+            return self.b, self.v, self.e_in, self.e_out
+        return (self.v,) if self.c_out is None else (self.v, self.c_out)
+
+    def frame_step(self, t: torch.Tensor | int, state: tuple[torch.Tensor, ...], /, x: torch.Tensor
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """A step t >= 1 (after differential coding's bias pass / rate coding's first step) through
+        the same step function of fused.py that :meth:`forward` runs (here on shaped tensors and
+        without counts): inside a compiled network frame, inductor fuses it with its neighbours."""
+        if self.input_bias is not None:
+            x = x + self.input_bias
+        step = fused.step_function(self.coding)
+        static = (self.fire_rule, self.n, self.signed, self.floor, self.ceiling)
+        if self.coding == "differential":
+            b, v, e_in, e_out = state
+            s, v, e_in, e_out, _, _ = step(x, b, v, e_in, e_out, self.theta, t, *static)
+            return s, (b, v, e_in, e_out)
+        c_out = state[1] if len(state) > 1 else None
+        s, v, c_out, _, _ = step(x, state[0], c_out, self.theta, t, *static)
+        return s, ((v,) if c_out is None else (v, c_out))
+
+    def advance(self, state: tuple[torch.Tensor, ...]) -> None:
+        if self.coding == "differential":
+            self.b, self.v, self.e_in, self.e_out = state
+        else:
+            self.v, self.c_out = state[0], (state[1] if len(state) > 1 else None)
+        self.t += 1
+        self.last_counts = self.last_hits = None
+
     def _use_triton(self, x: torch.Tensor) -> bool:
         if self.kernel == "torch" or self.rule != "mt":
             return False
@@ -287,38 +333,74 @@ class GradedUnit(StatefulUnit):
     def extra_repr(self) -> str:
         return f"{self.label}, dynamic={self.dynamic}, coding={self.coding}"
 
-    def _call(self, args: tuple, kwargs: dict, values: list[torch.Tensor]) -> torch.Tensor:
+    def _substituted(self, args: tuple, values: list[torch.Tensor]) -> list:
         args = list(args)
         for pos, value in zip(self.dynamic, values):
             args[pos] = value
-        return self.fn(*args, **kwargs)
+        return args
+
+    def _call(self, args: tuple, kwargs: dict, values: list[torch.Tensor]) -> torch.Tensor:
+        return self.fn(*self._substituted(args, values), **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        xs = [args[i] for i in self.dynamic]
-        if self.coding == "rate":
-            self.t += 1
-            t = self.t
-            if self.acc is None:
-                self.acc = [x.clone() for x in xs]
-            else:
-                self.acc = [a + x for a, x in zip(self.acc, xs)]
-            now = self._call(args, kwargs, [a / t for a in self.acc])
-            out = now if self.last is None else t * now - (t - 1) * self.last
-            self.last = now
-            return out
-        t = self.t
-        self.t += 1
-        if t == 0:
-            self.base = [x.clone() for x in xs]
-            self.acc = [x.clone() for x in xs]
-            shape_probe = self._call(args, kwargs, self.acc)
-            self.last = torch.zeros_like(shape_probe)
-            return torch.zeros_like(shape_probe)
-        self.acc = [a + (x - b) / t for a, x, b in zip(self.acc, xs, self.base)]
-        now = self._call(args, kwargs, self.acc)
-        out = t * (now - self.last)
-        self.last = now
+        if self.t == 0:
+            return self._first_frame(args, kwargs)
+        t = self.t + 1 if self.coding == "rate" else self.t
+        out, state = self.frame_step(t, self.frame_state(), *args, **kwargs)
+        self.advance(state)
         return out
+
+    def _first_frame(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """Rate coding's step 1 (S = x, emit fn(x)) or differential coding's bias pass (b = E = x,
+        emit 0): creates the state."""
+        xs = [args[i] for i in self.dynamic]
+        self.t = 1
+        self.acc = [x.clone() for x in xs]
+        if self.coding == "rate":
+            now = self._call(args, kwargs, [a / 1 for a in self.acc])  # S/t at t = 1 (a copy, as every step)
+            self.last = now
+            return now
+        self.base = [x.clone() for x in xs]
+        now = self._call(args, kwargs, self.acc)
+        self.last = torch.zeros_like(now)
+        return torch.zeros_like(now)
+
+    # -- the functional step (methods/snn/frame.py) -------------------------------------------
+    def frame_state(self) -> tuple[torch.Tensor, ...]:
+        if self.coding == "rate":
+            return (*self.acc, self.last)
+        return (*self.base, *self.acc, self.last)
+
+    def frame_step(self, t: torch.Tensor | int, state: tuple[torch.Tensor, ...], /, *args: Any, **kwargs: Any
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Frame t >= 1 (rate: t >= 2), the formulas of the class docstring; state = (S..., last)
+        for rate, (b..., E..., last) for differential coding."""
+        return self.step_with(self.fn, t, state, args, kwargs)
+
+    def step_with(self, fn: Callable[..., Any], t: torch.Tensor | int, state: tuple[torch.Tensor, ...],
+                  args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """:meth:`frame_step` with ``fn`` standing for the unit's function (the compiled frame
+        passes it as one opaque call of the kernels eager runs: identical rounding)."""
+        call = lambda values: fn(*self._substituted(args, values), **kwargs)  # noqa: E731
+        xs = [args[i] for i in self.dynamic]
+        k = len(xs)
+        if self.coding == "rate":
+            acc = [a + x for a, x in zip(state[:k], xs)]
+            last = state[k]
+            now = call([a / t for a in acc])
+            return t * now - (t - 1) * last, (*acc, now)
+        base, last = state[:k], state[2 * k]
+        acc = [a + (x - b) / t for a, x, b in zip(state[k:2 * k], xs, base)]
+        now = call(acc)
+        return t * (now - last), (*base, *acc, now)
+
+    def advance(self, state: tuple[torch.Tensor, ...]) -> None:
+        k = len(self.dynamic)
+        if self.coding == "rate":
+            self.acc, self.last = list(state[:k]), state[k]
+        else:
+            self.base, self.acc, self.last = list(state[:k]), list(state[k:2 * k]), state[2 * k]
+        self.t += 1
 
 
 class ProductUnit(GradedUnit):
