@@ -3,7 +3,7 @@ overhead of the harness.
 
     python -m benchmarks.bench_sweep [--eval-size 200] [--T 8]
 
-Cells: every built-in method on Fashion-MNIST (vgg_small, resnet_small) with small
+Cells: ``--methods`` (default ann, calibration, dcgs, rate) on Fashion-MNIST (vgg_small, resnet_small) with small
 evaluation and calibration sizes; each executor starts from an empty results directory
 (the zoo models are trained once beforehand). The overhead is measured with cells whose
 method does nothing (``ann`` on 1 image, distinct seeds): their wall time is the harness:
@@ -33,13 +33,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--calib-size", type=int, default=200)
     p.add_argument("--T", type=int, default=8)
     p.add_argument("--models", default="vgg_small,resnet_small")
+    p.add_argument("--methods", default="ann,calibration,dcgs,rate",
+                   help="methods of the grid (default: the embedded campaign's classification four; "
+                        "adafire's searches alone take minutes per cell)")
     p.add_argument("--overhead-cells", type=int, default=6)
     p.add_argument("--skip-ray", action="store_true")
     p.set_defaults(repeats=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     env = environment(resolve_device("cpu"), args.threads)
-    from snnbench.campaigns import EMBEDDED_CAMPAIGN
     from snnbench.executors import RayExecutor, SerialExecutor
     from snnbench.grid import GridOptions, expand_grid
     from snnbench.plugins import create_task
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     for m in models:  # train (or load) the zoo models outside the timings
         task.build(m, progress=False)
     options = GridOptions(T=args.T, calib_size=args.calib_size, eval_size=args.eval_size)
-    cells = expand_grid(EMBEDDED_CAMPAIGN.methods(), ["fashion_mnist"], models, {}, [0], options)
+    cells = expand_grid(args.methods.split(","), ["fashion_mnist"], models, {}, [0], options)
     rows = []
     work = Path(tempfile.mkdtemp(prefix="snnbench-sweep-bench-"))
     try:
