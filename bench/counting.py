@@ -247,15 +247,38 @@ class OpCounter:
             counter.ops[t] += effective
             counter.input_ops[t] += own
             if counter.site.op != "product":
-                counter.unit_input_ops[t] += own * ((x == 0) | (x.abs() == 1)).all()
                 mask = self._sample_mask(x)
-                counter.input_nonzero[t] += torch.count_nonzero(x) if mask is None else ((x != 0) & mask).sum()
+                from_neuron = self._input_counts_from_neuron(counter, mask)
+                if from_neuron is None:  # read the input
+                    nonzero = torch.count_nonzero(x) if mask is None else ((x != 0) & mask).sum()
+                    binary = ((x == 0) | (x.abs() == 1)).all()
+                else:
+                    nonzero, binary = from_neuron
+                counter.unit_input_ops[t] += own * binary
+                counter.input_nonzero[t] += nonzero
             if t == self.plan.first_counted_frame:
                 counter.dense += dense
                 if counter.site.op != "product":
                     counter.input_numel += x.numel()
                     counter.dense_ungrouped += _ungrouped_macs(module, output)
         return hook
+
+    @staticmethod
+    def _input_counts_from_neuron(counter: _LayerCounter, mask: torch.Tensor | None
+                                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(non-zero inputs, whether the input lies in {-1, 0, 1}) of a layer whose input is one
+        engine neuron's spikes unchanged, from the counts of the neuron's own pass: its events are
+        the non-zero inputs, and when none of its levels is ±1 the input is binary iff it has no
+        spike. None (read the input) under a sample mask, behind a pool, or without such counts."""
+        source = counter.site.spikes_from
+        unit_magnitude = getattr(source, "can_emit_unit_magnitude", None)  # engine neurons (units.py)
+        if mask is not None or counter.site.events_from is not None or unit_magnitude is None:
+            return None
+        counts = getattr(source, "last_counts", None)
+        if counts is None or unit_magnitude():
+            return None
+        events = counts[0]
+        return events, events == 0
 
     def _sample_mask(self, x: torch.Tensor) -> torch.Tensor | None:
         """The model's active-sample mask shaped to broadcast over ``x`` (None: all active)."""

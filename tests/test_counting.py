@@ -258,3 +258,47 @@ def test_layers_fed_directly_by_neurons_take_counts_from_the_neurons_pass(digits
     assert fast.layers == slow.layers and fast.acs[-1] > 0
     assert not any(m.count_positions or m.last_hits is not None for m in snn.modules()
                    if isinstance(m, SpikingNeuron))  # switched off on exit
+
+
+def test_can_emit_unit_magnitude_follows_the_levels():
+    """MT levels are θ/2^k (k < n), IF's is θ: a spike can be ±1 only when some θ is such a power of two."""
+    from snnbench.methods.snn.units import SpikingNeuron
+
+    assert SpikingNeuron(torch.tensor([4.0]), rule="mt", n=3).can_emit_unit_magnitude()  # 4, 2, 1
+    assert not SpikingNeuron(torch.tensor([8.0]), rule="mt", n=3).can_emit_unit_magnitude()  # 8, 4, 2
+    assert not SpikingNeuron(torch.tensor([3.0, 0.7]), rule="mt", n=8).can_emit_unit_magnitude()
+    neuron = SpikingNeuron(torch.tensor([2.0, 0.5]), rule="if")
+    assert not neuron.can_emit_unit_magnitude()
+    neuron.theta.fill_(1.0)  # in place: the cache follows the tensor's version
+    assert neuron.can_emit_unit_magnitude()
+
+
+@pytest.mark.parametrize("theta", [None, 1.0], ids=["calibrated", "unit-theta"])
+def test_binary_inputs_and_nonzero_inputs_from_the_neurons_pass_equal_reading_the_input(digits_vgg, theta):
+    """input_nonzero and unit_input_ops (AdaFire's density, NeuroBench's binary-input ACs) taken
+    from the feeding neuron's counts equal the layers reading their input, also when θ = 1 makes
+    the IF neurons' spikes exactly ±1 (then the input is read: it can be binary with spikes)."""
+    from snnbench.methods.base import ConversionContext
+    from snnbench.methods.snn.stats import collect_stats
+    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.plugins import create_method
+
+    model = digits_vgg.core
+    torch.manual_seed(4)
+    x = torch.rand(6, 1, 8, 8) * 2
+    method = create_method("rate", {"threshold": "max", "fuse": False})
+    ctx = ConversionContext(T=3, example=x)
+    snn = method.convert(model, collect_stats(model, [x], method.stat_kinds(model, ctx)), ctx)
+    if theta is not None:
+        for m in snn.modules():
+            if isinstance(m, SpikingNeuron):
+                m.theta.fill_(theta)
+    fast = _counts(snn, x, 4, from_neurons=True)
+    slow = _counts(snn, x, 4, from_neurons=False)
+    assert fast.layers == slow.layers
+    connections = [layer for layer in fast.layers if "input_nonzero" in layer]  # (neuron rows have spikes)
+    assert len(connections) == 6
+    nonzero = [layer["input_nonzero"][-1] for layer in connections]
+    binary_ops = [layer["unit_input_ops"][-1] for layer in connections]
+    assert any(v > 0 for v in nonzero)
+    assert any(v > 0 for v in binary_ops) == (theta == 1.0)

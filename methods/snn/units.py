@@ -161,6 +161,19 @@ class SpikingNeuron(StatefulUnit):
         """Amplitude of one unit spike: θ/2^(n-1) for MT, θ for IF."""
         return self.theta / 2 ** (self.n - 1) if self.rule == "mt" else self.theta
 
+    def can_emit_unit_magnitude(self) -> bool:
+        """Whether a spike of this neuron can be exactly ±1: its levels are ±θ/2^k (k < n) for MT
+        and ±θ for IF, so only when some θ is 2^k (an IF θ of 1). The op counter uses it to know
+        that an input of this neuron's spikes lies in {-1, 0, 1} iff it has no spike at all,
+        without reading the spikes (cached per θ tensor and version)."""
+        key = (id(self.theta), self.theta._version, self.rule, self.n)
+        cached = getattr(self, "_unit_magnitude_cache", None)
+        if cached is None or cached[0] != key:
+            k = torch.arange(self.n if self.rule == "mt" else 1, dtype=torch.float32, device=self.theta.device)
+            levels = self.theta.detach().float().reshape(-1, 1) / torch.pow(2.0, k)
+            cached = self._unit_magnitude_cache = (key, bool((levels == 1).any()))
+        return cached[1]
+
     def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
         if self.v_init is not None:
             return self.v_init.to(like.dtype).expand_as(like).clone()
