@@ -183,6 +183,15 @@ def iteration_update(theta: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
     return numer / denom
 
 
+def _converged_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """μ and σ in float64 for the ``converged`` bisections, with σ = 1 where the distribution is
+    degenerate (σ = 0 or negligible beside μ; the caller sets θ there itself), and that mask."""
+    mu = mean.double()
+    sigma = var.double().clamp_min(0).sqrt()
+    degenerate = sigma <= 1e-12 * (mu.abs() + 1)
+    return mu, torch.where(degenerate, torch.ones_like(sigma), sigma), degenerate
+
+
 def _bisect_unit_gain(k1_minus_one: Callable[[torch.Tensor], torch.Tensor], lo: torch.Tensor, hi: torch.Tensor,
                       widen_steps: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The root of k1(θ) = 1 per element by float64 bisection (``converged`` mode of both iterations).
@@ -231,10 +240,7 @@ def threshold_iteration(mean: torch.Tensor, var: torch.Tensor, N: int,
         return theta.float()
     if mode != "converged":
         raise ValueError(f"iteration mode must be 'official' or 'converged', got {mode!r}")
-    mu = mean.double()
-    sigma = var.double().clamp_min(0).sqrt()
-    degenerate = sigma <= 1e-12 * (mu.abs() + 1)
-    sigma_safe = torch.where(degenerate, torch.ones_like(sigma), sigma)
+    mu, sigma_safe, degenerate = _converged_moments(mean, var)
 
     def k1_minus_one(theta: torch.Tensor) -> torch.Tensor:
         return iteration_update(theta, mu, sigma_safe, N) / theta - 1
@@ -382,10 +388,7 @@ def generalized_threshold_iteration(mean: torch.Tensor, var: torch.Tensor, N: in
         return torch.nan_to_num(theta, nan=OFFICIAL_THETA0)
     if mode != "converged":
         raise ValueError(f"iteration mode must be 'official' or 'converged', got {mode!r}")
-    mu = mean.double()
-    sigma = var.double().clamp_min(0).sqrt()
-    degenerate = sigma <= 1e-12 * (mu.abs() + 1)
-    sigma_safe = torch.where(degenerate, torch.ones_like(sigma), sigma)
+    mu, sigma_safe, degenerate = _converged_moments(mean, var)
 
     def k1_minus_one(theta: torch.Tensor) -> torch.Tensor:
         return generalized_iteration_update(theta, mu, sigma_safe, N, a, b) / theta - 1
