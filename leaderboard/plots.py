@@ -68,16 +68,22 @@ def plot_metric_vs_T(rows: Rows, task: str, model: str, path: Path) -> Path:
     ax.axhline(ann, color="0.3", linestyle="--", linewidth=1, label=f"ANN {ann:.2f}")
     ax.axhline(ann * REACH_FRACTION, color="0.6", linestyle=":", linewidth=1,
                label=f"{REACH_FRACTION:.0%} of ANN")
+    _finish_metric_axes(ax, block, f"{task} / {model}", T_max, "time-steps t", "T")
+    return _save(fig, path)
+
+
+def _finish_metric_axes(ax, block, where: str, top: int, xlabel: str, versus: str) -> None:
+    """The shared decoration of the metric-curve plots: a log2 x axis ticked at powers of two up
+    to ``top`` (and ``top`` itself), the metric (%) on y, title, grid and legend."""
     ax.set_xscale("log", base=2)
-    ticks = [2 ** k for k in range(int(np.log2(T_max)) + 1)] + ([T_max] if T_max & (T_max - 1) else [])
+    ticks = [2 ** k for k in range(int(np.log2(top)) + 1)] + ([top] if top & (top - 1) else [])
     ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.set_xlabel("time-steps t")
+    ax.set_xlabel(xlabel)
     metric = str(block["metric_name"].iloc[0])
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{task} / {model}: {metric} vs T")
+    ax.set_title(f"{where}: {metric} vs {versus}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
 
 
 def plot_metric_vs_latency(rows: Rows, task: str, model: str, path: Path) -> Path:
@@ -99,15 +105,8 @@ def plot_metric_vs_latency(rows: Rows, task: str, model: str, path: Path) -> Pat
         ax.plot(latency, y, marker="o", markersize=3, color=f"C{i % 10}", linestyle=style, label=row["label"])
     ann = float(block["ann"].iloc[0]) * PERCENT
     ax.axhline(ann, color="0.3", linestyle="--", linewidth=1, label=f"ANN {ann:.2f}")
-    ax.set_xscale("log", base=2)
-    ticks = [2 ** k for k in range(int(np.log2(top)) + 1)] + ([top] if top & (top - 1) else [])
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.set_xlabel("latency: frames simulated up to the readout step")
-    metric = str(block["metric_name"].iloc[0])
-    ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{task} / {model}: {metric} vs latency")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    _finish_metric_axes(ax, block, f"{task} / {model}", top, "latency: frames simulated up to the readout step",
+                        "latency")
     return _save(fig, path)
 
 
