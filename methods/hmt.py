@@ -33,11 +33,10 @@ from typing import Any, Literal
 
 import torch
 import torch.fx as fx
-from torch import nn
 
 from snnbench.methods.base import CountPlan, Fairness
 from snnbench.methods.settings import SettingsError
-from snnbench.methods.snn.engine import EngineMethod
+from snnbench.methods.snn.engine import EngineMethod, check_threshold_rule_settings
 from snnbench.methods.snn.graph import NetworkGraph, Site
 from snnbench.methods.snn.harmony import HarmonyNeuron
 from snnbench.methods.snn.network import POOL_MODULES, RESHAPE_METHODS, RESHAPE_MODULES, SimulatedNetwork
@@ -76,10 +75,7 @@ class HMTSettings:
     def validate(self) -> None:
         if not 1 <= self.n <= 16:
             raise SettingsError(f"n must be between 1 and 16, got {self.n}")
-        if not 0 < self.percentile <= 100:
-            raise SettingsError(f"percentile must be in (0, 100], got {self.percentile}")
-        if self.threshold_scale is not None and self.threshold_scale <= 0:
-            raise SettingsError(f"threshold_scale must be positive, got {self.threshold_scale}")
+        check_threshold_rule_settings(self.percentile, self.threshold_scale)
 
     def top_level(self, T: int) -> int:
         """b of Eq. 20: the largest rate-coded output after T steps, in units of λ_min/T."""

@@ -26,6 +26,15 @@ from snnbench.methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron
 TRANSFORMER_THRESHOLD_SCALE = 8.0
 
 
+def check_threshold_rule_settings(percentile: float, threshold_scale: float | None) -> None:
+    """The checks every engine-style settings class shares: the percentile rule's p in (0, 100]
+    and a positive threshold scale c (empty = auto)."""
+    if not 0 < percentile <= 100:
+        raise SettingsError(f"percentile must be in (0, 100], got {percentile}")
+    if threshold_scale is not None and threshold_scale <= 0:
+        raise SettingsError(f"threshold_scale must be positive, got {threshold_scale}")
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """Settings of the spiking-conversion engine (all overridable from the CLI).
@@ -98,10 +107,7 @@ class EngineSettings:
             raise SettingsError("kernel=triton implements the MT neuron; use neuron=mt or kernel=torch")
         if self.n < 1 or self.n > 24:
             raise SettingsError(f"n must be between 1 and 24, got {self.n}")
-        if not 0 < self.percentile <= 100:
-            raise SettingsError(f"percentile must be in (0, 100], got {self.percentile}")
-        if self.threshold_scale is not None and self.threshold_scale <= 0:
-            raise SettingsError(f"threshold_scale must be positive, got {self.threshold_scale}")
+        check_threshold_rule_settings(self.percentile, self.threshold_scale)
 
     def levels_for_iteration(self, T: int) -> int:
         """N of threshold iteration / grid search: T·2^n for MT neurons, T for IF (dcgs.md §3.3)."""
