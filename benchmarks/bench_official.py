@@ -203,10 +203,12 @@ def peak_memory(device: torch.device):
         result["mb"] = (peak[0] - base) / 2**20
 
 
-def measure(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, float]:
-    """(median seconds, peak MB of the first timed run) after one warm-up run."""
-    fn()
-    synchronize(device)
+def measure(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: bool = True) -> tuple[float, float]:
+    """(median seconds, peak MB of the first timed run) after one warm-up run (``warmup=False``:
+    the caller has just run ``fn``)."""
+    if warmup:
+        fn()
+        synchronize(device)
     times, mb = [], None
     for _ in range(repeats):
         with peak_memory(device) as mem:
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     out = runners[mode]()
                     gap, err = relative_gap(out, reference), relative_gap(out, ann_out)
-                    mb = measure(runners[mode], device, 1)[1]
+                    mb = measure(runners[mode], device, 1, warmup=False)[1]  # the run above warmed it
                 except torch.cuda.OutOfMemoryError as err:  # official multi-step at large T and batch
                     rows.append({"T": T, "impl": mode, "error": f"out of memory: {str(err).splitlines()[0]}"})
                     print(f"T={T:<3} {mode:<11} out of memory", flush=True)
