@@ -7,7 +7,6 @@ research repositories do): the CLI and plugin imports must still resolve to snnb
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -34,8 +33,9 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_bench_list_works_from_a_directory_with_colliding_names(hostile_dir):
-    exe = shutil.which("bench")
-    args = [exe, "list"] if exe else [sys.executable, "-m", "snnbench.cli", "list"]
+    # the console script installed with *this* interpreter, not whatever `bench` is first on PATH
+    exe = Path(sys.executable).parent / "bench"
+    args = [str(exe), "list"] if exe.exists() else [sys.executable, "-m", "snnbench.cli", "list"]
     out = _run(args, hostile_dir)
     assert out.returncode == 0, out.stderr
     assert "dcgs" in out.stdout and "fashion_mnist" in out.stdout and "shadowed" not in out.stderr
