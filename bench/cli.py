@@ -317,6 +317,18 @@ def _add_sweep(sub) -> None:
     add_sweep_parser(sub)
 
 
+def _add_compare(sub) -> None:
+    from snnbench.compare import add_compare_parser
+
+    add_compare_parser(sub)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from snnbench.compare import cmd_compare as run_compare
+
+    return run_compare(args)
+
+
 def _add_ui(sub) -> None:
     from snnbench.ui import add_ui_parser
 
@@ -325,7 +337,8 @@ def _add_ui(sub) -> None:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"list": cmd_list, "run": cmd_run, "zoo": cmd_zoo,
                                                             "sweep": cmd_sweep, "ui": cmd_ui,
-                                                            "leaderboard": cmd_leaderboard}
+                                                            "leaderboard": cmd_leaderboard,
+                                                            "compare": cmd_compare}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_PARSERS: list[Callable[[Any], None]] = [_add_sweep, _add_ui, _add_leaderboard]
+_EXTRA_PARSERS: list[Callable[[Any], None]] = [_add_sweep, _add_ui, _add_leaderboard, _add_compare]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import stats
 
+from snnbench.common.outcomes import BinaryOutcomes, Outcomes
+
 #: the two-sided 95% normal quantile, Φ⁻¹(0.975)
 Z95 = float(stats.norm.ppf(0.975))
 #: resamples of an interval on one metric (mAP, mIoU)
@@ -159,6 +161,30 @@ def _paired_bool(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[np.ndarr
     return a, b
 
 
+def outcome_interval(outcomes: Outcomes, k: int) -> tuple[float, float]:
+    """The 95% interval of the metric at the k-th scored t of a cell's per-sample outcomes:
+    Wilson on binary outcomes (accuracy), the percentile bootstrap over images
+    (:data:`INTERVAL_RESAMPLES` resamples, seed :data:`BOOTSTRAP_SEED`) otherwise (mIoU, mAP)."""
+    if isinstance(outcomes, BinaryOutcomes):
+        return wilson_interval(int(outcomes.correct[k].sum()), outcomes.n)
+    return bootstrap_interval(lambda w: outcomes.metric(k, w), outcomes.n)
+
+
+def paired_outcomes(a: Outcomes, k_a: int, b: Outcomes, k_b: int,
+                    resamples: int = PAIRED_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> PairedDifference:
+    """``metric(A) - metric(B)`` of two cells scored on the same samples: exact McNemar and
+    the paired-bootstrap interval on binary outcomes, the paired bootstrap otherwise."""
+    if type(a) is not type(b):
+        raise ValueError(f"cannot pair {a.kind} outcomes with {b.kind} outcomes")
+    if a.n != b.n:
+        raise ValueError(f"paired outcomes need the same samples: {a.n} vs {b.n}")
+    if isinstance(a, BinaryOutcomes):
+        return paired_binary(a.correct[k_a], b.correct[k_b], resamples, seed)
+    observed = (float(a.metric(k_a)[0]), float(b.metric(k_b)[0]))
+    return paired_bootstrap(lambda w: a.metric(k_a, w), lambda w: b.metric(k_b, w), a.n, observed, resamples, seed)
+
+
 __all__ = ["BOOTSTRAP_SEED", "INTERVAL_RESAMPLES", "PAIRED_RESAMPLES", "PairedDifference", "Z95",
            "bootstrap_interval", "bootstrap_p_value", "holm", "mcnemar_exact", "paired_binary",
-           "paired_bootstrap", "percentile_interval", "resample_weights", "wilson_interval"]
+           "paired_bootstrap", "percentile_interval", "resample_weights", "wilson_interval",
+           "outcome_interval", "paired_outcomes"]

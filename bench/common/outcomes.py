@@ -270,6 +270,15 @@ def _mean_valid(precision: np.ndarray) -> np.ndarray:
     return np.where(count > 0, np.where(valid, flat, 0.0).sum(axis=1) / np.maximum(count, 1), 0.0)
 
 
+#: the folder of a results directory that holds one ``<cell_key>.npz`` per cell
+SAMPLES_DIR = "samples"
+
+
+def samples_path(results_dir: str | os.PathLike, cell_key: str) -> Path:
+    """Where a cell's per-sample outcomes live: ``<results>/samples/<cell_key>.npz``."""
+    return Path(results_dir) / SAMPLES_DIR / f"{cell_key}.npz"
+
+
 def save_outcomes(path: str | os.PathLike, outcomes: Outcomes) -> Path:
     """Write ``outcomes`` to ``path`` (.npz) atomically: a torn file is never left behind."""
     path = Path(path)
@@ -295,5 +304,5 @@ def load_outcomes(path: str | os.PathLike) -> Outcomes:
         return _KINDS[kind].from_arrays({k: data[k] for k in data.files if k != "kind"})
 
 
-__all__ = ["BinaryOutcomes", "ConfusionOutcomes", "DetectionOutcomes", "Outcomes", "RECALL_THRESHOLDS",
-           "load_outcomes", "save_outcomes"]
+__all__ = ["BinaryOutcomes", "ConfusionOutcomes", "DetectionOutcomes", "Outcomes", "RECALL_THRESHOLDS", "SAMPLES_DIR",
+           "load_outcomes", "samples_path", "save_outcomes"]
