@@ -24,7 +24,8 @@ from typing import Any, Iterator
 import torch
 
 from snnbench.tasks.base import ModelBundle, StepMetric, Task
-from snnbench.tasks.classification import build_imagenet_classifier
+from snnbench.common.outcomes import BinaryOutcomes
+from snnbench.tasks.classification import binary_outcomes, build_imagenet_classifier
 from snnbench.tasks.data import photos
 from snnbench.tasks.data.arrays import subset_indices
 from snnbench.tasks.zoo import list_models
@@ -45,6 +46,7 @@ class AgreementMetric(StepMetric):
         self._agree5: dict[int, torch.Tensor] = {}
         self._rel_err: dict[int, torch.Tensor] = {}
         self._count: dict[int, int] = {}
+        self._hits1: dict[int, list[torch.Tensor]] = {}
 
     def update(self, t: int, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         if outputs.ndim != 2 or targets.shape != outputs.shape:
@@ -55,7 +57,9 @@ class AgreementMetric(StepMetric):
         ann_top1 = reference.argmax(dim=1, keepdim=True)
         k = min(5, estimate.shape[1])
         snn_topk = estimate.topk(k, dim=1).indices
-        agree1 = (snn_topk[:, :1] == ann_top1).sum()
+        hit1 = (snn_topk[:, :1] == ann_top1).view(-1)
+        self._hits1.setdefault(t, []).append(hit1)
+        agree1 = hit1.sum()
         agree5 = (snn_topk == ann_top1).any(dim=1).sum()
         norm = reference.norm(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
         rel_err = ((estimate - reference).norm(dim=1) / norm).sum()
@@ -67,6 +71,10 @@ class AgreementMetric(StepMetric):
         return {t: {"agree1": int(self._agree1[t]) / n, "agree5": int(self._agree5[t]) / n,
                     "logit_rel_err": float(self._rel_err[t]) / n}
                 for t, n in sorted(self._count.items()) if n}
+
+    def outcomes(self) -> BinaryOutcomes | None:
+        """Whether each image's SNN top-1 agreed with the ANN's, per updated t."""
+        return binary_outcomes(self._hits1, self._count)
 
 
 class AgreementTask(Task):

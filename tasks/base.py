@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
+
+from snnbench.common.outcomes import Outcomes
 from torch import nn
 
 
@@ -61,6 +63,12 @@ class StepMetric(abc.ABC):
     @abc.abstractmethod
     def compute(self) -> dict[int, dict[str, float]]:
         """``{t: {metric_name: value, ...}}`` for every t that was updated."""
+
+    def outcomes(self) -> Outcomes | None:
+        """Per-sample outcomes of the headline metric at every updated t, from which it can be
+        recomputed on resampled images (:mod:`snnbench.common.outcomes`); None when the metric
+        keeps none (no interval, no paired test)."""
+        return None
 
 
 class Task(abc.ABC):

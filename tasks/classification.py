@@ -8,9 +8,11 @@ import os
 from collections import defaultdict
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
+from snnbench.common.outcomes import BinaryOutcomes
 from snnbench.tasks.base import DataNotFoundError, ModelBundle, StepMetric, Task
 from snnbench.tasks.data import cifar, digits, fashion_mnist, imagenet
 from snnbench.tasks.data.arrays import ImageArrays, subset_indices
@@ -38,6 +40,7 @@ class TopKAccuracy(StepMetric):
         self._correct1: dict[int, torch.Tensor] = {}
         self._correct5: dict[int, torch.Tensor] = {}
         self._count: dict[int, int] = defaultdict(int)
+        self._hits1: dict[int, list[torch.Tensor]] = defaultdict(list)
 
     def update(self, t: int, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         if outputs.ndim != 2:
@@ -48,6 +51,7 @@ class TopKAccuracy(StepMetric):
         hit = topk == targets.view(-1, 1)
         c1 = hit[:, 0].sum()
         c5 = hit.any(dim=1).sum()
+        self._hits1[t].append(hit[:, 0])
         self._correct1[t] = self._correct1[t] + c1 if t in self._correct1 else c1
         self._correct5[t] = self._correct5[t] + c5 if t in self._correct5 else c5
         self._count[t] += int(targets.shape[0])
@@ -55,6 +59,23 @@ class TopKAccuracy(StepMetric):
     def compute(self) -> dict[int, dict[str, float]]:
         return {t: {"top1": int(self._correct1[t]) / n, "top5": int(self._correct5[t]) / n}
                 for t, n in sorted(self._count.items()) if n}
+
+    def outcomes(self) -> BinaryOutcomes | None:
+        """Whether each sample's top-1 prediction was right, per updated t (in update order)."""
+        return binary_outcomes(self._hits1, self._count)
+
+
+def binary_outcomes(hits: dict[int, list[torch.Tensor]], count: dict[int, int]) -> BinaryOutcomes | None:
+    """Stack per-batch boolean hits into ``BinaryOutcomes`` ``[len(t), n]`` (None if nothing was scored)."""
+    ts = [t for t, n in sorted(count.items()) if n]
+    if not ts:
+        return None
+    rows = [torch.cat(hits[t]).cpu().numpy() for t in ts]
+    if len({row.size for row in rows}) != 1:  # not one sample set: nothing to pair or resample
+        log.warning("time-steps scored different numbers of samples (%s); no per-sample outcomes kept",
+                    [row.size for row in rows])
+        return None
+    return BinaryOutcomes(t=np.asarray(ts, dtype=np.int64), correct=np.stack(rows).astype(bool))
 
 
 def check_model_fits(task: Task, spec: ModelSpec) -> None:

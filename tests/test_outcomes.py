@@ -158,3 +158,30 @@ def test_a_writer_killed_mid_save_leaves_no_torn_file(tmp_path):
         assert load_outcomes(target).correct.shape == (64, 400_000)
     for leftover in tmp_path.glob(".*.tmp"):
         os.unlink(leftover)
+
+
+def test_topk_accuracy_keeps_per_sample_hits_that_rescore_top1():
+    import torch
+
+    from snnbench.tasks.agreement import AgreementMetric
+    from snnbench.tasks.classification import TopKAccuracy
+
+    torch.manual_seed(0)
+    metric = TopKAccuracy()
+    hits = {1: [], 3: []}
+    for _ in range(3):
+        targets = torch.randint(0, 10, (7,))
+        for t in (1, 3):
+            outputs = torch.randn(7, 10)
+            metric.update(t, outputs, targets)
+            hits[t].append(outputs.argmax(dim=1) == targets)
+    outcomes = metric.outcomes()
+    assert outcomes.t.tolist() == [1, 3] and outcomes.correct.shape == (2, 21)
+    for k, t in enumerate((1, 3)):
+        assert outcomes.correct[k].tolist() == torch.cat(hits[t]).tolist()
+        assert outcomes.metric(k)[0] == pytest.approx(metric.compute()[t]["top1"])
+    agreement = AgreementMetric()
+    logits = torch.randn(6, 5)
+    agreement.update(2, logits + 0.01 * torch.randn(6, 5), logits)
+    assert agreement.outcomes().metric(0)[0] == pytest.approx(agreement.compute()[2]["agree1"])
+    assert TopKAccuracy().outcomes() is None
