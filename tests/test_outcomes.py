@@ -127,6 +127,22 @@ def test_detection_without_detections_scores_zero():
     assert out.metric(0)[0] == pytest.approx(max(0.0, ev.stats[0]))
 
 
+def test_stacked_detection_outcomes_score_each_t_as_its_own_cocoeval():
+    pytest.importorskip("pycocotools")
+    dataset, dets = _coco_problem(1)
+    ids = [im["id"] for im in dataset["images"]]
+    evs = [_evaluate(dataset, dets, ids), _evaluate(dataset, dets[: len(dets) // 2], ids)]
+    out = DetectionOutcomes.stack([DetectionOutcomes.from_evaluations([t], [ev], ids) for t, ev in zip((2, 8), evs)])
+    assert out.t.tolist() == [2, 8]
+    for k, ev in enumerate(evs):
+        assert out.metric(k)[0] == pytest.approx(max(0.0, ev.stats[0]), abs=1e-12)
+    other, _ = _coco_problem(2)
+    with pytest.raises(ValueError, match="share images"):
+        other_ids = [im["id"] for im in other["images"]]
+        DetectionOutcomes.stack([out, DetectionOutcomes.from_evaluations([1], [_evaluate(other, _coco_problem(2)[1],
+                                                                                         other_ids)], other_ids)])
+
+
 def test_save_load_roundtrip_and_errors(tmp_path):
     out = BinaryOutcomes(t=np.array([1, 2]), correct=np.array([[1, 0], [0, 1]], bool))
     path = save_outcomes(tmp_path / "samples" / "abc.npz", out)

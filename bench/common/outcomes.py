@@ -235,6 +235,24 @@ class DetectionOutcomes:
                    det_category=cat("category", np.int64), det_score=cat("score", np.float64),
                    det_matched=cat("matched", bool, n_iou), det_ignored=cat("ignored", bool, n_iou))
 
+    @classmethod
+    def stack(cls, parts: Sequence["DetectionOutcomes"]) -> "DetectionOutcomes":
+        """Join outcomes of the same images scored at different t (one part per group of t),
+        so a metric can turn each COCOeval into arrays as soon as it has run."""
+        if not parts:
+            raise ValueError("no detection outcomes to stack")
+        first = parts[0]
+        for part in parts[1:]:
+            if not (np.array_equal(part.ground_truth, first.ground_truth)
+                    and np.array_equal(part.iou_thresholds, first.iou_thresholds)):
+                raise ValueError("stacked detection outcomes must share images, categories and IoU thresholds")
+        offsets = np.cumsum([0] + [len(p.t) for p in parts[:-1]])
+        return cls(t=np.concatenate([p.t for p in parts]), iou_thresholds=first.iou_thresholds,
+                   ground_truth=first.ground_truth,
+                   det_step=np.concatenate([p.det_step + o for p, o in zip(parts, offsets)]),
+                   **{name: np.concatenate([getattr(p, name) for p in parts])
+                      for name in ("det_image", "det_category", "det_score", "det_matched", "det_ignored")})
+
 
 Outcomes = BinaryOutcomes | ConfusionOutcomes | DetectionOutcomes
 _KINDS: dict[str, type] = {"binary": BinaryOutcomes, "confusion": ConfusionOutcomes, "detection": DetectionOutcomes}
