@@ -100,18 +100,23 @@ class Registry(Generic[T]):
             return
         if force:
             self._entries = {k: v for k, v in self._entries.items() if v.distribution is None}
+        before = dict(self._entries)
         seen: set[tuple[str, str]] = set()
-        for ep in metadata.entry_points(group=self.group):
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else "?"
-            # the same distribution can be visible twice on sys.path (editable + build dir)
-            if (ep.name, ep.value) in seen:
-                continue
-            seen.add((ep.name, ep.value))
-            if self.name_of is None:
-                self.register(ep.name, target=ep.value, distribution=dist_name)
-            else:
-                self._register_collection(ep.name, ep.value, dist_name)
+        try:
+            for ep in metadata.entry_points(group=self.group):
+                dist = getattr(ep, "dist", None)
+                dist_name = dist.metadata["Name"] if dist is not None else "?"
+                # the same distribution can be visible twice on sys.path (editable + build dir)
+                if (ep.name, ep.value) in seen:
+                    continue
+                seen.add((ep.name, ep.value))
+                if self.name_of is None:
+                    self.register(ep.name, target=ep.value, distribution=dist_name)
+                else:
+                    self._register_collection(ep.name, ep.value, dist_name)
+        except Exception:
+            self._entries = before  # a failed discovery leaves nothing half-registered
+            raise
         self._discovered = True
 
     def _register_collection(self, ep_name: str, target: str, distribution: str) -> None:
