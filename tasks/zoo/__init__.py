@@ -1,10 +1,12 @@
 """The model zoo: a registry of buildable models and the cache of weights the project trains.
 
-``list_models()`` / ``get_model_spec(name)`` read the ``snnbench.models`` entry-point group
+``list_models()`` / ``get_model_spec(name)`` read :func:`model_registry`, the project's one
+:class:`~snnbench.common.registry.Registry` over the ``snnbench.models`` entry-point group
 (each entry resolves to a :class:`ModelSpec` or a list of them). Names of the form
 ``torchvision/NAME`` and ``timm/NAME`` build any classifier those libraries know, with
 weights from ``--weights`` or the local caches; ``qcfs/NAME`` (``qcfs/NAME_L<levels>``) builds a
 torchvision architecture with QCFS activations for a user's QCFS checkpoint (QCFS track).
+Trained weights are cached in :func:`zoo_dir` as verified entries of :mod:`snnbench.common.cache`.
 """
 
 from __future__ import annotations
