@@ -4,8 +4,9 @@ The front doors: ``create_method``/``list_methods``, ``create_task``/``list_task
 ``run_cell`` (one method x task x model cell, returning the JSON result contract).
 
 Importing ``snnbench`` itself is cheap and imports no subpackage: the front doors are
-resolved lazily, so the leaf modules that ``snnbench.methods`` and ``snnbench.tasks`` share
-(:mod:`snnbench.registry`, :mod:`snnbench.cache`'s file lock) never pull in the harness.
+resolved lazily, so the leaf package that ``snnbench.methods`` and ``snnbench.tasks`` share
+(:mod:`snnbench.common`: the registry, the cache, the file lock, the sha256 helper) never
+pulls in the harness.
 """
 
 from typing import Any

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from snnbench.common.hashing import sha256_json
 from snnbench.energy import DEFAULT_ENERGY_MODEL
 
 #: bump when the meaning of a result changes for the same configuration
@@ -104,8 +103,7 @@ class CellSpec:
 
     def key(self) -> str:
         """sha256 of the canonical JSON, first 16 hex digits."""
-        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return sha256_json(self.canonical(), 16)
 
     def label(self) -> str:
         """Human name, e.g. ``dcgs/vgg_small/fashion_mnist``."""

@@ -212,9 +212,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- bench zoo -------------------------------------------------------------------------
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from snnbench.tasks.zoo import cache
-
-    directory = cache.zoo_dir(args.zoo_dir)
+    from snnbench.common import cache
+    from snnbench.tasks.zoo import zoo_dir
+    directory = zoo_dir(args.zoo_dir)
     if args.zoo_command == "list":
         from snnbench.tasks.zoo import reference
 
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_openmp()  # before anything imports torch (bench/threads.py)
     from snnbench.grid import GridError
-    from snnbench.registry import UnknownNameError
+    from snnbench.common.registry import UnknownNameError
     from snnbench.methods.settings import SettingsError
     from snnbench.tasks.base import DataNotFoundError
 

@@ -5,7 +5,7 @@ One simulation records, per connection layer and frame, the raw counts of
 calls fed only by values in {-1, 0, 1}, non-zero input elements, dense ops) and per spiking
 module the neuron updates. Each model below is a pure function of those counts, so results
 under every convention sit side by side in the result (``per_t[t]["energy_ratio@NAME"]``)
-and no convention needs a re-simulation (issue 17). Frame 0 of differential coding (the
+and no convention needs a re-simulation (docs/baseline-methods.md §9.4). Frame 0 of differential coding (the
 bias pass) is free under every model, as in the official DCGS code.
 
 Conventions (ratio = E_SNN(t) / E_ANN, Horowitz 45 nm FP32: E_MAC = 4.6 pJ, E_AC = 0.9 pJ):
@@ -14,14 +14,14 @@ Conventions (ratio = E_SNN(t) / E_ANN, Horowitz 45 nm FP32: E_MAC = 4.6 pJ, E_AC
   real values x E_MAC (so the first layer, fed the analog image, is priced as MACs on every
   frame whose input is non-zero); behind an average pool one AC per spike in the pooled
   cell. E_ANN = dense MACs x E_MAC.
-* ``dcgs-official``: the released DCGS counter (dcgs.md §5.2-5.3): every op at E_AC,
+* ``dcgs-official``: the released DCGS counter (docs/dcgs-official-code.md §5.2-5.3): every op at E_AC,
   including the analog-fed first layer; a layer behind an average pool is charged per
   non-zero pooled cell, not per spike; product units by their three-term count.
-* ``neurobench``: NeuroBench 2.3's labels as-is (baselines.md §9.3): a layer call's ops are
+* ``neurobench``: NeuroBench 2.3's labels as-is (docs/baseline-methods.md §9.3): a layer call's ops are
   ACs only if every input value is in {-1, 0, 1}, else MACs (so θ-amplitude and multi-level
   spikes are MACs); ops = fan-out of the non-zero inputs the layer sees; product units are
   not hooked by NeuroBench and are left out of both sides.
-* ``adafire-official``: AdaFire's released ``Energy`` (baselines.md §4): the first layer at
+* ``adafire-official``: AdaFire's released ``Energy`` (docs/baseline-methods.md §4): the first layer at
   E_MAC x MACs every step; every later conv/linear at E_AC x MACs x density, density =
   non-zero inputs / input elements per step (a burst counts once); MACs = C_in·C_out·k·H·W
   (groups ignored). E_ANN = E_MAC x Σ those MACs.
@@ -161,7 +161,8 @@ HOROWITZ_45NM = EnergyModel(
                 "through an average pool; E_ANN = dense MACs x E_MAC", compute=_horowitz)
 DCGS_OFFICIAL = EnergyModel(
     name="dcgs-official", e_mac_pj=E_MAC_PJ, e_ac_pj=E_AC_PJ,
-    reference="DCGS official code, statics/sop.py and val_functions.py:84-92 (dcgs.md §5.2-5.3); " + HOROWITZ_REFERENCE,
+    reference="DCGS official code, statics/sop.py and val_functions.py:84-92 (docs/dcgs-official-code.md "
+              "§5.2-5.3); " + HOROWITZ_REFERENCE,
     description="every op (first layer included) at E_AC; behind an average pool one op per non-zero pooled "
                 "cell; E_ANN = dense MACs x E_MAC", compute=_dcgs_official)
 NEUROBENCH = EnergyModel(
@@ -179,14 +180,14 @@ LOIHI = EnergyModel(
     name="loihi-published", e_mac_pj=E_MAC_PJ, e_ac_pj=E_AC_PJ, kind="published-constant estimate",
     e_synop_pj=23.6 + 3.5, e_neuron_update_pj=81.0,
     reference="Davies et al., 'Loihi', IEEE Micro 38(1), 2018, Table 1: 23.6 pJ per synaptic spike op + "
-              "3.5 pJ per spike hop, 81 pJ per active neuron update (figures as compiled in snnbench issue 17)",
+              "3.5 pJ per spike hop, 81 pJ per active neuron update",
     description="published-constant estimate, not a measurement: every effective op at 27.1 pJ, every neuron "
                 "update at 81 pJ; E_ANN = Horowitz dense MACs x 4.6 pJ", compute=_hardware)
 SPINNAKER2 = EnergyModel(
     name="spinnaker2-prototype-published", e_mac_pj=E_MAC_PJ, e_ac_pj=E_AC_PJ, kind="published-constant estimate",
     e_synop_pj=450.0, e_neuron_update_pj=2190.0,
     reference="SpiNNaker 2 prototype chip, published per-operation figures: 450 pJ per synaptic event, "
-              "2.19 nJ per neuron update (as compiled in snnbench issue 17; check the chip paper before citing)",
+              "2.19 nJ per neuron update (check the chip paper before citing)",
     description="published-constant estimate, not a measurement: every effective op at 450 pJ, every neuron "
                 "update at 2.19 nJ; E_ANN = Horowitz dense MACs x 4.6 pJ", compute=_hardware)
 

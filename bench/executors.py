@@ -73,7 +73,7 @@ def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: f
         prepare_openmp()  # the child inherits the environment and imports torch first
         return run_cell_with_timeout(spec, cache_root, resolve_threads(threads), timeout)
     used = apply_threads(threads)
-    from snnbench.cache import DiskCache, MemoryCache
+    from snnbench.common.cache import DiskCache, MemoryCache
     from snnbench.runner import run_cell
 
     cell = CellSpec.from_dict(spec)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from snnbench.registry import METHODS_GROUP, TASKS_GROUP, Registry, UnknownNameError, first_doc_line, lazy_registry
+from snnbench.common.registry import (METHODS_GROUP, TASKS_GROUP, Registry, UnknownNameError, first_doc_line,
+                                      lazy_registry)
 
 
 @lazy_registry

@@ -11,11 +11,12 @@ holder dies, even by SIGKILL, so a crashed sweep never leaves the directory lock
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 from pathlib import Path
 from typing import Iterator
+
+from snnbench.common.filelock import LockHeld, file_lock
 
 LOCK_NAME = ".sweep.lock"
 
@@ -48,13 +49,11 @@ def _holder_pid(path: Path) -> int | None:
 def results_lock(results_dir: str | os.PathLike) -> Iterator[Path]:
     """Hold ``<results_dir>/.sweep.lock`` exclusively, or raise :class:`ResultsDirBusy` at once."""
     results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fd = stack.enter_context(file_lock(path, blocking=False))
+        except LockHeld:
             raise ResultsDirBusy(results_dir.resolve(), _holder_pid(path)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -63,6 +62,3 @@ def results_lock(results_dir: str | os.PathLike) -> Iterator[Path]:
             yield path
         finally:
             os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Collection
 
 import torch
 
-from snnbench.cache import MemoryCache, digest
+from snnbench.common.cache import MemoryCache, digest
 from snnbench.cell import CellSpec, resolve_eval_ts
 from snnbench.counting import OpCounter
 from snnbench.energy import DEFAULT_ENERGY_MODEL, ENERGY_MODELS, EnergyInputs, all_ratios, ratio_key

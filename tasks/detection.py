@@ -3,39 +3,37 @@ Fashion-MNIST canvases, with COCO bbox mAP from pycocotools at every time-step.
 
 The convertible core of a torchvision single-stage detector (FCOS, RetinaNet) is its
 backbone (+FPN) and head: ``images -> {"cls_logits", "bbox_regression", ...}``; the whole
-of it is converted (dcgs.md §4.3). Around it, the bundle's
+of it is converted (docs/dcgs-official-code.md §4.3). Around it, the bundle's
 
 * ``prepare`` applies the detector's own ``GeneralizedRCNNTransform`` (resize, normalise,
-  pad the batch to a multiple of 32), as the official code does (dcgs.md §5.4);
+  pad the batch to a multiple of 32), as the official code does
+  (docs/dcgs-official-code.md §5.4);
 * ``finish`` takes the head outputs *decoded at time-step t* (the engine averages them
-  before post-processing, dcgs.md §2.9), splits them per FPN level, builds the anchors
-  (cached per padded input shape) and runs the detector's ``postprocess_detections``
-  (score > 0.05, NMS, 100 per image) and ``transform.postprocess`` (boxes back in original
-  image coordinates).
+  before post-processing, docs/dcgs-official-code.md §2.9), splits them per FPN level,
+  builds the anchors (cached per padded input shape) and runs the detector's
+  ``postprocess_detections`` (score > 0.05, NMS, 100 per image) and
+  ``transform.postprocess`` (boxes back in original image coordinates).
 
-:class:`COCOMetric` collects the detections of every t in COCO result format and runs
-COCOeval once per scored t (by default t = 1, 2, 4, ..., T; ``--eval-ts all`` scores every t; dcgs.md §5.4, without the official code's 11-image debug limit: every
-evaluated image is scored, and only those).
+The metric is :class:`~snnbench.tasks.coco_metric.COCOMetric`: the detections of every t
+in COCO result format, COCOeval once per scored t (by default t = 1, 2, 4, ..., T;
+``--eval-ts all`` scores every t).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import logging
 import os
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from snnbench.tasks.base import DataNotFoundError, ModelBundle, StepMetric, Task
+from snnbench.common.hashing import sha256_text
+from snnbench.tasks.base import DataNotFoundError, ModelBundle, Task
+from snnbench.tasks.coco_metric import COCOMetric
 from snnbench.tasks.classification import EVAL_SUBSET_SEED, check_model_fits
 from snnbench.tasks.data import coco
 from snnbench.tasks.data.arrays import subset_indices
@@ -43,83 +41,6 @@ from snnbench.tasks.zoo import ModelSpec, get_model_spec, list_models
 from snnbench.tasks.zoo.weights import load_into, load_state_dict_file, torchvision_weights_path
 
 log = logging.getLogger(__name__)
-
-
-# -- metric ----------------------------------------------------------------------------
-class COCOMetric(StepMetric):
-    """COCO bbox mAP@[.5:.95] and AP50 at every time-step (pycocotools COCOeval).
-
-    ``update(t, detections, targets)`` takes one detection dict per image (``boxes``
-    ``[N, 4]`` xyxy in original image coordinates, ``scores``, ``labels``) and the image
-    ids (ints, or dicts with ``image_id``). Detections are kept as compact float64 rows
-    ``[image_id, x, y, w, h, score, category]``; :meth:`compute` runs COCOeval once per t
-    over exactly the images that were updated. A t without any detection scores 0.0.
-
-    Args:
-        ground_truth: a pycocotools ``COCO`` of the annotations.
-        label_to_category: model label -> COCO category id (identity when None: the
-            torchvision convention for COCO, and the canvases' category ids).
-    """
-
-    name = "map"
-
-    def __init__(self, ground_truth: Any, label_to_category: Mapping[int, int] | None = None) -> None:
-        self.ground_truth = ground_truth
-        self.label_to_category = dict(label_to_category) if label_to_category is not None else None
-        self._rows: dict[int, list[np.ndarray]] = defaultdict(list)
-        self._images: dict[int, set[int]] = defaultdict(set)
-
-    @staticmethod
-    def _image_ids(targets: Any) -> list[int]:
-        if isinstance(targets, torch.Tensor):
-            return [int(v) for v in targets.reshape(-1).tolist()]
-        return [int(t["image_id"]) if isinstance(t, Mapping) else int(t) for t in targets]
-
-    def update(self, t: int, outputs: Sequence[Mapping[str, torch.Tensor]], targets: Any) -> None:
-        ids = self._image_ids(targets)
-        if len(outputs) != len(ids):
-            raise ValueError(f"{len(outputs)} detection dicts for {len(ids)} image ids")
-        for det, image_id in zip(outputs, ids):
-            self._images[t].add(image_id)
-            boxes = det["boxes"].detach().to("cpu", torch.float64).reshape(-1, 4)
-            if not len(boxes):
-                continue
-            labels = det["labels"].detach().to("cpu").reshape(-1).tolist()
-            if self.label_to_category is not None:
-                labels = [self.label_to_category.get(int(v), -1) for v in labels]
-            rows = np.empty((len(boxes), 7), dtype=np.float64)
-            rows[:, 0] = image_id
-            rows[:, 1:3] = boxes[:, :2].numpy()
-            rows[:, 3:5] = (boxes[:, 2:] - boxes[:, :2]).numpy()
-            rows[:, 5] = det["scores"].detach().to("cpu", torch.float64).reshape(-1).numpy()
-            rows[:, 6] = labels
-            self._rows[t].append(rows)
-
-    def compute(self) -> dict[int, dict[str, float]]:
-        return {t: self._evaluate(t) for t in sorted(self._images)}
-
-    def _evaluate(self, t: int) -> dict[str, float]:
-        from pycocotools.cocoeval import COCOeval
-
-        gt = self.ground_truth
-        image_ids = sorted(self._images[t])
-        unknown = set(image_ids) - set(gt.getImgIds())
-        if unknown:
-            raise ValueError(f"detections for image ids {sorted(unknown)[:5]} that the annotations do not list")
-        if not gt.getAnnIds(imgIds=image_ids):
-            raise ValueError(f"the {len(image_ids)} evaluated images have no ground-truth boxes; "
-                             "mAP is undefined")
-        rows = self._rows.get(t)
-        if not rows:
-            return {"map": 0.0, "ap50": 0.0}
-        with contextlib.redirect_stdout(io.StringIO()):
-            detections = gt.loadRes(np.concatenate(rows))
-            evaluator = COCOeval(gt, detections, "bbox")
-            evaluator.params.imgIds = image_ids
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-        return {"map": max(0.0, float(evaluator.stats[0])), "ap50": max(0.0, float(evaluator.stats[1]))}
 
 
 # -- the bundle --------------------------------------------------------------------------
@@ -370,7 +291,7 @@ class FashionMNISTDetectionTask(DetectionTask):
     def data_tag(self) -> str:
         """Short hash of the canvas manifest (counts, seeds, geometry, generator version)."""
         text = json.dumps(self.canvases.manifest(), sort_keys=True)
-        return "canvas-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+        return "canvas-" + sha256_text(text, 8)
 
     def default_model(self) -> str:
         return "fcos_mobilenet_v2"

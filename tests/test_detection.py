@@ -18,7 +18,8 @@ from snnbench.methods.snn.stats import collect_stats
 from snnbench.tasks.base import DataNotFoundError
 from snnbench.tasks.data import coco
 from snnbench.tasks.data.canvases import generate_canvases, write_coco
-from snnbench.tasks.detection import COCOMetric, COCOTask, DetectorCore, FashionMNISTDetectionTask, detection_bundle
+from snnbench.tasks.coco_metric import COCOMetric
+from snnbench.tasks.detection import COCOTask, DetectorCore, FashionMNISTDetectionTask, detection_bundle
 from snnbench.tasks.zoo import get_model_spec, list_models
 
 NAMES = tuple(f"class{i}" for i in range(10))
@@ -309,7 +310,7 @@ def test_counting_works_with_two_image_sizes():
 
 # -- zoo training and cache --------------------------------------------------------------
 def test_detector_zoo_cache_miss_trains_hit_loads_and_corrupt_retrains(tiny_coco, tmp_path, monkeypatch):
-    from snnbench.tasks.zoo import cache
+    from snnbench.common import cache
     from snnbench.tasks.zoo.detection_training import DetectionRecipe, DetectionTrainData, entry_stem, load_or_train_detector
     from snnbench.tasks.zoo.spec import ModelSpec
 
@@ -372,7 +373,7 @@ def test_fmnist_det_cell_end_to_end(tmp_path, monkeypatch):
     from snnbench.runner import run_cell
     from snnbench.tasks import detection
     from snnbench.tasks.data import fashion_mnist
-    from snnbench.tasks.zoo import _SPECS, _discover
+    from snnbench.tasks.zoo import model_registry
     from snnbench.tasks.zoo.detection_training import DetectionRecipe
 
     if not fashion_mnist.DEBIAN_DIR.is_dir():
@@ -380,10 +381,11 @@ def test_fmnist_det_cell_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("SNNBENCH_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setattr(detection, "FMNIST_DET_TRAIN_CANVASES", 24)
     monkeypatch.setattr(detection, "FMNIST_DET_VAL_CANVASES", 8)
-    _discover()
-    spec, origin = _SPECS["fcos_mobilenet_v2"]
+    registry = model_registry()
+    spec = registry.get("fcos_mobilenet_v2")
     quick = dataclasses.replace(spec, recipes={"fmnist_det": DetectionRecipe(steps=2, batch_size=4, warmup_steps=1)})
-    monkeypatch.setitem(_SPECS, "fcos_mobilenet_v2", (quick, origin))
+    entry = registry._entries["fcos_mobilenet_v2"]
+    monkeypatch.setitem(registry._entries, "fcos_mobilenet_v2", dataclasses.replace(entry, obj=quick))
     result = run_cell(CellSpec(method="dcgs", task="fmnist_det", model="fcos_mobilenet_v2", T=2, calib_size=8,
                                calib_batch_size=8, batch_size=4))
     assert result["status"] == "ok", result["error"]

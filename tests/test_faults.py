@@ -324,7 +324,7 @@ def test_retrained_weights_never_reuse_cached_numbers_and_rows_stay_apart(tmp_pa
     from snnbench.leaderboard.data import load_ledger
     from snnbench.leaderboard.rows import build_rows
     from snnbench.sweep import run_sweep
-    from snnbench.tasks.zoo import cache as zoo_cache
+    from snnbench.common import cache as zoo_cache
     from snnbench.tasks.zoo.weights import file_sha256
 
     zoo = tmp_path / "zoo"

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from snnbench.tasks.classification import DigitsTask
-from snnbench.tasks.zoo import cache, get_model_spec, reference
+from snnbench.common import cache
+from snnbench.common.hashing import sha256_file
+from snnbench.tasks.zoo import get_model_spec, reference
 from snnbench.tasks.zoo.provide import entry_stem, load_or_train
 from snnbench.tasks.zoo.spec import TrainRecipe
 
@@ -47,7 +49,7 @@ def test_reference_is_loaded_before_cache_and_training(tmp_path, shipped_dir, qu
     task = DigitsTask()
     trained, stem = _train_and_publish(quick_spec, task, tmp_path / "zoo-a")
     pinned = json.loads((shipped_dir / "manifest.json").read_text())[stem]
-    assert pinned["sha256"] == cache.sha256_file(shipped_dir / f"{stem}.pt")
+    assert pinned["sha256"] == sha256_file(shipped_dir / f"{stem}.pt")
 
     def no_training(*a, **k):
         raise AssertionError("a shipped reference must not be retrained")
@@ -90,7 +92,7 @@ def test_reference_can_be_turned_off_and_force_retrains(tmp_path, shipped_dir, q
     monkeypatch.delenv(reference.ENV_VAR)
     rec = load_or_train(quick_spec, "digits", _fresh(quick_spec, task), task.split("train"), task.split("test"),
                         zoo_dir=tmp_path / "zoo", progress=False, retrain=True)
-    assert rec["cache"] == "miss" and rec["sha256"] == cache.sha256_file(cache.entry_paths(
+    assert rec["cache"] == "miss" and rec["sha256"] == sha256_file(cache.entry_paths(
         tmp_path / "zoo", entry_stem(quick_spec, "digits"))[0])
 
 

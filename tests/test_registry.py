@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from snnbench.plugins import create_method, create_task, list_methods, list_tasks
-from snnbench.registry import DuplicateNameError, Registry, UnknownNameError
+from snnbench.common.registry import DuplicateNameError, Registry, UnknownNameError
 from snnbench.methods.base import ConversionMethod
 from snnbench.tasks.zoo import get_model_spec, list_models
 

@@ -19,8 +19,10 @@ from snnbench.methods.snn.stats import collect_stats
 from snnbench.tasks.base import DataNotFoundError, ModelBundle
 from snnbench.tasks.data import voc
 from snnbench.tasks.data.canvases import CanvasDataset, ensure_canvases
-from snnbench.tasks.segmentation import (CanvasCounts, ConfusionMIoU, FashionMNISTSegmentationTask,
-                                SegmentationTransform, VOCTask, collate)
+from snnbench.tasks.data.voc import collate
+from snnbench.tasks.miou_metric import ConfusionMIoU
+from snnbench.tasks.segmentation import CanvasCounts, FashionMNISTSegmentationTask, VOCTask
+from snnbench.tasks.segmentation_transform import SegmentationTransform
 from snnbench.tasks.zoo import get_model_spec, list_models
 from snnbench.tasks.zoo.spec import TrainRecipe
 

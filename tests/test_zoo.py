@@ -8,7 +8,8 @@ import torch
 
 from snnbench.tasks.base import DataNotFoundError
 from snnbench.tasks.classification import DigitsTask, ImageNetTask
-from snnbench.tasks.zoo import cache, get_model_spec
+from snnbench.common import cache
+from snnbench.tasks.zoo import get_model_spec
 from snnbench.tasks.zoo.provide import entry_stem, load_or_train
 from snnbench.tasks.zoo.spec import TrainRecipe
 from snnbench.tasks.zoo.weights import load_state_dict_file, torchvision_weights_path
@@ -129,7 +130,7 @@ def test_dynamic_torchvision_and_timm_names():
     assert spec.weights == "ResNet101_Weights.IMAGENET1K_V2" and spec.source == "torchvision"
     spec = get_model_spec("timm/vit_base_patch16_224")
     assert spec.source == "timm"
-    from snnbench.registry import UnknownNameError
+    from snnbench.common.registry import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="torchvision classifier"):
         get_model_spec("torchvision/resnet1001")

@@ -1,7 +1,7 @@
 """Canvases of real Fashion-MNIST objects for the embedded detection and segmentation tasks.
 
 Each canvas is a black ``size x size`` image holding 1-4 real Fashion-MNIST items resized
-to 24-64 px and pasted with ``max`` at random positions (../shared/research/data.md §2).
+to 24-64 px and pasted with ``max`` at random positions (docs/datasets-and-weights.md §2).
 Labels come exactly from the pasted pixels:
 
 * a box per object: the tight box of its pixels above ``box_threshold`` (COCO ``[x, y, w, h]``,
@@ -180,7 +180,7 @@ def ensure_canvases(root: Path, dataset: CanvasDataset, fmnist_root: str | None 
     ``ImageSets/Segmentation/{train,val}.txt``). Generation holds an inter-process lock
     (``.<root name>.lock`` beside ``root``), so parallel cells write the files once.
     """
-    from snnbench.cache import file_lock
+    from snnbench.common.filelock import file_lock
 
     root = Path(root)
     with file_lock(root.parent / f".{root.name}.lock"):

@@ -18,7 +18,6 @@ so a dozen photographs give over a hundred distinct network inputs.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from snnbench.common.hashing import sha256_text
 from snnbench.tasks.base import DataNotFoundError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
@@ -141,7 +141,7 @@ def split_files(files: list[Path], root: Path, fraction: float = CALIBRATION_FRA
     n_calib = min(len(files) - 1, max(1, math.ceil(fraction * len(files))))
 
     def rank(path: Path) -> str:
-        return hashlib.sha256(path.relative_to(root).as_posix().encode()).hexdigest()
+        return sha256_text(path.relative_to(root).as_posix())
 
     held = set(sorted(files, key=rank)[:n_calib])
     return [f for f in files if f in held], [f for f in files if f not in held]

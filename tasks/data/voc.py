@@ -20,6 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -114,6 +115,17 @@ class VOCSample:
     image_id: str
     image: torch.Tensor
     mask: torch.Tensor
+
+
+def collate(samples: Sequence[VOCSample]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Raw images (a list: they may differ in size) and masks padded with the ignore index."""
+    images = [s.image for s in samples]
+    h = max(s.mask.shape[0] for s in samples)
+    w = max(s.mask.shape[1] for s in samples)
+    targets = torch.full((len(samples), h, w), IGNORE_INDEX, dtype=torch.int64)
+    for i, s in enumerate(samples):
+        targets[i, : s.mask.shape[0], : s.mask.shape[1]] = s.mask
+    return images, targets
 
 
 class VOCSegmentation:

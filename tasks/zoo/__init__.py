@@ -1,57 +1,59 @@
 """The model zoo: a registry of buildable models and the cache of weights the project trains.
 
-``list_models()`` / ``get_model_spec(name)`` read the ``snnbench.models`` entry-point group
+``list_models()`` / ``get_model_spec(name)`` read :func:`model_registry`, the project's one
+:class:`~snnbench.common.registry.Registry` over the ``snnbench.models`` entry-point group
 (each entry resolves to a :class:`ModelSpec` or a list of them). Names of the form
 ``torchvision/NAME`` and ``timm/NAME`` build any classifier those libraries know, with
 weights from ``--weights`` or the local caches; ``qcfs/NAME`` (``qcfs/NAME_L<levels>``) builds a
 torchvision architecture with QCFS activations for a user's QCFS checkpoint (QCFS track).
+Trained weights are cached in :func:`zoo_dir` as verified entries of :mod:`snnbench.common.cache`.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import os
 import re
-from importlib import metadata
+from pathlib import Path
 
-from snnbench.registry import MODELS_GROUP, DuplicateNameError, UnknownNameError, unknown_name_message
+from snnbench.common.registry import MODELS_GROUP, Registry, UnknownNameError, lazy_registry, unknown_name_message
 from snnbench.tasks.zoo.spec import ModelSpec, TrainRecipe
 
-__all__ = ["ModelSpec", "TrainRecipe", "get_model_spec", "list_models", "model_origin", "model_track",
-           "reset_model_registry"]
+__all__ = ["ModelSpec", "TrainRecipe", "get_model_spec", "list_models", "model_origin", "model_registry",
+           "model_track", "reset_model_registry", "zoo_dir"]
 
-_SPECS: dict[str, tuple[ModelSpec, str]] = {}
+#: environment variable naming the zoo's cache directory
+ZOO_DIR_ENV_VAR = "SNNBENCH_ZOO_DIR"
 
 
-def _discover() -> dict[str, tuple[ModelSpec, str]]:
-    if _SPECS:
-        return _SPECS
-    seen: set[tuple[str, str]] = set()
-    for ep in metadata.entry_points(group=MODELS_GROUP):
-        if (ep.name, ep.value) in seen:
-            continue
-        seen.add((ep.name, ep.value))
-        obj = ep.load()
-        specs = obj if isinstance(obj, (list, tuple)) else [obj]
-        dist = ep.dist.metadata["Name"] if getattr(ep, "dist", None) is not None else "?"
-        for spec in specs:
-            if not isinstance(spec, ModelSpec):
-                raise TypeError(f"model entry point {ep.name} ({ep.value}) yields {spec!r}, not a ModelSpec")
-            if spec.name in _SPECS:
-                raise DuplicateNameError(f"model {spec.name!r} is registered twice ({_SPECS[spec.name][1]} and {dist})")
-            _SPECS[spec.name] = (spec, f"{dist} ({ep.value})")
-    return _SPECS
+def zoo_dir(override: str | os.PathLike | None = None) -> Path:
+    """The zoo's cache directory: ``override``, else ``$SNNBENCH_ZOO_DIR``, else ``~/.cache/snnbench/zoo``."""
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get(ZOO_DIR_ENV_VAR):
+        return Path(os.environ[ZOO_DIR_ENV_VAR]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "snnbench" / "zoo"
+
+
+def _spec_name(spec: ModelSpec) -> str:
+    return spec.name
+
+
+@lazy_registry
+def model_registry() -> Registry[ModelSpec]:
+    """The registry of model specs: every ``snnbench.models`` entry point yields a spec or a list of them."""
+    return Registry(kind="model", group=MODELS_GROUP, base_cls=ModelSpec, name_of=_spec_name)
 
 
 def reset_model_registry() -> None:
     """Forget discovered models (tests that add entry points call this)."""
-    _SPECS.clear()
+    model_registry.cache.clear()  # type: ignore[attr-defined]
 
 
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
     """Registered model names, optionally filtered by shell pattern and task."""
-    specs = _discover()
-    names = sorted(n for n, (s, _) in specs.items() if task is None or task in s.tasks)
-    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+    registry = model_registry()
+    return [n for n in registry.names(pattern) if task is None or task in registry.get(n).tasks]
 
 
 def dynamic_spec(name: str) -> ModelSpec | None:
@@ -116,17 +118,18 @@ def model_track(name: str) -> str:
 
 def get_model_spec(name: str) -> ModelSpec:
     """The spec of ``name``; unknown names raise an error listing the valid ones."""
-    specs = _discover()
-    if name in specs:
-        return specs[name][0]
+    registry = model_registry()
+    if name in registry:
+        return registry.get(name)
     dyn = dynamic_spec(name) if "/" in name else None
     if dyn is not None:
         return dyn
-    raise UnknownNameError(unknown_name_message("model", name, specs) +
+    raise UnknownNameError(unknown_name_message("model", name, registry.names()) +
                            " (or torchvision/NAME, timm/NAME for any classifier of those libraries, "
                            "qcfs/NAME for a torchvision architecture with QCFS activations)")
 
 
 def model_origin(name: str) -> str:
-    specs = _discover()
-    return specs[name][1] if name in specs else "dynamic"
+    """``distribution (module:object)`` of a registered model; ``dynamic`` for ``torchvision/NAME`` etc."""
+    registry = model_registry()
+    return registry.origin(name) if name in registry else "dynamic"

@@ -19,7 +19,8 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 
 class VGGSmall(nn.Module):
-    """VGG-style CNN: [conv-BN-ReLU x2, avg-pool] x2, FC-ReLU, FC (data.md §4.1, width 16)."""
+    """VGG-style CNN: [conv-BN-ReLU x2, avg-pool] x2, FC-ReLU, FC (width 16;
+    docs/datasets-and-weights.md §4.1)."""
 
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, width: int = 16, hidden: int = 128):
         super().__init__()
@@ -78,7 +79,7 @@ class ResNetSmall(nn.Module):
 def qcfs_variant(model: nn.Module, levels: int = DEFAULT_LEVELS,
                  initial_threshold: float = DEFAULT_INITIAL_THRESHOLD) -> nn.Module:
     """``model`` with every ReLU module replaced by a QCFS activation with L = ``levels`` and
-    every max-pool by an average pool (Bu et al. 2022; baselines.md §5), in place."""
+    every max-pool by an average pool (Bu et al. 2022; docs/baseline-methods.md §5), in place."""
     if replace_relu_with_qcfs(model, levels, initial_threshold) == 0:
         raise ValueError(f"{type(model).__name__} has no nn.ReLU module to turn into a QCFS activation")
     replace_maxpool_with_avgpool(model)
@@ -100,7 +101,8 @@ def resnet_small_qcfs(in_shape: tuple[int, int, int], num_classes: int, levels: 
 def vit_mini(in_shape: tuple[int, int, int], num_classes: int, embed_dim: int = 96, depth: int = 4,
              num_heads: int = 4, mlp_ratio: float = 2.0) -> nn.Module:
     """A small timm VisionTransformer with 16 patches (4x4 grid; patch 7 on 28x28) and a class
-    token (data.md §4.1: 87.7 % on Fashion-MNIST after 6 epochs, ~5 min on 2 cores)."""
+    token (docs/datasets-and-weights.md §4.1: 87.7 % on Fashion-MNIST after 6 epochs, ~5 min
+    on 2 cores)."""
     from timm.models.vision_transformer import VisionTransformer
 
     c, h, w = in_shape

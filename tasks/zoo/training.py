@@ -1,7 +1,7 @@
 """The zoo's training loop for the small embedded-default classifiers.
 
 SGD with Nesterov momentum (or AdamW) under a OneCycle schedule, optional horizontal
-flips, fixed seeds: the recipe of ../shared/research/data.md §4.1 (VGG-small reached
+flips, fixed seeds: the recipe of docs/datasets-and-weights.md §4.1 (VGG-small reached
 92.75 % on Fashion-MNIST after 4 epochs, ~3 min on 2 cores).
 """
 

@@ -8,7 +8,7 @@ looked at and how to get the file.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 import pickle
 from pathlib import Path
@@ -17,24 +17,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from snnbench.common.hashing import sha256_file
 from snnbench.tasks.base import DataNotFoundError
 
 
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (memoized per path, size and modification time)."""
+    """:func:`~snnbench.common.hashing.sha256_file` of a weights file, memoized per real path,
+    size and modification time (a sweep hashes the same hub checkpoint for every cell)."""
     real = os.path.realpath(path)
     stat = os.stat(real)
-    memo = (real, stat.st_size, stat.st_mtime_ns)
-    if memo not in _SHA_MEMO:
-        h = hashlib.sha256()
-        with open(real, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_MEMO[memo] = h.hexdigest()
-    return _SHA_MEMO[memo]
+    return _memo_sha256(real, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _memo_sha256(real: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(real)
 
 
 def bundle_weights_sha256(bundle: Any) -> str | None:

@@ -6,7 +6,9 @@ points. The built-in plugins are declared in ``pyproject.toml`` under the groups
 third-party package would declare its own, so there is one registration path.
 
 Entries are lazy: listing names imports nothing; an entry's object is imported the first
-time it is asked for, checked against the registry's base class, and cached.
+time it is asked for, checked against the registry's base class, and cached. A group whose
+entry points each yield a *collection* (the model zoo's lists of ``ModelSpec``) names its
+items with ``name_of``; those entry points are loaded when the group is discovered.
 Registries are the only module-level mutable state of snnbench.
 """
 
@@ -67,11 +69,15 @@ class Registry(Generic[T]):
         kind: singular noun used in messages ("method", "task").
         group: entry-point group the registry reads on first use.
         base_cls: every loaded object must be a subclass (classes) or instance of it.
+        name_of: for groups whose entry points yield an object or a list/tuple of objects,
+            each registered under ``name_of(obj)`` (``None``: one object per entry point,
+            registered lazily under the entry point's name).
     """
 
     kind: str
     group: str | None = None
     base_cls: type | None = None
+    name_of: Callable[[Any], str] | None = None
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _discovered: bool = False
 
@@ -94,16 +100,33 @@ class Registry(Generic[T]):
             return
         if force:
             self._entries = {k: v for k, v in self._entries.items() if v.distribution is None}
+        before = dict(self._entries)
         seen: set[tuple[str, str]] = set()
-        for ep in metadata.entry_points(group=self.group):
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else "?"
-            # the same distribution can be visible twice on sys.path (editable + build dir)
-            if (ep.name, ep.value) in seen:
-                continue
-            seen.add((ep.name, ep.value))
-            self.register(ep.name, target=ep.value, distribution=dist_name)
+        try:
+            for ep in metadata.entry_points(group=self.group):
+                dist = getattr(ep, "dist", None)
+                dist_name = dist.metadata["Name"] if dist is not None else "?"
+                # the same distribution can be visible twice on sys.path (editable + build dir)
+                if (ep.name, ep.value) in seen:
+                    continue
+                seen.add((ep.name, ep.value))
+                if self.name_of is None:
+                    self.register(ep.name, target=ep.value, distribution=dist_name)
+                else:
+                    self._register_collection(ep.name, ep.value, dist_name)
+        except Exception:
+            self._entries = before  # a failed discovery leaves nothing half-registered
+            raise
         self._discovered = True
+
+    def _register_collection(self, ep_name: str, target: str, distribution: str) -> None:
+        """Load an entry point yielding one object or a list of them; register each by ``name_of``."""
+        loaded = _load_target(target)
+        for obj in loaded if isinstance(loaded, (list, tuple)) else [loaded]:
+            if self.base_cls is not None and not isinstance(obj, self.base_cls):
+                raise TypeError(f"{self.kind} entry point {ep_name} ({target}) yields {obj!r}, "
+                                f"which is not a {self.base_cls.__name__}")
+            self.register(self.name_of(obj), obj, target=target, distribution=distribution)  # type: ignore[misc]
 
     # -- lookup -------------------------------------------------------------------------
     def names(self, pattern: str | None = None) -> list[str]:
