@@ -9,7 +9,7 @@ Conversion works on a traced copy of the ANN (the user's model is never modified
    called twice; ``x.relu()``, ``torch.relu``) become one module per call site, so every
    stateful unit sees exactly one call per frame. With neurons at activations, a MaxPool
    fed by a ReLU is moved in front of it (max and ReLU commute; dcgs.md §2.8). A QCFS
-   activation (methods/snn/quantized_activation.py) counts as a ReLU clipped at its λ.
+   activation (snnbench.common.activations) counts as a ReLU clipped at its λ.
 3. **Classify** every node that depends on the input: *affine* (conv, linear, BN, average
    pooling, adds, reshapes, interpolation, products with a constant: applied unchanged to
    every frame, dcgs.md §2.4), *activation* (ReLU, ReLU6), *graded* (any other
@@ -38,7 +38,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from snnbench.methods.snn.quantized_activation import QCFS
+from snnbench.common.activations import QCFS
 
 Placement = Literal["activations", "inputs"]
 
