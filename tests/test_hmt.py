@@ -13,7 +13,7 @@ from torch import nn
 from snnbench.counting import OpCounter
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.hmt import HMT
-from snnbench.methods.snn.harmony import HarmonyNeuron, basal_fire_reference
+from snnbench.methods.hmt.harmony import HarmonyNeuron, basal_fire_reference
 from snnbench.methods.snn.stats import collect_stats
 from snnbench.methods.snn.thresholds import (
     generalized_quantisation_error,

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from snnbench.common.activations import QCFS
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.snn.engine import EngineMethod
 from snnbench.methods.snn.fused import resolve_fuse
 from snnbench.methods.snn.graph import NetworkGraph, Site, build_network_graph
-from snnbench.common.activations import QCFS
 from snnbench.methods.snn.stats import StatKind, Stats
 from snnbench.methods.snn.units import SpikingNeuron
 

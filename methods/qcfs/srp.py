@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from snnbench.methods.base import ConversionContext, CountPlan, Fairness
-from snnbench.methods.qcfs import is_qcfs_graph, qcfs_site_thresholds
+from snnbench.methods.qcfs.method import is_qcfs_graph, qcfs_site_thresholds
 from snnbench.methods.settings import SettingsError
 from snnbench.methods.snn.engine import EngineMethod, EngineSettings
 from snnbench.methods.snn.fused import resolve_fuse, spike_counts

@@ -15,7 +15,7 @@ spikes is *k unit spikes* (``unit_amplitude`` = θ) and *one event* (one non-zer
 the op counter reports both (bench/counting.py). The official energy model counts events.
 
 The neuron subclasses :class:`SpikingNeuron` so SNN Calibration's bias correction
-(methods/snn/correction.py), the network's count plan and spike-source tracing treat it
+(methods/calibration/correction.py), the network's count plan and spike-source tracing treat it
 like any other spiking neuron.
 """
 
