@@ -173,7 +173,7 @@ def test_generalized_iteration_rejects_bad_level_ranges():
 def test_engine_methods_take_the_generalized_rule():
     """threshold=hmt_iteration on DCGS's MT neurons: each ReLU site's θ is Eq. 29 with levels 0..T·2^n."""
     from snnbench.methods.dcgs import DCGS
-    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.neurons import SpikingNeuron
 
     torch.manual_seed(0)
     model = TinyNet().eval()

@@ -27,7 +27,7 @@ import torch
 
 from snnbench.methods.base import Fairness
 from snnbench.methods.snn.network import SimulatedNetwork
-from snnbench.methods.snn.units import SpikingNeuron
+from snnbench.methods.snn.neurons import SpikingNeuron
 
 #: the official input shift, as a fraction of θ spread over the T steps of a simulation
 OFFICIAL_SHIFT = 0.5

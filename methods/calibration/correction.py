@@ -35,7 +35,7 @@ from torch import nn
 
 from snnbench.methods.snn.graph import NetworkGraph, Site
 from snnbench.methods.snn.network import SimulatedNetwork
-from snnbench.methods.snn.units import SpikingNeuron
+from snnbench.methods.snn.neurons import SpikingNeuron
 
 
 class _Recorder(nn.Module):

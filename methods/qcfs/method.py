@@ -25,8 +25,8 @@ from snnbench.methods.base import ConversionContext
 from snnbench.methods.snn.engine import EngineMethod
 from snnbench.methods.snn.fused import resolve_fuse
 from snnbench.methods.snn.graph import NetworkGraph, Site, build_network_graph
+from snnbench.methods.snn.neurons import SpikingNeuron
 from snnbench.methods.snn.stats import StatKind, Stats
-from snnbench.methods.snn.units import SpikingNeuron
 
 #: what a plain-ANN user should run instead, and which models are QCFS-trained
 QCFS_MODELS_HINT = ("QCFS-track models: vgg_small_qcfs, resnet_small_qcfs, qcfs/NAME with --weights (your QCFS "

@@ -41,8 +41,8 @@ from snnbench.methods.snn.engine import EngineMethod, EngineSettings
 from snnbench.methods.snn.fused import resolve_fuse, spike_counts
 from snnbench.methods.snn.graph import NetworkGraph, Site
 from snnbench.methods.snn.network import SimulatedNetwork
+from snnbench.methods.snn.neurons import SpikingNeuron
 from snnbench.methods.snn.stats import StatKind, Stats
-from snnbench.methods.snn.units import SpikingNeuron
 
 #: the label of SRP rows on plain ReLU ANNs (baselines.md §3, "Training-free on a plain ReLU ANN?")
 PLAIN_ANN_NOTE = "SRP mechanism, non-QCFS ANN"

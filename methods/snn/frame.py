@@ -53,7 +53,9 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from snnbench.methods.snn import fused
-from snnbench.methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron, StatefulUnit
+from snnbench.methods.snn.graded import GradedUnit, ProductUnit
+from snnbench.methods.snn.neurons import SpikingNeuron
+from snnbench.methods.snn.units import StatefulUnit
 
 log = logging.getLogger(__name__)
 
