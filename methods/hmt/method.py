@@ -38,10 +38,10 @@ from snnbench.methods.base import CountPlan, Fairness
 from snnbench.methods.hmt.harmony import HarmonyNeuron
 from snnbench.methods.settings import SettingsError
 from snnbench.methods.snn.engine import EngineMethod, check_threshold_rule_settings
+from snnbench.methods.snn.generalized_thresholds import generalized_threshold_iteration
 from snnbench.methods.snn.graph import NetworkGraph, Site
 from snnbench.methods.snn.network import POOL_MODULES, RESHAPE_METHODS, RESHAPE_MODULES, SimulatedNetwork
 from snnbench.methods.snn.stats import StatKind, Stats
-from snnbench.methods.snn.thresholds import generalized_threshold_iteration
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from torch.utils._pytree import tree_map
 from snnbench.methods.base import ConnectionSite, CountPlan, Fairness, NeuronSite, SpikingModel
 from snnbench.methods.snn.frame import FrameRunner, observed, structural_obstacle
 from snnbench.methods.snn.graded import AnalogOp, GradedUnit, ProductUnit
-from snnbench.methods.snn.graph import CONNECTION_MODULES, CONV_MODULES
 from snnbench.methods.snn.neurons import SpikingNeuron
+from snnbench.methods.snn.operations import CONNECTION_MODULES, CONV_MODULES
 from snnbench.methods.snn.units import reset_units
 
 #: ops through which a spike train stays a spike train (pure data movement)
