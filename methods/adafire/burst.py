@@ -1,5 +1,5 @@
 """AdaFire's burst (multi-spike) neuron (Wang, Fang, Cao, Ren, Xu, "A Unified Conversion
-Framework of Spiking Neural Networks", AAAI 2025, arXiv 2412.16219, §3.2; baselines.md §4).
+Framework of Spiking Neural Networks", AAAI 2025, arXiv 2412.16219, §3.2; docs/baseline-methods.md §4).
 
 Rate coding, reset by subtraction, at most ``maxspike`` spikes per step (a burst), all of
 amplitude θ. Per step t = 1..T of a simulation of length T (the official ``SpikeModule``):

@@ -1,6 +1,6 @@
 """``adafire``: Adaptive Calibration (Wang, Fang, Cao, Ren, Xu, "A Unified Conversion Framework
 of Spiking Neural Networks", AAAI 2025, arXiv 2412.16219; code bic-L/burst-ann2snn;
-baselines.md §4), training-free, on top of SNN Calibration's machinery.
+docs/baseline-methods.md §4), training-free, on top of SNN Calibration's machinery.
 
 Pipeline (each part a setting, so ``--set search=false,true --set ssc=false,true`` is the
 ablation):

@@ -1,4 +1,4 @@
-"""AdaFire's two layer-wise searches (Wang et al., AAAI 2025, §3.3-3.4; baselines.md §4).
+"""AdaFire's two layer-wise searches (Wang et al., AAAI 2025, §3.3-3.4; docs/baseline-methods.md §4).
 
 Both measure, one layer at a time on one calibration batch, how much the SNN's output
 moves away from the ANN's (the *sensitivity*) and how many spikes the layer fires (the

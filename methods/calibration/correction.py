@@ -1,4 +1,4 @@
-"""SNN Calibration's training-free corrections (Li et al., ICML 2021; baselines.md §2).
+"""SNN Calibration's training-free corrections (Li et al., ICML 2021; docs/baseline-methods.md §2).
 
 After conversion (rate coding, IF neurons), the mean output of each neuron layer over T
 steps differs from the ANN activation it replaces (clipping above θ, quantisation, and

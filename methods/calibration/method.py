@@ -1,5 +1,5 @@
 """``calibration``: SNN Calibration (Li et al., ICML 2021, "A Free Lunch From ANN: Towards
-Efficient, Accurate Spiking Neural Networks Calibration"; baselines.md §2), training-free forms.
+Efficient, Accurate Spiking Neural Networks Calibration"; docs/baseline-methods.md §2), training-free forms.
 
 Rate-coded IF neurons (reset by subtraction, initial potential θ/2, spike amplitude θ) with
 thresholds from the layer-wise MSE grid search: candidates θ = max·(1 - 0.01·i), i < 95,

@@ -1,5 +1,5 @@
 """``qcfs``: the QCFS conversion (Bu et al., "Optimal ANN-SNN Conversion for High-accuracy
-and Ultra-low-latency SNNs", ICLR 2022; baselines.md §5). QCFS track only.
+and Ultra-low-latency SNNs", ICLR 2022; docs/baseline-methods.md §5). QCFS track only.
 
 Every QCFS activation h(x) = λ·clip(floor(x·L/λ + 1/2)/L, 0, 1) of a QCFS-trained ANN
 becomes an IF neuron with reset by subtraction, threshold θ = the layer's learned λ,
