@@ -32,7 +32,6 @@ from snnbench.methods.snn.tracing import normalise, shape_prop, swap_maxpool_bef
 Placement = Literal["activations", "inputs"]
 
 
-# --------------------------------------------------------------------------------------
 @dataclass
 class Site:
     """Where a neuron goes.
