@@ -62,7 +62,7 @@ def correction_part(args, device) -> list[dict[str, Any]]:
     from snnbench.methods.calibration import SNNCalibration
     from snnbench.methods.snn import correction
     from snnbench.methods.snn.stats import collect_stats
-    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.neurons import SpikingNeuron
 
     rows = []
     for name in ("vgg_small", "vit_mini"):

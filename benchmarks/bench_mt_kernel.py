@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     env = environment(device, args.threads)
     from snnbench.methods.snn import triton_mt
-    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.neurons import SpikingNeuron
 
     shape = tuple(int(s) for s in args.shape.split(","))
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ import torch
 
 def run_case(coding: str, floor, ceiling, signed: bool, shape: tuple[int, ...], n: int, steps: int,
              kernel: str, fuse: bool, seed: int) -> list[str]:
-    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.neurons import SpikingNeuron
 
     gen = torch.Generator(device="cuda").manual_seed(seed)
     theta = torch.rand((1, shape[1]) + (1,) * (len(shape) - 2), generator=gen, device="cuda") + 0.2

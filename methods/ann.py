@@ -65,7 +65,7 @@ def traced_reference(model: nn.Module, example: torch.Tensor) -> StaticModel:
     """The ANN as a traced graph whose products count their dense MACs."""
     from snnbench.methods.snn.graph import network_graph
     from snnbench.methods.snn.network import SimulatedNetwork
-    from snnbench.methods.snn.units import AnalogOp
+    from snnbench.methods.snn.graded import AnalogOp
 
     # any placement gives the same function and MACs; "auto" shares the conversion's graph
     graph = network_graph(model, example, placement="auto")

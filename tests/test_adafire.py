@@ -1,4 +1,4 @@
-"""AdaFire / Adaptive Calibration (methods/adafire.py, methods/snn/{burst,adaptive_search,timesteps}.py)."""
+"""AdaFire / Adaptive Calibration (methods/adafire/: method, burst, search, timesteps)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import torch.fx as fx
 from torch import nn
 
 from snnbench.counting import OpCounter
-from snnbench.methods.adafire import AdaFire, AdaFireSettings, _require_classifier
+from snnbench.methods.adafire.burst import BurstNetwork, BurstNeuron
+from snnbench.methods.adafire.method import AdaFire, AdaFireSettings, _require_classifier
+from snnbench.methods.adafire.search import pareto_select, symmetric_kl
+from snnbench.methods.adafire.timesteps import (AdaptiveTimestepNetwork, confidence_score, thresholds_from_entropies)
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.settings import SettingsError, settings_from_dict
-from snnbench.methods.snn.adaptive_search import pareto_select, symmetric_kl
-from snnbench.methods.snn.burst import BurstNetwork, BurstNeuron
 from snnbench.methods.snn.stats import StatKind, burst_floor_quantise, collect_stats, mse_grid_search
-from snnbench.methods.snn.timesteps import (AdaptiveTimestepNetwork, confidence_score, thresholds_from_entropies)
 from snnbench.runner import simulate
 from snnbench.tasks.classification import TopKAccuracy
 
@@ -308,8 +308,8 @@ def test_full_pipeline_on_digits(digits_task, digits_vgg):
 
 def test_batched_candidates_equal_one_at_a_time():
     """The searches evaluate candidates side by side in one batch: same numbers as one by one."""
-    from snnbench.methods.snn.adaptive_search import (_UnitSpikeMeter, layer_table, sensitivity, snn_mean_output,
-                                                      _scale_threshold, _set_cap)
+    from snnbench.methods.adafire.search import (_UnitSpikeMeter, layer_table, sensitivity, snn_mean_output,
+                                                 _scale_threshold, _set_cap)
 
     snn, model, x = _tiny_adafire(cap=4, T=3)
     neurons = [m for m in snn.modules() if isinstance(m, BurstNeuron)]

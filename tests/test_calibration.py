@@ -9,11 +9,11 @@ from torch import nn
 
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.calibration import SNNCalibration
-from snnbench.methods.settings import SettingsError
-from snnbench.methods.snn.correction import (ann_activations, calibrate_network, calibrate_network_reference,
+from snnbench.methods.calibration.correction import (ann_activations, calibrate_network, calibrate_network_reference,
                                                mean_rate)
+from snnbench.methods.settings import SettingsError
+from snnbench.methods.snn.neurons import SpikingNeuron
 from snnbench.methods.snn.stats import StatKind, collect_stats
-from snnbench.methods.snn.units import SpikingNeuron
 
 
 def build(model, batch, T, **settings):

@@ -127,7 +127,7 @@ def test_frame_zero_is_not_counted():
 def test_spikes_through_average_pool_count_per_spike():
     """conv(avgpool(spikes)): each spike is one event reaching the conv through its pooled
     cell, so ACs = Σ_spikes C_out · fan-out(cell) (brute force), not Σ_nonzero-cells."""
-    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.neurons import SpikingNeuron
 
     torch.manual_seed(0)
     neuron = SpikingNeuron(torch.tensor(1.0), rule="if", coding="rate", signed=False)
@@ -184,7 +184,7 @@ def test_converted_vgg_small_declares_spike_fed_layers(digits_vgg):
 def test_neurons_counting_in_their_own_pass_match_their_outputs(rule, coding, fuse):
     """A SpikingNeuron under the counter counts its spikes in-step (last_counts); the
     totals equal events and Σ|s|/unit recounted from the spikes it emitted."""
-    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.neurons import SpikingNeuron
 
     torch.manual_seed(5)
     theta = torch.rand(6, 1, 1) + 0.1
@@ -240,7 +240,7 @@ def test_layers_fed_directly_by_neurons_take_counts_from_the_neurons_pass(digits
     feeding neuron computed in its own pass; every count equals the layers reading their input."""
     from snnbench.methods.base import ConversionContext
     from snnbench.methods.snn.stats import collect_stats
-    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.neurons import SpikingNeuron
     from snnbench.plugins import create_method
 
     model = digits_vgg.core
@@ -262,7 +262,7 @@ def test_layers_fed_directly_by_neurons_take_counts_from_the_neurons_pass(digits
 
 def test_can_emit_unit_magnitude_follows_the_levels():
     """MT levels are θ/2^k (k < n), IF's is θ: a spike can be ±1 only when some θ is such a power of two."""
-    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.neurons import SpikingNeuron
 
     assert SpikingNeuron(torch.tensor([4.0]), rule="mt", n=3).can_emit_unit_magnitude()  # 4, 2, 1
     assert not SpikingNeuron(torch.tensor([8.0]), rule="mt", n=3).can_emit_unit_magnitude()  # 8, 4, 2
@@ -280,7 +280,7 @@ def test_binary_inputs_and_nonzero_inputs_from_the_neurons_pass_equal_reading_th
     the IF neurons' spikes exactly ±1 (then the input is read: it can be binary with spikes)."""
     from snnbench.methods.base import ConversionContext
     from snnbench.methods.snn.stats import collect_stats
-    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.neurons import SpikingNeuron
     from snnbench.plugins import create_method
 
     model = digits_vgg.core

@@ -14,8 +14,10 @@ from snnbench.counting import OpCounter
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.dcgs import DCGS
 from snnbench.methods.snn import frame as frame_mod
+from snnbench.methods.snn.graded import GradedUnit
+from snnbench.methods.snn.neurons import SpikingNeuron
 from snnbench.methods.snn.stats import collect_stats
-from snnbench.methods.snn.units import GradedUnit, SpikingNeuron, StatefulUnit
+from snnbench.methods.snn.units import StatefulUnit
 from snnbench.tasks.zoo.architectures import vit_mini
 
 T = 8

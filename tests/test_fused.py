@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from snnbench.methods.snn import fused
-from snnbench.methods.snn.units import SpikingNeuron
+from snnbench.methods.snn.neurons import SpikingNeuron
 
 #: shapes of a conv net, a transformer and a detector's small FPN levels (1x1, 2x2, 1x2),
 #: a batch of one, and more layers than dynamo's recompile limit (8)

@@ -11,9 +11,11 @@ from torch import nn
 
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.dcgs import DCGS
-from snnbench.methods.snn.graph import UnsupportedOperationError, build_network_graph
+from snnbench.methods.snn.graded import GradedUnit
+from snnbench.methods.snn.graph import build_network_graph
+from snnbench.methods.snn.neurons import SpikingNeuron
+from snnbench.methods.snn.operations import UnsupportedOperationError
 from snnbench.methods.snn.stats import collect_stats
-from snnbench.methods.snn.units import GradedUnit, SpikingNeuron
 
 
 def convert(model, x, **settings):

@@ -13,13 +13,10 @@ from torch import nn
 from snnbench.counting import OpCounter
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.hmt import HMT
-from snnbench.methods.snn.harmony import HarmonyNeuron, basal_fire_reference
+from snnbench.methods.hmt.harmony import HarmonyNeuron, basal_fire_reference
+from snnbench.methods.snn.generalized_thresholds import generalized_quantisation_error, generalized_threshold_iteration
 from snnbench.methods.snn.stats import collect_stats
-from snnbench.methods.snn.thresholds import (
-    generalized_quantisation_error,
-    generalized_threshold_iteration,
-    threshold_iteration,
-)
+from snnbench.methods.snn.thresholds import threshold_iteration
 
 from test_conversion import ARCHITECTURES, relative_errors
 
@@ -145,7 +142,7 @@ def test_generalized_iteration_with_levels_0_to_N_is_the_dcgs_iteration():
 
 def test_one_update_is_the_best_rescaling_of_the_levels():
     """Lemma 4.4: k1 = argmin_k QE1(θ, k): rescaling the levels by k1 does no worse than k1·(1 ± 1%)."""
-    from snnbench.methods.snn.thresholds import generalized_iteration_update
+    from snnbench.methods.snn.generalized_thresholds import generalized_iteration_update
 
     import numpy as np
     from scipy.integrate import quad
@@ -173,7 +170,7 @@ def test_generalized_iteration_rejects_bad_level_ranges():
 def test_engine_methods_take_the_generalized_rule():
     """threshold=hmt_iteration on DCGS's MT neurons: each ReLU site's θ is Eq. 29 with levels 0..T·2^n."""
     from snnbench.methods.dcgs import DCGS
-    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.neurons import SpikingNeuron
 
     torch.manual_seed(0)
     model = TinyNet().eval()

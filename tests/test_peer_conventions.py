@@ -11,8 +11,8 @@ from torch import nn
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.dcgs import DCGS
 from snnbench.methods.rate import RateCoding
+from snnbench.methods.snn.neurons import SpikingNeuron
 from snnbench.methods.snn.stats import collect_stats
-from snnbench.methods.snn.units import SpikingNeuron
 
 
 def _cnn() -> nn.Module:

@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch import nn
 
+from snnbench.common.activations import QCFS, qcfs_thresholds
 from snnbench.counting import OpCounter
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.qcfs import NotQCFSModelError
-from snnbench.methods.snn.quantized_activation import QCFS, qcfs_thresholds
+from snnbench.methods.qcfs.srp import PLAIN_ANN_NOTE, SRPNeuron
 from snnbench.methods.snn.stats import Stats, collect_stats
-from snnbench.methods.srp import PLAIN_ANN_NOTE, SRPNeuron
 from snnbench.plugins import create_method
 
 

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from snnbench.cell import CellSpec
-from snnbench.runner import run_cell
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.dcgs import DCGS
 from snnbench.methods.rate import RateCoding
+from snnbench.methods.snn.graded import GradedUnit, ProductUnit
 from snnbench.methods.snn.graph import build_network_graph
+from snnbench.methods.snn.neurons import SpikingNeuron
 from snnbench.methods.snn.stats import collect_stats
-from snnbench.methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron
+from snnbench.runner import run_cell
 
 
 def errors(model, x, method, steps=(4, 24)):

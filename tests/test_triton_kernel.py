@@ -28,7 +28,7 @@ def test_kernel_equals_torch_path_under_the_interpreter():
 def test_kernel_setting_dispatch_on_cpu():
     from snnbench.methods.settings import SettingsError
     from snnbench.methods.dcgs import DCGS
-    from snnbench.methods.snn.units import SpikingNeuron
+    from snnbench.methods.snn.neurons import SpikingNeuron
 
     with pytest.raises(SettingsError, match="neuron=mt"):
         DCGS({"neuron": "if", "kernel": "triton"})

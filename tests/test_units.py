@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from snnbench.methods.snn.units import GradedUnit, SpikingNeuron, reset_units
+from snnbench.methods.snn.graded import GradedUnit
+from snnbench.methods.snn.neurons import SpikingNeuron
+from snnbench.methods.snn.units import reset_units
 
 
 def run(unit, frames):

@@ -16,7 +16,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
 from snnbench.counting import OpCounter  # noqa: E402
 from snnbench.methods.base import CountPlan, NeuronSite, SpikingModel  # noqa: E402
-from snnbench.methods.snn.units import SpikingNeuron  # noqa: E402
+from snnbench.methods.snn.neurons import SpikingNeuron  # noqa: E402
 
 
 def tricky_frames(theta: torch.Tensor, shape: tuple[int, ...], n: int, steps: int, gen: torch.Generator):

@@ -16,13 +16,15 @@ from torch import nn
 from snnbench.methods.base import ConversionContext, ConversionMethod, SpikingModel
 from snnbench.methods.settings import SettingsError
 from snnbench.methods.snn.fused import resolve_fuse
+from snnbench.methods.snn.generalized_thresholds import generalized_threshold_iteration
+from snnbench.methods.snn.graded import GradedUnit, ProductUnit
 from snnbench.methods.snn.graph import NetworkGraph, Site, network_graph
 from snnbench.methods.snn.network import SimulatedNetwork
+from snnbench.methods.snn.neurons import SpikingNeuron
 from snnbench.methods.snn.stats import StatKind, Stats
-from snnbench.methods.snn.thresholds import generalized_threshold_iteration, threshold_iteration
-from snnbench.methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron
+from snnbench.methods.snn.thresholds import threshold_iteration
 
-#: the official code's hard-coded threshold scale c for transformers (dcgs.md §1.1)
+#: the official code's hard-coded threshold scale c for transformers (docs/dcgs-official-code.md §1.1)
 TRANSFORMER_THRESHOLD_SCALE = 8.0
 
 
@@ -110,7 +112,8 @@ class EngineSettings:
         check_threshold_rule_settings(self.percentile, self.threshold_scale)
 
     def levels_for_iteration(self, T: int) -> int:
-        """N of threshold iteration / grid search: T·2^n for MT neurons, T for IF (dcgs.md §3.3)."""
+        """N of threshold iteration / grid search: T·2^n for MT neurons, T for IF
+        (docs/dcgs-official-code.md §3.3)."""
         return T * 2**self.n if self.neuron == "mt" else T
 
 

@@ -1,4 +1,4 @@
-"""A whole frame of a converted network as one compiled graph (issue 21, item 3; BENCHMARKS.md §8).
+"""A whole frame of a converted network as one compiled graph (BENCHMARKS.md §8).
 
 The per-unit path steps every unit as its own module call: on a small transformer (vit_mini:
 ~20 graded and product units per block plus the neurons, on 64x17x96 activations) the cost
@@ -53,7 +53,9 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from snnbench.methods.snn import fused
-from snnbench.methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron, StatefulUnit
+from snnbench.methods.snn.graded import GradedUnit, ProductUnit
+from snnbench.methods.snn.neurons import SpikingNeuron
+from snnbench.methods.snn.units import StatefulUnit
 
 log = logging.getLogger(__name__)
 

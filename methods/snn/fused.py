@@ -1,6 +1,6 @@
 """Neuron steps as pure functions, optionally compiled into one fused kernel per neuron.
 
-:class:`~snnbench.methods.snn.units.SpikingNeuron` runs its step in eager PyTorch by default: about
+:class:`~snnbench.methods.snn.neurons.SpikingNeuron` runs its step in eager PyTorch by default: about
 twenty element-wise passes over memory per step (DESIGN.md: the neuron, not the
 convolution, is where a naive engine spends its time). With ``fuse=True`` the same
 arithmetic, written here as side-effect-free functions of the state, goes through

@@ -1,6 +1,6 @@
 """The simulated spiking network: a graph of units stepped frame by frame.
 
-Input frames and output decoding follow the coding (dcgs.md §2.1, §2.9, §2.10):
+Input frames and output decoding follow the coding (docs/dcgs-official-code.md §2.1, §2.9, §2.10):
 
 * rate: the same analog input at t = 1..T; the estimate at t is the running mean of the
   outputs.
@@ -23,9 +23,11 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from snnbench.methods.base import ConnectionSite, CountPlan, Fairness, NeuronSite, SpikingModel
-from snnbench.methods.snn.graph import CONNECTION_MODULES, CONV_MODULES
 from snnbench.methods.snn.frame import FrameRunner, observed, structural_obstacle
-from snnbench.methods.snn.units import AnalogOp, GradedUnit, ProductUnit, SpikingNeuron, reset_units
+from snnbench.methods.snn.graded import AnalogOp, GradedUnit, ProductUnit
+from snnbench.methods.snn.neurons import SpikingNeuron
+from snnbench.methods.snn.operations import CONNECTION_MODULES, CONV_MODULES
+from snnbench.methods.snn.units import reset_units
 
 #: ops through which a spike train stays a spike train (pure data movement)
 SPIKE_PRESERVING_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "unsqueeze",

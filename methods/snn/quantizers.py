@@ -3,7 +3,7 @@
 Two families, each with a fast vectorised rule and a slow, readable reference that the
 fast one must equal exactly (tests check it on random inputs and boundary ties):
 
-* **Multi-threshold (MT)** (DCGS §4, dcgs.md §1.2): levels ±θ_k with θ_k = θ/2^k,
+* **Multi-threshold (MT)** (DCGS §4, docs/dcgs-official-code.md §1.2): levels ±θ_k with θ_k = θ/2^k,
   k = 0..n-1; at most one spike per step, the level k chosen as the *smallest* k with
   |m| >= 0.75·θ_k (0.75·θ_k is the midpoint between θ_k and θ_{k+1}, so this is the
   nearest level, saturating at θ_0); nothing in the dead zone |m| < 0.75·θ_{n-1}.
@@ -14,7 +14,7 @@ fast one must equal exactly (tests check it on random inputs and boundary ties):
 * **Integrate-and-fire (IF)** (Rueckauer et al. 2017): +θ when v >= θ; the signed
   variant also emits -θ when v < 0. With the initial potential θ/2 this is rounding.
 
-Masks keep the decoded output inside the ANN activation's range (dcgs.md §1.4): a
+Masks keep the decoded output inside the ANN activation's range (docs/dcgs-official-code.md §1.4): a
 negative level θ_k is admissible only when ``lower_room >= θ_k`` (lower_room = the
 decoded output so far, in sum units, above the floor 0 of a ReLU), and a positive level
 only when ``upper_room >= θ_k`` (room below the ceiling 6 of a ReLU6). Because the masks
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-#: 0.75 = midpoint between θ_k and θ_k / 2 in units of θ_k (dcgs.md §1.2)
+#: 0.75 = midpoint between θ_k and θ_k / 2 in units of θ_k (docs/dcgs-official-code.md §1.2)
 MT_BOUNDARY = 0.75
 
 
@@ -63,7 +63,7 @@ def mt_fire(m: torch.Tensor, theta: torch.Tensor, n: int, signed: bool = True,
 
 def mt_fire_bits(m: torch.Tensor, theta: torch.Tensor, n: int, signed: bool = True,
                  lower_room: torch.Tensor | None = None, upper_room: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 MT selection with integer arithmetic on IEEE-754 bit patterns (dcgs.md §1.5).
+    """float32 MT selection with integer arithmetic on IEEE-754 bit patterns (docs/dcgs-official-code.md §1.5).
 
     For non-negative floats the bit pattern is monotone in the value, and multiplying a
     normal number by 2^-k subtracts k from its exponent field, i.e. k·2^23 from its bits.
@@ -147,7 +147,7 @@ def mt_fire_reference(m: torch.Tensor, theta: torch.Tensor, n: int, signed: bool
     """The comparison ladder of the official code (slow, readable; the definition).
 
     For each k in 0..n-1 compare against 0.75·θ_k with θ_k = θ / 2^k and take the
-    smallest admissible k per sign (dcgs.md §1.2 and §1.4).
+    smallest admissible k per sign (docs/dcgs-official-code.md §1.2 and §1.4).
     """
     theta = torch.as_tensor(theta, dtype=m.dtype, device=m.device).expand_as(m)
     out = torch.zeros_like(m)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from snnbench.methods.snn.quantized_activation import (DEFAULT_INITIAL_THRESHOLD, DEFAULT_LEVELS,
-                                                      replace_maxpool_with_avgpool, replace_relu_with_qcfs)
+from snnbench.common.activations import (DEFAULT_INITIAL_THRESHOLD, DEFAULT_LEVELS, replace_maxpool_with_avgpool,
+                                         replace_relu_with_qcfs)
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:

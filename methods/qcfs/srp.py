@@ -1,5 +1,5 @@
 """``srp``: residual membrane potential (Hao, Bu, Ding, Huang, Yu, "Reducing ANN-SNN Conversion
-Error through Residual Membrane Potential", AAAI 2023; baselines.md §3).
+Error through Residual Membrane Potential", AAAI 2023; docs/baseline-methods.md §3).
 
 Each activation becomes an IF neuron (reset by subtraction, v(0) = θ/2, amplitude θ,
 direct analog input at every frame). For every sample:
@@ -35,16 +35,16 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from snnbench.methods.base import ConversionContext, CountPlan, Fairness
-from snnbench.methods.qcfs import is_qcfs_graph, qcfs_site_thresholds
+from snnbench.methods.qcfs.method import is_qcfs_graph, qcfs_site_thresholds
 from snnbench.methods.settings import SettingsError
 from snnbench.methods.snn.engine import EngineMethod, EngineSettings
 from snnbench.methods.snn.fused import resolve_fuse, spike_counts
 from snnbench.methods.snn.graph import NetworkGraph, Site
 from snnbench.methods.snn.network import SimulatedNetwork
+from snnbench.methods.snn.neurons import SpikingNeuron
 from snnbench.methods.snn.stats import StatKind, Stats
-from snnbench.methods.snn.units import SpikingNeuron
 
-#: the label of SRP rows on plain ReLU ANNs (baselines.md §3, "Training-free on a plain ReLU ANN?")
+#: the label of SRP rows on plain ReLU ANNs (docs/baseline-methods.md §3, "Training-free on a plain ReLU ANN?")
 PLAIN_ANN_NOTE = "SRP mechanism, non-QCFS ANN"
 
 

@@ -1,5 +1,5 @@
 """``calibration``: SNN Calibration (Li et al., ICML 2021, "A Free Lunch From ANN: Towards
-Efficient, Accurate Spiking Neural Networks Calibration"; baselines.md §2), training-free forms.
+Efficient, Accurate Spiking Neural Networks Calibration"; docs/baseline-methods.md §2), training-free forms.
 
 Rate-coded IF neurons (reset by subtraction, initial potential θ/2, spike amplitude θ) with
 thresholds from the layer-wise MSE grid search: candidates θ = max·(1 - 0.01·i), i < 95,
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from snnbench.methods.base import ConversionContext, SpikingModel
+from snnbench.methods.calibration.correction import calibrate_network
 from snnbench.methods.settings import SettingsError
-from snnbench.methods.snn.correction import calibrate_network
 from snnbench.methods.snn.engine import EngineMethod, EngineSettings
 from snnbench.methods.snn.stats import MSE_GRID_POINTS, MSE_GRID_STEP, StatKind, Stats
 
@@ -78,7 +78,7 @@ class SNNCalibration(EngineMethod):
             return snn
         if ctx.calib_batches is None:
             raise ValueError("SNN Calibration's corrections need calibration batches")
-        batch = _first_samples(ctx.calib_batches(), s.correction_samples).to(ctx.device)
+        batch = first_samples(ctx.calib_batches(), s.correction_samples).to(ctx.device)
         report = calibrate_network(snn, graph, unit_paths, batch, ctx.T,
                                    mode="bias" if s.mode == "light" else "potential")
         snn._description.update(correction=s.mode, correction_samples=int(batch.shape[0]),
@@ -86,7 +86,7 @@ class SNNCalibration(EngineMethod):
         return snn
 
 
-def _first_samples(batches, count: int) -> torch.Tensor:
+def first_samples(batches, count: int) -> torch.Tensor:
     parts, have = [], 0
     for b in batches:
         parts.append(b)

@@ -1,24 +1,24 @@
 """``adafire``: Adaptive Calibration (Wang, Fang, Cao, Ren, Xu, "A Unified Conversion Framework
 of Spiking Neural Networks", AAAI 2025, arXiv 2412.16219; code bic-L/burst-ann2snn;
-baselines.md §4), training-free, on top of SNN Calibration's machinery.
+docs/baseline-methods.md §4), training-free, on top of SNN Calibration's machinery.
 
 Pipeline (each part a setting, so ``--set search=false,true --set ssc=false,true`` is the
 ablation):
 
-1. **AdaFire burst neurons** (methods/snn/burst.py) at every ReLU, thresholds from the
+1. **AdaFire burst neurons** (methods/adafire/burst.py) at every ReLU, thresholds from the
    burst-aware MSE grid floor(clip(a/θ, 0, K)·T)·θ/T, channel-wise (the official ImageNet
    script; here the feature axis of every site, also of fully connected layers, where the
    release falls back to layer-wise).
 2. ``search``: the Adaptive-Firing search of per-layer caps K_l ∈ [minspike, initialspike]
    (thresholds estimated at K = initialspike first), budget
    Σ spikes <= maxspike_ratio · Σ spikes at K = maxspike; thresholds re-estimated with the
-   chosen caps (methods/snn/adaptive_search.py). Without it every layer has K = maxspike.
+   chosen caps (methods/adafire/search.py). Without it every layer has K = maxspike.
 3. Light calibration (bias correction, ``mode=light``) on ``correction_samples`` samples.
 4. ``ssc``: Sensitivity Spike Compression, θ_l ← r_l·θ_l with r ∈ {1, 1.5, ..., 10}
    minimising spikes subject to Σ sensitivity <= threshold_ratio · Σ sensitivity at r = 1,
    then bias correction again.
 5. ``iat``: Input-aware Adaptive Timesteps, per-sample early exit on the confidence of the
-   cumulative logits, thresholds fitted on the calibration set (methods/snn/timesteps.py).
+   cumulative logits, thresholds fitted on the calibration set (methods/adafire/timesteps.py).
    Classification only.
 
 Defaults are the release's ImageNet defaults (``convert_imagenet.py``: maxspike 8, minspike 2,
@@ -36,15 +36,15 @@ from typing import Literal
 import torch
 from torch import nn
 
+from snnbench.methods.adafire.burst import BurstNetwork, BurstNeuron
+from snnbench.methods.adafire.search import search_caps, search_threshold_ratios
+from snnbench.methods.adafire.timesteps import AdaptiveTimestepNetwork, fit_exit_thresholds
 from snnbench.methods.base import ConversionContext, SpikingModel
-from snnbench.methods.calibration import CalibrationSettings, SNNCalibration, _first_samples
+from snnbench.methods.calibration.correction import calibrate_network
+from snnbench.methods.calibration.method import CalibrationSettings, SNNCalibration, first_samples
 from snnbench.methods.settings import SettingsError
-from snnbench.methods.snn.adaptive_search import search_caps, search_threshold_ratios
-from snnbench.methods.snn.burst import BurstNetwork, BurstNeuron
-from snnbench.methods.snn.correction import calibrate_network
 from snnbench.methods.snn.graph import Site
 from snnbench.methods.snn.stats import StatKind, Stats, collect_stats
-from snnbench.methods.snn.timesteps import AdaptiveTimestepNetwork, fit_exit_thresholds
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class AdaFire(SNNCalibration):
             raise ValueError("adafire's searches, corrections and IAT need calibration batches")
         search_batch = ann_logits = None
         if s.search or s.ssc:
-            search_batch = _first_samples(ctx.calib_batches(), s.search_samples).to(ctx.device)
+            search_batch = first_samples(ctx.calib_batches(), s.search_samples).to(ctx.device)
             with torch.inference_mode():
                 ann_logits = model(search_batch)
             notes["search_samples"] = int(search_batch.shape[0])
@@ -163,7 +163,7 @@ class AdaFire(SNNCalibration):
 
     def _correct(self, snn, graph, unit_paths, ctx: ConversionContext, notes: dict, key: str) -> None:
         s = self.settings
-        batch = _first_samples(ctx.calib_batches(), s.correction_samples).to(ctx.device)
+        batch = first_samples(ctx.calib_batches(), s.correction_samples).to(ctx.device)
         report = calibrate_network(snn, graph, unit_paths, batch, ctx.T,
                                    mode="bias" if s.mode == "light" else "potential")
         notes[key] = {"samples": int(batch.shape[0]),

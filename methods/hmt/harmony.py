@@ -17,7 +17,8 @@ Neuron part of H-MT", §5.1).
 The neuron is rate coded (the paper's and the released code's ``coding_type: rate``): the decoded
 output after t steps is the running mean of x. Under its strong assumption (Eq. 19) that mean is
 (λ_min/T)·clip(⌊(z·T + λ_min/2)/λ_min⌋, a, b) (Eq. 20) with a = 0 (Pos) or -(2^n - 1)T (H-MT) and
-b = (2^n - 1)T, which is what the generalized threshold iteration (thresholds.py) optimises.
+b = (2^n - 1)T, which is what the generalized threshold iteration optimises
+(methods/snn/generalized_thresholds.py).
 
 snnbench extension (not in the paper): a ReLU6 site caps the Pos neuron's output so that the
 decoded output never exceeds the ceiling (the same "room" mask the MT neurons use): the ladder

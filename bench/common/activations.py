@@ -1,5 +1,8 @@
 """The QCFS activation (quantization-clip-floor-shift; Bu et al., ICLR 2022, Eq. 12-13;
-baselines.md §5), the ANN side of the QCFS track.
+docs/baseline-methods.md §5), the ANN side of the QCFS track.
+
+A leaf module (torch only): the trained QCFS architectures of ``snnbench.tasks.zoo`` build
+with it and the ``qcfs``/``srp`` conversions read its λ, so neither layer imports the other.
 
     h(x) = λ · clip( floor(x·L/λ + 1/2) / L, 0, 1 )
 

@@ -1,4 +1,4 @@
-"""AdaFire's two layer-wise searches (Wang et al., AAAI 2025, §3.3-3.4; baselines.md §4).
+"""AdaFire's two layer-wise searches (Wang et al., AAAI 2025, §3.3-3.4; docs/baseline-methods.md §4).
 
 Both measure, one layer at a time on one calibration batch, how much the SNN's output
 moves away from the ANN's (the *sensitivity*) and how many spikes the layer fires (the
@@ -33,8 +33,8 @@ from typing import Callable, Literal, Sequence
 import torch
 import torch.nn.functional as F
 
+from snnbench.methods.adafire.burst import BurstNeuron
 from snnbench.methods.base import SpikingModel
-from snnbench.methods.snn.burst import BurstNeuron
 
 #: SSC's threshold ratios r ∈ {1.0, 1.5, ..., 10.0} (19 candidates, the release's ``arange(1, 10.1, 0.5)``)
 SSC_RATIOS: tuple[float, ...] = tuple(1.0 + 0.5 * i for i in range(19))

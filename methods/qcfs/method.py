@@ -1,5 +1,5 @@
 """``qcfs``: the QCFS conversion (Bu et al., "Optimal ANN-SNN Conversion for High-accuracy
-and Ultra-low-latency SNNs", ICLR 2022; baselines.md §5). QCFS track only.
+and Ultra-low-latency SNNs", ICLR 2022; docs/baseline-methods.md §5). QCFS track only.
 
 Every QCFS activation h(x) = λ·clip(floor(x·L/λ + 1/2)/L, 0, 1) of a QCFS-trained ANN
 becomes an IF neuron with reset by subtraction, threshold θ = the layer's learned λ,
@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from snnbench.common.activations import QCFS
 from snnbench.methods.base import ConversionContext
 from snnbench.methods.snn.engine import EngineMethod
 from snnbench.methods.snn.fused import resolve_fuse
 from snnbench.methods.snn.graph import NetworkGraph, Site, build_network_graph
-from snnbench.methods.snn.quantized_activation import QCFS
+from snnbench.methods.snn.neurons import SpikingNeuron
 from snnbench.methods.snn.stats import StatKind, Stats
-from snnbench.methods.snn.units import SpikingNeuron
 
 #: what a plain-ANN user should run instead, and which models are QCFS-trained
 QCFS_MODELS_HINT = ("QCFS-track models: vgg_small_qcfs, resnet_small_qcfs, qcfs/NAME with --weights (your QCFS "

@@ -6,7 +6,7 @@ Recipe (paper §4-5 and the released ``*_test_channel_hmt.yaml`` configs):
 
 * rate coding (the analog image at every step, output = running mean; no bias pass);
 * every ReLU becomes the **Pos** basal neuron of H-MT (thresholds λ_min·2^k, k < n, visited largest
-  first, up to n binary sub-spikes per step, v[0] = λ_min/2; methods/snn/harmony.py); signed sites
+  first, up to n binary sub-spikes per step, v[0] = λ_min/2; methods/hmt/harmony.py); signed sites
   (transformer placement, y = x) get the full H-MT neuron, with the communication mechanism
   (Eq. 21) unless ``communication=false``;
 * channel-wise λ_min from the generalized threshold iteration (Eq. 29, Algorithm 1) on the
@@ -35,13 +35,13 @@ import torch
 import torch.fx as fx
 
 from snnbench.methods.base import CountPlan, Fairness
+from snnbench.methods.hmt.harmony import HarmonyNeuron
 from snnbench.methods.settings import SettingsError
 from snnbench.methods.snn.engine import EngineMethod, check_threshold_rule_settings
+from snnbench.methods.snn.generalized_thresholds import generalized_threshold_iteration
 from snnbench.methods.snn.graph import NetworkGraph, Site
-from snnbench.methods.snn.harmony import HarmonyNeuron
 from snnbench.methods.snn.network import POOL_MODULES, RESHAPE_METHODS, RESHAPE_MODULES, SimulatedNetwork
 from snnbench.methods.snn.stats import StatKind, Stats
-from snnbench.methods.snn.thresholds import generalized_threshold_iteration
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""SNN Calibration's training-free corrections (Li et al., ICML 2021; baselines.md §2).
+"""SNN Calibration's training-free corrections (Li et al., ICML 2021; docs/baseline-methods.md §2).
 
 After conversion (rate coding, IF neurons), the mean output of each neuron layer over T
 steps differs from the ANN activation it replaces (clipping above θ, quantisation, and
@@ -35,7 +35,7 @@ from torch import nn
 
 from snnbench.methods.snn.graph import NetworkGraph, Site
 from snnbench.methods.snn.network import SimulatedNetwork
-from snnbench.methods.snn.units import SpikingNeuron
+from snnbench.methods.snn.neurons import SpikingNeuron
 
 
 class _Recorder(nn.Module):

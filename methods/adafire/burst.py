@@ -1,5 +1,5 @@
 """AdaFire's burst (multi-spike) neuron (Wang, Fang, Cao, Ren, Xu, "A Unified Conversion
-Framework of Spiking Neural Networks", AAAI 2025, arXiv 2412.16219, §3.2; baselines.md §4).
+Framework of Spiking Neural Networks", AAAI 2025, arXiv 2412.16219, §3.2; docs/baseline-methods.md §4).
 
 Rate coding, reset by subtraction, at most ``maxspike`` spikes per step (a burst), all of
 amplitude θ. Per step t = 1..T of a simulation of length T (the official ``SpikeModule``):
@@ -15,7 +15,7 @@ spikes is *k unit spikes* (``unit_amplitude`` = θ) and *one event* (one non-zer
 the op counter reports both (bench/counting.py). The official energy model counts events.
 
 The neuron subclasses :class:`SpikingNeuron` so SNN Calibration's bias correction
-(methods/snn/correction.py), the network's count plan and spike-source tracing treat it
+(methods/calibration/correction.py), the network's count plan and spike-source tracing treat it
 like any other spiking neuron.
 """
 
@@ -27,7 +27,7 @@ import torch
 
 from snnbench.methods.base import Fairness
 from snnbench.methods.snn.network import SimulatedNetwork
-from snnbench.methods.snn.units import SpikingNeuron
+from snnbench.methods.snn.neurons import SpikingNeuron
 
 #: the official input shift, as a fraction of θ spread over the T steps of a simulation
 OFFICIAL_SHIFT = 0.5

@@ -1,0 +1,189 @@
+"""Real-valued units for the non-spiking operations of a converted network.
+
+:class:`GradedUnit` stands for a non-spiking function f (GELU, LayerNorm, softmax, max-pool,
+products of two signals ...): its decoded output is f of its decoded inputs, exactly
+(differential: docs/dcgs-official-code.md §2.5; rate: expectation compensation, §2.10).
+:class:`ProductUnit` is the bilinear case with its synaptic-operation count, and
+:class:`AnalogOp` the stateless stand-in the ANN reference uses.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from snnbench.methods.snn.units import Coding, StatefulUnit
+
+
+class GradedUnit(StatefulUnit):
+    """Real-valued unit whose decoded output is ``fn`` of its decoded inputs.
+
+    Args:
+        fn: the ANN operation, called as ``fn(*args, **kwargs)``.
+        dynamic: positions in ``args`` of the time-varying tensors (the rest are constants).
+        coding: ``"rate"`` or ``"differential"``.
+        label: what the unit stands for (``"gelu"``, ``"layer_norm"``, ``"matmul"`` ...).
+
+    Differential (docs/dcgs-official-code.md §2.5): t = 0: b = x_0, E = b, emit 0; t >= 1:
+        E += (x_t - b)/t;  now = fn(E);  emit t·(now - last);  last = now,
+    so Σ_τ out_τ/τ = fn(E_t). Rate (expectation compensation, ECMT; docs/dcgs-official-code.md §2.10):
+        S += x_t;  now = fn(S/t);  emit t·now - (t-1)·last,
+    so the running mean of the outputs is fn(running mean of the inputs). With two
+    dynamic operands and a bilinear ``fn`` this is the product unit of §2.6-2.7.
+    """
+
+    def __init__(self, fn: Callable[..., Any], dynamic: tuple[int, ...] = (0,), coding: Coding = "differential",
+                 label: str = "") -> None:
+        super().__init__()
+        self.fn, self.dynamic, self.coding, self.label = fn, tuple(dynamic), coding, label or getattr(fn, "__name__", "fn")
+        for name in ("base", "acc", "last"):
+            self.register_state(name)
+
+    def extra_repr(self) -> str:
+        return f"{self.label}, dynamic={self.dynamic}, coding={self.coding}"
+
+    def _substituted(self, args: tuple, values: list[torch.Tensor]) -> list:
+        args = list(args)
+        for pos, value in zip(self.dynamic, values):
+            args[pos] = value
+        return args
+
+    def _call(self, args: tuple, kwargs: dict, values: list[torch.Tensor]) -> torch.Tensor:
+        return self.fn(*self._substituted(args, values), **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.t == 0:
+            return self._first_frame(args, kwargs)
+        t = self.t + 1 if self.coding == "rate" else self.t
+        out, state = self.frame_step(t, self.frame_state(), *args, **kwargs)
+        self.advance(state)
+        return out
+
+    def _first_frame(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """Rate coding's step 1 (S = x, emit fn(x)) or differential coding's bias pass (b = E = x,
+        emit 0): creates the state."""
+        xs = [args[i] for i in self.dynamic]
+        self.t = 1
+        self.acc = [x.clone() for x in xs]
+        if self.coding == "rate":
+            now = self._call(args, kwargs, [a / 1 for a in self.acc])  # S/t at t = 1 (a copy, as every step)
+            self.last = now
+            return now
+        self.base = [x.clone() for x in xs]
+        now = self._call(args, kwargs, self.acc)
+        self.last = torch.zeros_like(now)
+        return torch.zeros_like(now)
+
+    # -- the functional step (methods/snn/frame.py) -------------------------------------------
+    def frame_state(self) -> tuple[torch.Tensor, ...]:
+        if self.coding == "rate":
+            return (*self.acc, self.last)
+        return (*self.base, *self.acc, self.last)
+
+    def frame_step(self, t: torch.Tensor | int, state: tuple[torch.Tensor, ...], /, *args: Any, **kwargs: Any
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Frame t >= 1 (rate: t >= 2), the formulas of the class docstring; state = (S..., last)
+        for rate, (b..., E..., last) for differential coding."""
+        return self.step_with(self.fn, t, state, args, kwargs)
+
+    def step_with(self, fn: Callable[..., Any], t: torch.Tensor | int, state: tuple[torch.Tensor, ...],
+                  args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """:meth:`frame_step` with ``fn`` standing for the unit's function (the compiled frame
+        passes it as one opaque call of the kernels eager runs: identical rounding)."""
+        call = lambda values: fn(*self._substituted(args, values), **kwargs)  # noqa: E731
+        xs = [args[i] for i in self.dynamic]
+        k = len(xs)
+        if self.coding == "rate":
+            acc = [a + x for a, x in zip(state[:k], xs)]
+            last = state[k]
+            now = call([a / t for a in acc])
+            return t * now - (t - 1) * last, (*acc, now)
+        base, last = state[:k], state[2 * k]
+        acc = [a + (x - b) / t for a, x, b in zip(state[k:2 * k], xs, base)]
+        now = call(acc)
+        return t * (now - last), (*base, *acc, now)
+
+    def advance(self, state: tuple[torch.Tensor, ...]) -> None:
+        k = len(self.dynamic)
+        if self.coding == "rate":
+            self.acc, self.last = list(state[:k]), state[k]
+        else:
+            self.base, self.acc, self.last = list(state[:k]), list(state[k:2 * k]), state[2 * k]
+        self.t += 1
+
+
+class ProductUnit(GradedUnit):
+    """A :class:`GradedUnit` for a bilinear ``fn`` of two signals (q·kᵀ, attn·v, gated products).
+
+    When ``counting`` is on, each step also records its synaptic operations in
+    ``last_ops`` (docs/dcgs-official-code.md §5.2, the official three-term count): the increment
+    t·(A_t B_t - A_{t-1} B_{t-1}) = a_t B_{t-1} + A_{t-1} b_t + a_t b_t / t needs
+    fn(1[a_t≠0], 1[b_t≠0]) + fn(1[a_t≠0], 1[B_{t-1}≠0]) + fn(1[A_{t-1}≠0], 1[b_t≠0])
+    accumulates, where A, B are the operands decoded so far. ``last_dense`` is the dense
+    cost fn(1, 1) of one frame.
+    """
+
+    def __init__(self, fn: Callable[..., Any], dynamic: tuple[int, ...] = (0, 1), coding: Coding = "differential",
+                 label: str = "") -> None:
+        if len(dynamic) != 2:
+            raise ValueError("a product unit takes exactly two time-varying operands")
+        super().__init__(fn, dynamic, coding, label)
+        self.counting = False
+        self.last_ops: torch.Tensor | None = None
+        self.last_dense = 0
+        self._dense_cache: dict[tuple, int] = {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.counting:
+            self._count(args, kwargs)
+        return super().forward(*args, **kwargs)
+
+    def _is_matmul(self) -> bool:
+        return self.fn in (torch.matmul, operator.matmul, torch.Tensor.matmul, torch.bmm)
+
+    def _count(self, args: tuple, kwargs: dict) -> None:
+        a, b = (args[i] for i in self.dynamic)
+        ind = lambda x: x != 0  # noqa: E731  (bool: summed directly, no float copy)
+        first_step = self.acc is None or (self.coding == "differential" and self.t == 0)
+        prev_a, prev_b = (torch.zeros_like(a), torch.zeros_like(b)) if first_step else self.acc
+        ia, ib = ind(a), ind(b)
+        if self._is_matmul() and a.ndim >= 2 and b.ndim >= 2:
+            # Σ_ij Σ_k 1[x_ik]·1[y_kj] = Σ_k (non-zeros of column k of x)·(non-zeros of row k of y):
+            # O(size) instead of a matmul of indicator matrices
+            def pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return (x.sum(dim=-2) * y.sum(dim=-1)).sum()
+        else:
+            def pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return self._call(args, kwargs, [x.to(torch.float32), y.to(torch.float32)]).sum()
+        ops = pairs(ia, ib) + pairs(ia, ind(prev_b)) + pairs(ind(prev_a), ib)
+        self.last_ops = ops.round().to(torch.int64)
+        key = (tuple(a.shape), tuple(b.shape))
+        if key not in self._dense_cache:
+            self._dense_cache[key] = int(pairs(torch.ones_like(a), torch.ones_like(b)))
+        self.last_dense = self._dense_cache[key]
+
+
+class AnalogOp(nn.Module):
+    """Stateless stand-in for a graph operation (the ANN reference): computes ``fn`` and, for
+    products, records the dense multiply-accumulates of the call in ``last_ops``."""
+
+    def __init__(self, fn: Callable[..., Any], dynamic: tuple[int, ...], label: str = "", product: bool = False):
+        super().__init__()
+        self.fn, self.dynamic, self.label, self.product = fn, tuple(dynamic), label, product
+        self.counting = False
+        self.last_ops: torch.Tensor | None = None
+        self.last_dense = 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.fn(*args, **kwargs)
+        if self.counting and self.product:
+            ones = list(args)
+            for i in self.dynamic:
+                ones[i] = torch.ones_like(args[i])
+            dense = int(self.fn(*ones, **kwargs).sum())
+            self.last_dense = dense
+            self.last_ops = torch.tensor(dense, dtype=torch.int64, device=out.device)
+        return out

@@ -1,0 +1,262 @@
+"""The spiking neuron of the engine: IF or multi-threshold, under rate or differential coding.
+
+:class:`SpikingNeuron` is ReLU-masked, clipped (ReLU6) or signed; in differential coding it is
+the differential neuron of DCGS Theorem 4.4 with the extra membrane term (Ē_in - Ē_out)
+(docs/dcgs-official-code.md §2.3). Its step runs eagerly, fused (:mod:`snnbench.methods.snn.fused`)
+or in the Triton MT kernel (:mod:`snnbench.methods.snn.triton_mt`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from snnbench.methods.snn import fused
+from snnbench.methods.snn.units import Coding, StatefulUnit
+
+
+class SpikingNeuron(StatefulUnit):
+    """A spiking neuron (IF or multi-threshold) under rate or differential coding.
+
+    Args:
+        theta: base threshold θ, broadcastable to the input (e.g. ``[1, C, 1, 1]``).
+        rule: ``"mt"`` (levels ±θ/2^k, k < n; DCGS) or ``"if"`` (±θ; Rueckauer 2017).
+        n: number of MT levels per sign (ignored for IF).
+        coding: ``"rate"`` or ``"differential"``.
+        signed: allow negative spikes.
+        floor: keep the decoded output >= floor (0 for ReLU: the non-negativity mask of
+            docs/dcgs-official-code.md §1.4); ``None`` for a free signed neuron.
+        ceiling: keep the decoded output <= ceiling (6 for ReLU6); ``None`` for no cap.
+        if_v_init: IF initial potential, ``half`` (θ/2, the default) or ``zero``
+            (SpikingJelly's default).
+        if_negative: signed IF fires -θ at ``below_zero`` (v < 0, default) or
+            ``at_or_below_zero`` (v <= 0, the official DCGS code).
+
+    Rate coding, step t (v_0 = θ/2 for IF, 0 for MT):
+        m = v + x;  s = fire(m);  v = m - s;  C += s;  decoded output = C / t.
+    The masks use the room C - floor·(t-1) below and ceiling·t - C above.
+
+    Differential coding (DCGS Thm 4.4; docs/dcgs-official-code.md §2.3), step t >= 1:
+        d = x - b;  m = v + d + (Ē_in - Ē_out);  s = fire(m);  v = m - s;
+        Ē_in += d / t;  Ē_out += s / t;  decoded output = Ē_out.
+    The masks use the room t·(Ē_out - floor) below and t·(ceiling - Ē_out) above, i.e. a
+    spike is admissible only if the decoded output after it stays inside [floor, ceiling].
+    The official code tracks the same room as a running sum (``cumulative_out``); the
+    two are equal in exact arithmetic.
+    """
+
+    def __init__(self, theta: torch.Tensor, rule: Literal["mt", "if"] = "mt", n: int = 8,
+                 coding: Coding = "differential", signed: bool = True, floor: float | None = 0.0,
+                 ceiling: float | None = None, fuse: bool = False,
+                 kernel: Literal["auto", "torch", "triton"] = "auto", if_v_init: str = "half",
+                 if_negative: str = "below_zero") -> None:
+        super().__init__()
+        if if_v_init not in ("half", "zero") or if_negative not in ("below_zero", "at_or_below_zero"):
+            raise ValueError(f"if_v_init must be half|zero and if_negative below_zero|at_or_below_zero, got "
+                             f"{if_v_init!r}, {if_negative!r}")
+        self.if_v_init, self.if_negative = if_v_init, if_negative
+        #: the rule the step functions see: IF with v <= 0 negative firing is ``if_le``
+        self.fire_rule = "if_le" if rule == "if" and if_negative == "at_or_below_zero" else rule
+        if rule not in ("mt", "if"):
+            raise ValueError(f"neuron rule must be 'mt' or 'if', got {rule!r}")
+        if coding not in ("rate", "differential"):
+            raise ValueError(f"coding must be 'rate' or 'differential', got {coding!r}")
+        if rule == "mt" and n < 1:
+            raise ValueError("an MT neuron needs n >= 1 levels")
+        self.register_buffer("theta", torch.as_tensor(theta, dtype=torch.float32).clamp_min(0))
+        self.rule, self.n, self.coding = rule, int(n), coding
+        # floats (not ints): the fused step is specialised on these values (fused.StepSignature)
+        self.signed = bool(signed)
+        self.floor = None if floor is None else float(floor)
+        self.ceiling = None if ceiling is None else float(ceiling)
+        self.fuse = fuse
+        if kernel not in ("auto", "torch", "triton"):
+            raise ValueError(f"kernel must be auto, torch or triton; got {kernel!r}")
+        if kernel == "triton" and rule != "mt":
+            raise ValueError("the Triton kernel implements the MT neuron; use kernel=torch for IF neurons")
+        self.kernel = kernel
+        #: [events, unit spikes] of the last step, when the neuron counted them itself: set
+        #: ``count_spikes`` (the op counter does) and each step fills it, in the Triton
+        #: kernel's pass or, with ``fuse``, in one compiled reduction over the spikes
+        self.last_counts: torch.Tensor | None = None
+        self.count_spikes = False
+        #: with ``count_positions`` too (set by the op counter when a convolution reads these
+        #: spikes directly), the same pass also leaves the per-position spike counts over
+        #: batch and channels in ``last_hits`` (see ``fused.position_hits``)
+        self.count_positions = False
+        self.last_hits: torch.Tensor | None = None
+        self.needs_rooms = floor is not None and signed or ceiling is not None
+        #: SNN Calibration's corrections (rate coding): a constant added to the input at
+        #: every step (bias correction) and a replacement initial potential (potential correction)
+        self.register_buffer("input_bias", None)
+        self.register_buffer("v_init", None)
+        for name in ("v", "b", "e_in", "e_out", "c_out"):
+            self.register_state(name)
+        self._theta_flat: tuple[torch.Size, torch.Tensor] | None = None
+
+    def extra_repr(self) -> str:
+        shape = tuple(self.theta.shape)
+        return (f"rule={self.rule}, n={self.n}, coding={self.coding}, signed={self.signed}, "
+                f"floor={self.floor}, ceiling={self.ceiling}, theta_shape={shape}")
+
+    def unit_amplitude(self) -> torch.Tensor:
+        """Amplitude of one unit spike: θ/2^(n-1) for MT, θ for IF."""
+        return self.theta / 2 ** (self.n - 1) if self.rule == "mt" else self.theta
+
+    def can_emit_unit_magnitude(self) -> bool:
+        """Whether a spike of this neuron can be exactly ±1: its levels are ±θ/2^k (k < n) for MT
+        and ±θ for IF, so only when some θ is 2^k (an IF θ of 1). The op counter uses it to know
+        that an input of this neuron's spikes lies in {-1, 0, 1} iff it has no spike at all,
+        without reading the spikes (cached per θ tensor and version)."""
+        key = (id(self.theta), self.theta._version, self.rule, self.n)
+        cached = getattr(self, "_unit_magnitude_cache", None)
+        if cached is None or cached[0] != key:
+            k = torch.arange(self.n if self.rule == "mt" else 1, dtype=torch.float32, device=self.theta.device)
+            levels = self.theta.detach().float().reshape(-1, 1) / torch.pow(2.0, k)
+            cached = self._unit_magnitude_cache = (key, bool((levels == 1).any()))
+        return cached[1]
+
+    def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
+        if self.v_init is not None:
+            return self.v_init.to(like.dtype).expand_as(like).clone()
+        half = self.rule == "if" and self.if_v_init == "half"
+        v0 = self.theta / 2 if half else torch.zeros_like(self.theta)
+        return v0.expand_as(like).clone()
+
+    def set_corrections(self, input_bias: torch.Tensor | None = None, v_init: torch.Tensor | None = None) -> None:
+        """Install SNN Calibration's bias (added to every input) and/or initial potential."""
+        if input_bias is not None:
+            self.input_bias = input_bias.detach().float()
+        if v_init is not None:
+            self.v_init = v_init.detach().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_bias is not None:
+            x = x + self.input_bias
+        if self.fuse and not x.is_contiguous():
+            # the fused step runs on a flat view (permuted attention views of q, k, v are copied)
+            x = x.contiguous()
+        if self.coding == "rate":
+            return self._rate_step(x)
+        return self._differential_step(x)
+
+    # -- the functional step (methods/snn/frame.py) -------------------------------------------
+    def frame_state(self) -> tuple[torch.Tensor, ...]:
+        if self.coding == "differential":
+            return self.b, self.v, self.e_in, self.e_out
+        return (self.v,) if self.c_out is None else (self.v, self.c_out)
+
+    def frame_step(self, t: torch.Tensor | int, state: tuple[torch.Tensor, ...], /, x: torch.Tensor
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """A step t >= 1 (after differential coding's bias pass / rate coding's first step) through
+        the same step function of fused.py that :meth:`forward` runs (here on shaped tensors and
+        without counts): inside a compiled network frame, inductor fuses it with its neighbours."""
+        if self.input_bias is not None:
+            x = x + self.input_bias
+        step = fused.step_function(self.coding)
+        static = (self.fire_rule, self.n, self.signed, self.floor, self.ceiling)
+        if self.coding == "differential":
+            b, v, e_in, e_out = state
+            s, v, e_in, e_out, _, _ = step(x, b, v, e_in, e_out, self.theta, t, *static)
+            return s, (b, v, e_in, e_out)
+        c_out = state[1] if len(state) > 1 else None
+        s, v, c_out, _, _ = step(x, state[0], c_out, self.theta, t, *static)
+        return s, ((v,) if c_out is None else (v, c_out))
+
+    def advance(self, state: tuple[torch.Tensor, ...]) -> None:
+        if self.coding == "differential":
+            self.b, self.v, self.e_in, self.e_out = state
+        else:
+            self.v, self.c_out = state[0], (state[1] if len(state) > 1 else None)
+        self.t += 1
+        self.last_counts = self.last_hits = None
+
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        if self.kernel == "torch" or self.rule != "mt":
+            return False
+        from snnbench.methods.snn import triton_mt
+
+        if self.kernel == "triton":
+            if not triton_mt.available_on(x.device):
+                raise RuntimeError("kernel=triton needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter); "
+                                   "use kernel=torch or kernel=auto")
+            return True
+        return x.is_cuda and triton_mt.available_on(x.device)
+
+    def _triton_step(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        from snnbench.methods.snn import triton_mt
+
+        state = {"v": self.v, "b": self.b, "e_in": self.e_in, "e_out": self.e_out, "c_out": self.c_out}
+        for name, value in state.items():
+            if value is not None and not value.is_contiguous():
+                state[name] = value.contiguous()
+                setattr(self, name, state[name])
+        s, self.last_counts = triton_mt.mt_step(x, state, self.theta, t, self.n, self.coding, self.signed,
+                                                self.floor, self.ceiling)
+        return s.view(x.shape)
+
+    def _signature(self, positions: bool = False) -> fused.StepSignature:
+        return fused.StepSignature.of(self.coding, self.fire_rule, self.n, self.signed, self.floor, self.ceiling,
+                                      rooms=self.c_out is not None, count=self.count_spikes, positions=positions)
+
+    def _flat_theta(self, x: torch.Tensor) -> torch.Tensor:
+        """θ expanded to ``x``'s shape and flattened, cached per input shape (the fused
+        step runs on flat tensors: one compilation for every layer shape; see fused.py)."""
+        cached = self._theta_flat
+        if cached is None or cached[0] != x.shape or cached[1].device != x.device:
+            flat = self.theta.to(x.dtype).expand(x.shape).reshape(-1).contiguous()
+            cached = self._theta_flat = (x.shape, flat)
+        return cached[1]
+
+    def _run(self, x: torch.Tensor, *state: torch.Tensor | None, theta_position: int) -> tuple:
+        """One step through :func:`fused.run_step`: eager on ``x``-shaped tensors, fused on flat
+        views of them; returns (s, *new state, counts), the tensors shaped like ``x``."""
+        signature = self._signature(positions=self.count_positions and x.ndim >= 3)
+        positions = x[0, 0].numel() if signature.positions else None
+        if not self.fuse:
+            tensors = [x, *state]
+            tensors.insert(theta_position, self.theta)
+            *out, counts, hits = fused.run_step(signature, False, *tensors, self._t_tensor(), positions=positions)
+        else:
+            flat = [x.reshape(-1)] + [s.reshape(-1) if s is not None else None for s in state]
+            flat.insert(theta_position, self._flat_theta(x))
+            *out, counts, hits = fused.run_step(signature, True, *flat, self._t_tensor(), positions=positions)
+            out = [o.view(x.shape) if o is not None else None for o in out]
+        self.last_hits = hits.view(x.shape[2:]) if hits is not None else None
+        return (*out, counts)
+
+    def _t_tensor(self) -> torch.Tensor:
+        t = self.t if self.coding == "rate" else self.t - 1
+        return torch.tensor(float(t))  # a CPU scalar: no host-to-device copy (or sync) per step
+
+    def _rate_step(self, x: torch.Tensor) -> torch.Tensor:
+        self.t += 1
+        if self.v is None:
+            self.v = self.initial_potential(x)
+            if self.needs_rooms:
+                self.c_out = torch.zeros_like(x)
+        self.last_counts = self.last_hits = None
+        if self._use_triton(x):
+            return self._triton_step(x, self.t)
+        s, self.v, self.c_out, counts = self._run(x, self.v, self.c_out, theta_position=3)
+        self.last_counts = counts
+        return s
+
+    def _differential_step(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.t
+        self.t += 1
+        if t == 0:  # bias pass: remember the constant part of the input, emit nothing
+            self.last_counts = self.last_hits = None
+            self.b = x.clone()
+            self.e_in = x.clone()
+            self.e_out = torch.zeros_like(x)
+            self.v = self.initial_potential(x)
+            return torch.zeros_like(x)
+        self.last_counts = self.last_hits = None
+        if self._use_triton(x):
+            return self._triton_step(x, t)
+        s, self.v, self.e_in, self.e_out, counts = self._run(x, self.b, self.v, self.e_in, self.e_out,
+                                                             theta_position=5)
+        self.last_counts = counts
+        return s
