@@ -6,7 +6,7 @@
   own retries are off (``max_retries=0``, OOM retries 0 on a local instance) and the
   harness retries a cell whose worker (or the cell's own process) died, up to ``retries``
   times, logging each retry. A cell wanting a GPU on a cluster without one fails at once
-  instead of pending forever (harness.md §3.2). Tasks return plain dicts; only the driver
+  instead of pending forever (docs/harness-notes.md §3.2). Tasks return plain dicts; only the driver
   writes results.
 
 A cell that fails *inside* :func:`~snnbench.runner.run_cell` comes back as a result with

@@ -150,7 +150,7 @@ def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[st
 def calibration_batches(spec: CellSpec, task, bundle):
     """Core-input batches for calibration: ``calib_size`` training images, or with
     ``calib_split="eval"`` the first ``calib_size`` evaluation images (the DCGS paper's
-    protocol, dcgs.md §3.5; allowed only when asked for explicitly)."""
+    protocol, docs/dcgs-official-code.md §3.5; allowed only when asked for explicitly)."""
     if spec.calib_split == "train":
         return task.calib_batches(spec.calib_size, spec.calib_batch_size, spec.seed, bundle)
     if spec.calib_split != "eval":

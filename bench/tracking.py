@@ -1,5 +1,5 @@
 """MLflow logging of a sweep: one experiment per campaign, a parent run per sweep, a child
-run per cell. The driver is the only writer (harness.md §2.9); the store is always
+run per cell. The driver is the only writer (docs/harness-notes.md §2.9); the store is always
 ``sqlite:///<results>/mlflow.db`` with artifacts in ``<results>/mlartifacts`` (never
 ``./mlruns``).
 
