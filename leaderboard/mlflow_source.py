@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from snnbench.leaderboard.data import LeaderboardError
+from snnbench.leaderboard.errors import LeaderboardError
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,9 @@ def _record(client, run, user_keys: tuple[str, ...] | None) -> dict[str, Any]:
         "weights_sha256": tags.get("weights_sha256") or None,
         "provenance": {"spec": spec, "git": {"sha": tags.get("git.sha") or None}},
         "mlflow_run_id": run.info.run_id, "per_t": {}, "error": None,
-        "track": tags.get("track") or "plain", "conversion": {"note": tags.get("note") or ""}}
+        "track": tags.get("track") or "plain", "conversion": {"note": tags.get("note") or ""},
+        # runs logged before the tag existed: None, and the reader falls back to the method name
+        "reference": {"true": True, "false": False}.get(tags.get("reference", ""))}
     if record["status"] != "ok":
         record["error"] = _artifact_text(client, run, "error.txt") or f"run status {run.info.status}"
         return record
