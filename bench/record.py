@@ -18,13 +18,14 @@ and the sweep add (``threads``, ``attempts``, ``failure``, ``record_id``, ``swee
 ``mlflow_run_id``). Keys a record does not know (a ledger line of a later version) are kept
 in :attr:`CellResult.extra` and written back unchanged.
 
-A record is also a read-only :class:`~collections.abc.Mapping` over that JSON form, so
-``result["per_t"]["4"]["metric"]`` reads the same from a record as from a ledger line.
+A record *is* that JSON object too: a read-only ``dict`` holding :meth:`CellResult.to_dict`,
+so ``result["per_t"]["4"]["metric"]`` reads the same from a record as from a ledger line and
+``json.dumps(result)`` writes the contract; every mutating ``dict`` method raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +42,13 @@ _ALWAYS = frozenset(CONTRACT_KEYS) | {"weights_sha256", "reference"}
 LEGACY_REFERENCE_METHOD = "ann"
 
 
-@dataclass(frozen=True, eq=False)
-class CellResult(Mapping):
-    """One cell's result (see the module docstring for the meaning of every field)."""
+@dataclass(frozen=True, eq=False, repr=False)
+class CellResult(dict):
+    """One cell's result (see the module docstring for the meaning of every field).
+
+    Equality and ``repr`` are those of the JSON object; change a record with
+    :func:`dataclasses.replace`.
+    """
 
     method: str | None
     task: str | None
@@ -115,9 +120,16 @@ class CellResult(Mapping):
             values["per_t"] = {}
         return cls(**values, extra=extra)
 
+    def __post_init__(self) -> None:
+        dict.update(self, self._json())
+
     # -- the JSON form -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of the contract (see the module docstring): unknown fields omitted when None."""
+        """The JSON object of the contract (see the module docstring), as a plain ``dict``."""
+        return dict(self)
+
+    def _json(self) -> dict[str, Any]:
+        """Every field in order (optional ones only when not None), then :attr:`extra`."""
         out: dict[str, Any] = {}
         for f in fields(self):
             if f.name == "extra":
@@ -136,20 +148,14 @@ class CellResult(Mapping):
         """``method/model/task``."""
         return f"{self.method}/{self.model}/{self.task}"
 
-    # -- read-only Mapping over the JSON form ------------------------------------------
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
+    # -- read-only dict ----------------------------------------------------------------
+    def _frozen(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a CellResult is frozen: make a new one with dataclasses.replace(result, name=value)")
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
+    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = setdefault = clear = _frozen  # type: ignore
 
-    def __len__(self) -> int:
-        return len(self.to_dict())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return self.to_dict() == dict(other.items())
-        return NotImplemented
+    def __reduce__(self) -> tuple:
+        return (CellResult.from_dict, (dict(self),))
 
 
 def is_reference(record: Mapping[str, Any]) -> bool:

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from snnbench.leaderboard.errors import LeaderboardError
+from snnbench.record import CellResult
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,8 @@ def _record(client, run, user_keys: tuple[str, ...] | None) -> dict[str, Any]:
     return record
 
 
-def mlflow_records(results_dir: str | Path, experiment: str | None = None) -> tuple[list[dict[str, Any]], str]:
-    """Ledger-format records of the latest child run of every cell_key, and a source description.
+def mlflow_records(results_dir: str | Path, experiment: str | None = None) -> tuple[list[CellResult], str]:
+    """Records of the latest child run of every cell_key, and a source description.
 
     Args:
         results_dir: the sweep's results directory (``mlflow.db`` inside).
@@ -199,7 +200,8 @@ def mlflow_records(results_dir: str | Path, experiment: str | None = None) -> tu
     for run in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.end_time or 0)):
         latest[run.data.tags["cell_key"]] = run  # the latest run of a cell wins, as in the ledger
     parents: dict[str, tuple[str, ...] | None] = {}
-    records = [_record(client, run, _user_keys(client, run.data.tags.get("mlflow.parentRunId"), parents))
+    records = [CellResult.from_dict(_record(client, run, _user_keys(client, run.data.tags.get("mlflow.parentRunId"),
+                                                                    parents)))
                for run in latest.values()]
     log.debug("read %d cells from MLflow (%d runs)", len(records), len(runs))
     names = ", ".join(e.name for e in experiments)
