@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 #: loggers of the driver itself: never captured (their warnings concern the sweep, not a cell)
 DRIVER_LOGGERS = ("snnbench.sweep", "snnbench.executors", "snnbench.console", "snnbench.cli", "snnbench.ledger",
-                  "snnbench.tracking", "snnbench.ui", "bench")
+                  "snnbench.tracking", "snnbench.ui", "snnbench.process_groups", "bench")
 QUIET, NORMAL = -1, 0
 
 
