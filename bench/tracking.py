@@ -6,7 +6,7 @@ run per cell. The driver is the only writer (docs/harness-notes.md §2.9); the s
 Per cell run: params for every setting and the cell's configuration; the metric at every
 t logged with ``step=t`` (``top1``, ``energy_ratio``, ``spikes_per_sample``,
 ``synops_per_sample``) plus flat keys at the usual T (``top1_T4``, ``energy_ratio_T4``)
-so ``search_runs`` can sort on them; tags method/task/model/cell_key/git sha/package
+so ``search_runs`` can sort on them; tags method/task/model/cell_key/reference/git sha/package
 versions/status; per-layer counts as a CSV artifact. A failed cell gets status FAILED and
 its traceback as an artifact, and no metric.
 
