@@ -24,7 +24,7 @@ from snnbench.energy import DEFAULT_ENERGY_MODEL, ENERGY_MODELS
 from snnbench.per_t import reference_rows, simulated_rows
 from snnbench.plugins import create_method, create_task
 from snnbench.provenance import git_revision, host_info, package_versions
-from snnbench.record import CONTRACT_KEYS, PER_T_KEYS, CellResult
+from snnbench.record import CellResult
 from snnbench.methods.base import ConversionContext, SpikingModel
 from snnbench.tasks.zoo import model_track
 
@@ -291,4 +291,4 @@ def _splits(task) -> dict[str, str] | None:
         return None
 
 
-__all__ = ["CONTRACT_KEYS", "PER_T_KEYS", "CellResult", "run_cell", "simulate", "evaluate_ann", "resolve_device"]
+__all__ = ["run_cell", "simulate", "evaluate_ann", "resolve_device"]
