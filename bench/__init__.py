@@ -1,7 +1,7 @@
 """snnbench: benchmark and leaderboard suite for training-free ANN-to-SNN conversion.
 
 The front doors: ``create_method``/``list_methods``, ``create_task``/``list_tasks`` and
-``run_cell`` (one method x task x model cell, returning the JSON result contract).
+``run_cell`` (one method x task x model cell, returning its :class:`~snnbench.record.CellResult`).
 
 Importing ``snnbench`` itself is cheap and imports no subpackage: the front doors are
 resolved lazily, so the leaf package that ``snnbench.methods`` and ``snnbench.tasks`` share

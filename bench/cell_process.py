@@ -25,6 +25,9 @@ import sys
 import time
 from typing import Any
 
+from snnbench.cell import CellSpec
+from snnbench.record import CellResult
+
 log = logging.getLogger(__name__)
 
 _STARTED = b"started\n"
@@ -83,7 +86,7 @@ def _read_until(fd: int, deadline: float | None, want_line: bool) -> tuple[bytes
 
 
 def run_cell_with_timeout(spec: dict[str, Any], cache_root: str | None, threads: int | None,
-                          timeout: float) -> dict[str, Any]:
+                          timeout: float) -> CellResult:
     """Run the cell in a child process; a failed result ``"timeout after N s"`` if it runs past ``timeout``.
 
     Raises:
@@ -91,8 +94,6 @@ def run_cell_with_timeout(spec: dict[str, Any], cache_root: str | None, threads:
             Ray executor retries).
         KeyboardInterrupt: passed on after the child was killed.
     """
-    from snnbench.cell import CellSpec
-
     read_fd, write_fd = os.pipe()
     payload = json.dumps({"spec": spec, "cache_root": cache_root, "threads": threads, "result_fd": write_fd,
                           "parent": os.getpid()})
@@ -113,16 +114,13 @@ def run_cell_with_timeout(spec: dict[str, Any], cache_root: str | None, threads:
         if not complete:
             _kill_group(proc)
             log.warning("cell %s: %s", CellSpec.from_dict(spec).label(), timeout_message(timeout))
-            from snnbench.executors import failed_result
-
-            result = failed_result(CellSpec.from_dict(spec), timeout_message(timeout), time.monotonic() - started)
-            result["failure"] = "timeout"
-            return result
+            return CellResult.failed(CellSpec.from_dict(spec), timeout_message(timeout), time.monotonic() - started,
+                                     failure="timeout")
         proc.wait()
         if not body.strip():
             raise CellProcessDied(f"the cell's process died while running the cell ({_exit_text(proc)}; out of "
                                   "memory?)")
-        return json.loads(body)
+        return CellResult.from_dict(json.loads(body))
     except BaseException:
         _kill_group(proc)
         raise
@@ -160,9 +158,8 @@ def _child_main() -> None:
     import torch  # noqa: F401 - the heavy imports happen before the clock starts
 
     import snnbench.runner  # noqa: F401
-    from snnbench.cell import CellSpec
-    from snnbench.executors import run_cell_in_process
     from snnbench.plugins import create_task
+    from snnbench.worker import run_here
 
     cell = CellSpec.from_dict(request["spec"])
     cell.key()                                        # imports the method's plugin
@@ -171,8 +168,8 @@ def _child_main() -> None:
     out = os.fdopen(request["result_fd"], "wb")
     out.write(_STARTED)
     out.flush()
-    result = run_cell_in_process(request["spec"], request["cache_root"], request["threads"])
-    out.write(json.dumps(result, default=str).encode())
+    result = run_here(request["spec"], request["cache_root"], request["threads"])
+    out.write(json.dumps(result.to_dict(), default=str).encode())
     out.close()
 
 

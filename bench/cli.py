@@ -11,17 +11,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
+from snnbench.cell_flags import UsageError, add_cell_flags, cell_fields, check_cell_flags
+
 log = logging.getLogger("bench")
-
-
-class UsageError(ValueError):
-    """Bad command-line input: printed without a traceback, exit status 2."""
 
 
 # --------------------------------------------------------------------------------------
@@ -39,32 +37,6 @@ def _verbosity_options(parser: argparse.ArgumentParser, top: bool) -> None:
                         help="more output: -v shows information and third-party warnings, -vv debug")
     parser.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
                         help="print nothing but errors")
-
-
-def _add_cell_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--T", type=int, default=None, help="largest time-step simulated (default 32)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a method setting (repeatable), e.g. --set n=4 --set coding=rate")
-    p.add_argument("--calib-size", type=int, default=None, help="calibration images from the training split (1000)")
-    p.add_argument("--calib-batch-size", type=int, default=None,
-                   help="calibration batch size (percentile/max statistics depend on it; default 100)")
-    p.add_argument("--calibrate-on-eval", action="store_true",
-                   help="calibrate on the first --calib-size evaluation images (the DCGS paper's protocol; "
-                        "the ledger and leaderboard mark the cell 'calibrated on eval')")
-    p.add_argument("--energy-model", default=None, metavar="NAME",
-                   help="energy convention of the printed energy ratio (default horowitz45nm-v1; every "
-                        "convention is in the JSON as energy_ratio@NAME)")
-    p.add_argument("--eval-size", type=int, default=None, help="evaluation images (default: the whole split)")
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (task default)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the calibration subset and the method")
-    p.add_argument("--data-root", default=None, help="dataset location (task-specific; see bench list)")
-    p.add_argument("--weights", default=None, help="ANN weights file (state dict) instead of the default source")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: the CPUs available to this process, see bench/threads.py)")
-    from snnbench.cell import EVAL_TS_HELP
-
-    p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
 
 
 # -- bench list ------------------------------------------------------------------------
@@ -97,33 +69,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- flag validation shared by bench run and bench sweep ----------------------------------
-VALID_DEVICES = "cpu, cuda, cuda:N or auto"
-
-
-def check_device(device: str) -> None:
-    """``--device`` must be cpu, cuda, cuda:N or auto (whether CUDA exists is checked where the cell runs)."""
-    name, _, index = str(device).partition(":")
-    ok = (device in ("cpu", "cuda", "auto") or (name == "cuda" and index.isdigit()))
-    if not ok:
-        raise UsageError(f"--device must be {VALID_DEVICES}, not {device!r}")
-
-
-def check_cell_flags(args: argparse.Namespace) -> None:
-    """The cell flags every command validates the same way: --T, sizes, --device.
-
-    Raises:
-        UsageError: naming the flag (exit status 2).
-    """
-    if args.T is not None and args.T < 1:
-        raise UsageError("--T must be at least 1")
-    for flag in ("calib_size", "eval_size", "batch_size", "calib_batch_size"):
-        value = getattr(args, flag, None)
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be positive, not {value}")
-    check_device(args.device)
-
-
 # -- bench run -------------------------------------------------------------------------
 def build_cell(args: argparse.Namespace):
     """Validate names and settings up front and build the :class:`CellSpec`."""
@@ -143,13 +88,6 @@ def build_cell(args: argparse.Namespace):
                          f"{', '.join(task.models())}")
     check_cell_flags(args)
     T = args.T if args.T is not None else DEFAULT_T
-    if getattr(args, "energy_model", None):
-        from snnbench.energy import get_energy_model
-
-        try:
-            get_energy_model(args.energy_model)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
     del method
     from snnbench.cell import resolve_eval_ts
 
@@ -160,135 +98,34 @@ def build_cell(args: argparse.Namespace):
     task.check_data()
     return CellSpec(method=args.method, task=args.task, model=model, settings=settings, T=T, seed=args.seed,
                     calib_size=args.calib_size if args.calib_size is not None else DEFAULT_CALIB_SIZE,
-                    eval_size=args.eval_size,
-                    calib_split="eval" if getattr(args, "calibrate_on_eval", False) else "train",
-                    **({"calib_batch_size": args.calib_batch_size} if getattr(args, "calib_batch_size", None) else {}),
-                    batch_size=args.batch_size, data_root=args.data_root, weights=args.weights, device=args.device,
-                    eval_ts=args.eval_ts)
-
-
-def format_result_table(result: dict[str, Any], steps: list[int] | None = None,
-                        energy_model: str | None = None) -> str:
-    """A small human-readable table of a cell result (energy ratio under ``energy_model``)."""
-    from snnbench.energy import DEFAULT_ENERGY_MODEL, ratio_key
-
-    energy_key = ratio_key(energy_model) if energy_model else "energy_ratio"
-    lines = [f"{result['method']}/{result['model']}/{result['task']}  status={result['status']}  "
-             f"wall={result['wall_s']:.1f}s"]
-    if result["status"] != "ok":
-        lines.append(result.get("error") or "")
-        return "\n".join(lines)
-    metric = result["metric"]
-    lines.append(f"ANN {metric}: {result['ann']:.4f}")
-    per_t = result["per_t"]
-    T = result["T"]
-    steps = steps or sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= T} | {T})
-    lines.append(f"{'T':>5} {metric:>8} {'spikes/sample':>14} {'synops/sample':>14} {'energy ratio':>12}"
-                 f"  [{energy_model or DEFAULT_ENERGY_MODEL.name}]")
-    for t in steps:
-        row = per_t[str(t)]
-        er = row.get(energy_key)
-        score = "-" if row["metric"] is None else format(row["metric"], ".4f")  # t outside --eval-ts
-        lines.append(f"{t:>5} {score:>8} {row['spikes_per_sample']:>14.4g} "
-                     f"{row['synops_per_sample']:>14.4g} {er if er is None else format(er, '12.4f'):>12}")
-    return "\n".join(lines)
+                    **cell_fields(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from snnbench.threads import apply_threads
 
     threads = apply_threads(args.threads)  # before any torch work
+    from snnbench.report import format_result_table
     from snnbench.runner import run_cell
 
     spec = build_cell(args)
-    result = run_cell(spec, progress=not args.json and sys.stderr.isatty())
-    result["threads"] = threads
+    result = dataclasses.replace(run_cell(spec, progress=not args.json and sys.stderr.isatty()), threads=threads)
     if args.json:
-        print(json.dumps(result, default=str))
+        print(json.dumps(result.to_dict(), default=str))
     else:
         print(format_result_table(result, energy_model=getattr(args, "energy_model", None)))
-    return 0 if result["status"] == "ok" else 1
-
-
-# -- bench zoo -------------------------------------------------------------------------
-def cmd_zoo(args: argparse.Namespace) -> int:
-    from snnbench.common import cache
-    from snnbench.tasks.zoo import zoo_dir
-    directory = zoo_dir(args.zoo_dir)
-    if args.zoo_command == "list":
-        from snnbench.tasks.zoo import reference
-
-        shipped = reference.manifest()
-        state = "used by default" if reference.enabled() else f"off (${reference.ENV_VAR})"
-        print(f"reference checkpoints: {reference.reference_dir()} ({state})")
-        for stem, entry in shipped.items():
-            print(f"  {stem:<60} sha256 {entry['sha256'][:12]}  {entry['size_bytes'] / 2**20:>6.2f} MB")
-        entries = cache.list_entries(directory)
-        print(f"zoo cache: {directory}")
-        if not entries:
-            print("  (empty: models are trained on first use, or with 'bench zoo train NAME')")
-        for e in entries:
-            acc = e.get("test_top1")
-            acc_s = f"top1={acc:.4f}" if isinstance(acc, (int, float)) else ""
-            print(f"  {e['stem']:<60} {e['status']:<8} {e.get('size_mb', 0):>6.2f} MB  {acc_s}")
-        return 0
-    if args.zoo_command == "train":
-        return _zoo_train(args)
-    raise UsageError("bench zoo needs a sub-command: list or train")
-
-
-def _zoo_train(args: argparse.Namespace) -> int:
-    """``bench zoo train NAME``: load (reference, cache) or train a zoo model on its task.
-
-    ``--force`` trains again into the user's zoo cache even when a reference checkpoint
-    ships; ``--reference`` (maintainers) then publishes the result as the shipped,
-    sha256-pinned reference checkpoint.
-    """
-    from snnbench.plugins import create_task
-    from snnbench.tasks.zoo import get_model_spec, reference
-
-    spec = get_model_spec(args.name)
-    if spec.source != "zoo":
-        raise UsageError(f"{args.name} is not trained by the zoo (its weights come from {spec.source}); "
-                         "zoo models: " + ", ".join(n for n in _zoo_model_names()))
-    task_name = args.task or next(iter(spec.recipes))
-    if task_name not in spec.recipes:
-        raise UsageError(f"the zoo trains {args.name} on {', '.join(spec.recipes)}, not {task_name}")
-    if args.reference and not args.retrain:
-        raise UsageError("--reference publishes a freshly trained checkpoint: pass --force with it")
-    if args.device:
-        import os
-
-        from snnbench.runner import resolve_device
-        from snnbench.tasks.zoo.training import TRAIN_DEVICE_ENV
-
-        os.environ[TRAIN_DEVICE_ENV] = str(resolve_device(args.device))
-    task = create_task(task_name, data_root=args.data_root, zoo_dir=args.zoo_dir)
-    bundle = task.build(args.name, progress=sys.stderr.isatty(), retrain=args.retrain)
-    record = bundle.info["zoo"]
-    score = {k: v for k, v in record.items() if k.startswith(("test_", "val_"))
-             and isinstance(v, (int, float))}
-    shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(score.items())[:3])
-    print(f"{args.name} on {task_name}: {shown} ({record['cache']}) -> {record['path']} "
-          f"sha256 {record.get('sha256', '?')[:12]}")
-    if args.reference:
-        target = reference.publish(Path(record["path"]).stem, Path(record["path"]), record)
-        print(f"published as the reference checkpoint {target}")
-    elif args.retrain and reference.manifest().get(Path(record["path"]).stem):
-        print(f"note: a reference checkpoint ships for this entry and is used by default; evaluate yours with "
-              f"--weights {record['path']} or {reference.ENV_VAR}=off")
-    return 0
-
-
-def _zoo_model_names() -> list[str]:
-    from snnbench.tasks.zoo import get_model_spec, list_models
-
-    return [n for n in list_models() if get_model_spec(n).source == "zoo"]
+    return 0 if result.ok else 1
 
 
 # --------------------------------------------------------------------------------------
 def cmd_sweep(args: argparse.Namespace) -> int:
     from snnbench.sweep import cmd_sweep as run
+
+    return run(args)
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from snnbench.zoo_cli import cmd_zoo as run
 
     return run(args)
 
@@ -359,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="fashion_mnist", help="task (default fashion_mnist)")
     p.add_argument("--model", default=None, help="model (default: the task's default model)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object (the result contract)")
-    _add_cell_options(p)
+    add_cell_flags(p, "run")
 
     p = sub.add_parser("zoo", help="the cache of models the project trains itself")
     zoo = p.add_subparsers(dest="zoo_command", metavar="SUBCOMMAND")

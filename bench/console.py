@@ -1,6 +1,6 @@
-"""What a person sees: logging set-up, per-cell warning capture, progress bars and cell lines.
+"""What a person sees: logging set-up, per-cell warning capture and progress bars.
 
-Three pieces, used by the CLI, the sweep driver and the runner:
+Used by the CLI, the sweep driver and the runner (cell lines: :mod:`snnbench.report`):
 
 * :func:`configure_logging` (called once, by the CLI): ``-q`` shows errors only, the default
   shows warnings, ``-v`` information, ``-vv`` debug. Python warnings are routed through
@@ -12,11 +12,9 @@ Three pieces, used by the CLI, the sweep driver and the runner:
   engine's torch.compile fallback) -- are kept out of the console and stored with the cell
   (``result["warnings"]``). Third-party warnings raised outside any cell (at import time,
   say) are held back and attached to the next cell. With ``-v`` they are also printed.
-* :class:`SweepConsole` (the sweep driver): one line per finished cell -- label, status,
-  metric at T, energy ratio, wall time, ``k/N`` done and at most one summary of captured
-  warnings -- on stdout, so ``bench sweep > log`` reads well; on a terminal a bar over the
-  cells as well (tqdm, on stderr). :func:`step_bar` is the per-cell inner bar over
-  batches x t (terminal only; never in Ray workers, which run with ``progress=False``).
+* :func:`step_bar`: the per-cell inner bar over batches x t (terminal only; never in Ray
+  workers, which run with ``progress=False``). :func:`summarize` is the phrase a cell line
+  shows for the warnings captured in that cell.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from typing import Any, Iterator
 
 #: loggers of the driver itself: never captured (their warnings concern the sweep, not a cell)
 DRIVER_LOGGERS = ("snnbench.sweep", "snnbench.executors", "snnbench.console", "snnbench.cli", "snnbench.ledger",
-                  "snnbench.tracking", "snnbench.ui", "bench")
+                  "snnbench.tracking", "snnbench.ui", "snnbench.process_groups", "bench")
 QUIET, NORMAL = -1, 0
 
 
@@ -234,83 +232,4 @@ def step_bar(desc: str, batches: int | None, T: int, enabled: bool):
                 dynamic_ncols=True)
 
 
-def format_cell_line(result: dict[str, Any], done: int, total: int, label: str | None = None) -> str:
-    """``[k/N] label  status  metric@T  energy  wall  (warnings)`` for one finished cell."""
-    settings = result.get("settings") or {}
-    user_set = ((result.get("provenance") or {}).get("spec") or {}).get("settings") or {}
-    shown = {k: settings.get(k, v) for k, v in user_set.items()}
-    name = label or f"{result.get('method')}/{result.get('model')}/{result.get('task')}"
-    if shown:
-        name += " [" + ",".join(f"{k}={v}" for k, v in shown.items()) + "]"
-    width = len(str(total))
-    parts = [f"[{done:>{width}}/{total}]", name]
-    T = result.get("T")
-    if result.get("status") == "ok":
-        last = (result.get("per_t") or {}).get(str(T), {})
-        metric = result.get("metric") or "metric"
-        value = last.get("metric")
-        parts.append("ok")
-        parts.append(f"{metric}@T{T}={value:.4f}" if isinstance(value, (int, float)) else f"{metric}@T{T}=?")
-        ann = result.get("ann")
-        if isinstance(ann, (int, float)):
-            parts.append(f"(ANN {ann:.4f})")
-        er = last.get("energy_ratio")
-        parts.append(f"energy {er:.3f}" if isinstance(er, (int, float)) else "energy -")
-    else:
-        lines = [ln for ln in (result.get("error") or "").strip().splitlines() if ln.strip()]
-        parts.append("FAILED")
-        parts.append((lines[-1].strip() if lines else "no error text")[:100])
-    parts.append(f"{float(result.get('wall_s') or 0.0):.1f}s")
-    note = summarize(result.get("warnings") or [])
-    if note:
-        parts.append(f"[{note}; full text in the ledger]")
-    return "  ".join(parts)
-
-
-class SweepConsole:
-    """The driver's view of a sweep: a line per finished cell, and a bar over cells on a terminal."""
-
-    def __init__(self, total: int, progress: bool = False, stream=None) -> None:
-        self.total = total
-        self.done_count = 0
-        self.running: list[str] = []
-        self.stream = stream if stream is not None else sys.stdout
-        self.quiet = _STATE.verbosity == QUIET
-        self.bar = None
-        if progress and total and not self.quiet:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="sweep", unit="cell", disable=None, dynamic_ncols=True)
-
-    def start(self, cell) -> None:
-        self.running.append(cell.label())
-        self._show()
-
-    def done(self, cell, result: dict[str, Any]) -> None:
-        if cell.label() in self.running:
-            self.running.remove(cell.label())
-        self.done_count += 1
-        line = format_cell_line(result, self.done_count, self.total, label=cell.label())
-        if self.quiet:  # -q: only failures, on stderr
-            if result.get("status") != "ok":
-                print(line, file=sys.stderr, flush=True)
-        elif self.bar is not None and self.stream in (sys.stdout, sys.stderr):
-            self.bar.write(line, file=self.stream)
-        else:
-            print(line, file=self.stream, flush=True)
-        if self.bar is not None:
-            self.bar.update(1)
-            self._show()
-
-    def _show(self) -> None:
-        if self.bar is not None:
-            shown = ", ".join(self.running[:3]) + (" ..." if len(self.running) > 3 else "")
-            self.bar.set_postfix_str(f"running: {shown}" if shown else "")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-__all__ = ["CapturedWarnings", "SweepConsole", "capture_warnings", "configure_logging", "format_cell_line",
-           "step_bar", "summarize", "verbosity"]
+__all__ = ["CapturedWarnings", "capture_warnings", "configure_logging", "step_bar", "summarize", "verbosity"]

@@ -6,8 +6,8 @@
   own retries are off (``max_retries=0``, OOM retries 0 on a local instance) and the
   harness retries a cell whose worker (or the cell's own process) died, up to ``retries``
   times, logging each retry. A cell wanting a GPU on a cluster without one fails at once
-  instead of pending forever (harness.md §3.2). Tasks return plain dicts; only the driver
-  writes results.
+  instead of pending forever (docs/harness-notes.md §3.2). Tasks return
+  :class:`~snnbench.record.CellResult` records; only the driver writes results.
 
 A cell that fails *inside* :func:`~snnbench.runner.run_cell` comes back as a result with
 ``status="failed"`` and is not retried (the same input would fail again); infrastructure
@@ -23,6 +23,7 @@ serial executor runs cells in-process.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -31,23 +32,14 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from snnbench.cell import CellSpec
+from snnbench.record import CellResult
+from snnbench.tracebacks import exception_line
+from snnbench.worker import run_here
 
 log = logging.getLogger(__name__)
 
 OnStart = Callable[[CellSpec], None]
-OnResult = Callable[[CellSpec, dict[str, Any]], None]
-
-
-def failed_result(cell: CellSpec, error: str, wall_s: float = 0.0) -> dict[str, Any]:
-    """A result for a cell that produced none (crash, timeout, missing resources)."""
-    return {"method": cell.method, "task": cell.task, "model": cell.model, "settings": dict(cell.settings),
-            "T": cell.T, "metric": None, "ann": None, "per_t": {}, "status": "failed", "error": error,
-            "wall_s": round(wall_s, 3), "cell_key": cell.key(), "provenance": {"spec": cell.to_dict()}}
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+OnResult = Callable[[CellSpec, CellResult], None]
 
 
 def wants_gpu(cell: CellSpec) -> bool:
@@ -55,32 +47,22 @@ def wants_gpu(cell: CellSpec) -> bool:
 
 
 def run_cell_in_process(spec: dict[str, Any], cache_root: str | None, threads: float | None = None,
-                        timeout: float | None = None, progress: bool = False) -> dict[str, Any]:
-    """Run one cell and return its result dict (what a Ray task executes).
+                        timeout: float | None = None, progress: bool = False) -> CellResult:
+    """Run one cell and return its record (what a Ray task executes).
 
     With ``timeout`` the cell runs in a child process killed at the limit
-    (:func:`snnbench.cell_process.run_cell_with_timeout`); without, in this process, with
-    the inner progress bar when ``progress``.
-
-    ``threads``: the CPUs the cell was given (None: what the process may use); set before
-    any torch work (bench/threads.py) and recorded in ``result["threads"]``.
+    (:func:`snnbench.cell_process.run_cell_with_timeout`); without, in this process
+    (:func:`snnbench.worker.run_here`), with the inner progress bar when ``progress``.
+    ``threads``: the CPUs the cell was given (bench/threads.py).
     """
-    from snnbench.threads import apply_threads, prepare_openmp, resolve_threads
+    from snnbench.threads import prepare_openmp, resolve_threads
 
     if timeout:
         from snnbench.cell_process import run_cell_with_timeout
 
         prepare_openmp()  # the child inherits the environment and imports torch first
         return run_cell_with_timeout(spec, cache_root, resolve_threads(threads), timeout)
-    used = apply_threads(threads)
-    from snnbench.common.cache import DiskCache, MemoryCache
-    from snnbench.runner import run_cell
-
-    cell = CellSpec.from_dict(spec)
-    cache = DiskCache(cache_root) if cache_root else MemoryCache()
-    result = run_cell(cell, cache=cache, progress=progress)
-    result["threads"] = used
-    return result
+    return run_here(spec, cache_root, threads, progress)
 
 
 class SerialExecutor:
@@ -104,7 +86,7 @@ class SerialExecutor:
                 result = run_cell_in_process(cell.to_dict(), self.cache_root, self.threads, timeout=self.cell_timeout,
                                              progress=self.progress)
             except CellProcessDied as err:
-                result = failed_result(cell, f"{type(err).__name__}: {err}")
+                result = CellResult.failed(cell, f"{type(err).__name__}: {err}")
             on_result(cell, result)
 
 
@@ -186,8 +168,9 @@ class RayExecutor:
 
         for cell in cells:
             if wants_gpu(cell) and gpus < 1:
-                on_result(cell, failed_result(cell, f"cell wants device {cell.device!r} but the Ray cluster has no "
-                                                    "GPU; add GPU workers (see ray_cluster.yaml) or use --device cpu"))
+                on_result(cell, CellResult.failed(cell, f"cell wants device {cell.device!r} but the Ray cluster has no "
+                                                          "GPU; add GPU workers (see ray_cluster.yaml) or use --device "
+                                                          "cpu"))
                 continue
             submit(cell, 1)
         try:
@@ -201,13 +184,13 @@ class RayExecutor:
                     except Exception as err:  # noqa: BLE001 - worker died, OOM-killed, cancelled ...
                         if attempt <= self.retries:
                             log.warning("cell %s: attempt %d of %d failed (%s); retrying", cell.label(), attempt,
-                                        self.retries + 1, _first_line(err))
+                                        self.retries + 1, exception_line(err))
                             submit(cell, attempt + 1)
                             continue
-                        result = failed_result(cell, f"{type(err).__name__} after {attempt} attempt(s):\n"
-                                                     f"{''.join(traceback.format_exception_only(err))}",
-                                               now - started)
-                    result["attempts"] = attempt
+                        result = CellResult.failed(cell, f"{type(err).__name__} after {attempt} attempt(s):\n"
+                                                         f"{''.join(traceback.format_exception_only(err))}",
+                                                   now - started)
+                    result = dataclasses.replace(CellResult.from_dict(result), attempts=attempt)
                     on_result(cell, result)
         except KeyboardInterrupt:
             for ref in pending:

@@ -21,7 +21,9 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
+
+from snnbench.record import CellResult
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +110,12 @@ class Ledger:
                     "%s and cut it off; the cell it belonged to will be rerun", self.path, len(tail), torn)
         return torn
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: CellResult | Mapping[str, Any]) -> None:
         """Write one record (after repairing a torn tail) and flush it to disk before returning."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.repair_tail()
-        line = json.dumps(record, default=str, separators=(",", ":")) + "\n"
+        payload = record.to_dict() if isinstance(record, CellResult) else dict(record)
+        line = json.dumps(payload, default=str, separators=(",", ":")) + "\n"
         with open(self.path, "ab") as f:
             f.write(line.encode("utf-8"))   # one write of the whole line
             f.flush()
@@ -141,6 +144,10 @@ class Ledger:
             if key:
                 out[key] = record
         return out
+
+    def latest_results(self) -> dict[str, CellResult]:
+        """:meth:`latest`, each line read as a :class:`~snnbench.record.CellResult` (old lines too)."""
+        return {key: CellResult.from_dict(record) for key, record in self.latest().items()}
 
     def finished_keys(self) -> set[str]:
         """cell_keys whose latest record succeeded (these are skipped on resume)."""

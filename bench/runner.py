@@ -1,14 +1,10 @@
-"""Run one cell in-process and return the JSON result contract.
+"""Run one cell in-process and return its :class:`~snnbench.record.CellResult`.
 
-The contract (stable; consumed by scripts, the sweep ledger and the leaderboard)::
-
-    {"method", "task", "model", "settings": {...}, "T", "metric": "top1",
-     "ann": <ANN metric>, "per_t": {"1": {"metric", "spikes_per_sample",
-     "synops_per_sample", "energy_ratio", ...}, ...},
-     "status": "ok" | "failed", "error": null | "<traceback>", "wall_s"}
-
-plus ``track`` (``plain`` / ``qcfs``: the kind of ANN, from the model spec), ``cell_key``, ``ann_metrics`` (every ANN metric), ``ann_macs_per_sample``,
-``energy_model``, ``layers`` (per-layer counts), ``timings`` and ``provenance``.
+The runner builds the model, evaluates the ANN once (cached per task x model x eval size),
+and then either reports that evaluation at every t (a method flagged ``reference``: the
+static ANN) or calibrates (statistics cached per kind, so methods share them), converts
+and simulates to T. The record's JSON form is the contract described in
+:mod:`snnbench.record`.
 """
 
 from __future__ import annotations
@@ -24,16 +20,15 @@ import torch
 from snnbench.common.cache import MemoryCache, digest
 from snnbench.cell import CellSpec, resolve_eval_ts
 from snnbench.counting import OpCounter
-from snnbench.energy import DEFAULT_ENERGY_MODEL, ENERGY_MODELS, EnergyInputs, all_ratios, ratio_key
+from snnbench.energy import DEFAULT_ENERGY_MODEL, ENERGY_MODELS
+from snnbench.per_t import reference_rows, simulated_rows
 from snnbench.plugins import create_method, create_task
 from snnbench.provenance import git_revision, host_info, package_versions
+from snnbench.record import CellResult
 from snnbench.methods.base import ConversionContext, SpikingModel
 from snnbench.tasks.zoo import model_track
 
 log = logging.getLogger(__name__)
-
-CONTRACT_KEYS = ("method", "task", "model", "settings", "T", "metric", "ann", "per_t", "status", "error", "wall_s")
-PER_T_KEYS = ("metric", "spikes_per_sample", "synops_per_sample", "energy_ratio")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -150,7 +145,7 @@ def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[st
 def calibration_batches(spec: CellSpec, task, bundle):
     """Core-input batches for calibration: ``calib_size`` training images, or with
     ``calib_split="eval"`` the first ``calib_size`` evaluation images (the DCGS paper's
-    protocol, dcgs.md §3.5; allowed only when asked for explicitly)."""
+    protocol, docs/dcgs-official-code.md §3.5; allowed only when asked for explicitly)."""
     if spec.calib_split == "train":
         return task.calib_batches(spec.calib_size, spec.calib_batch_size, spec.seed, bundle)
     if spec.calib_split != "eval":
@@ -186,129 +181,105 @@ def calibration_stats(spec: CellSpec, task, bundle, method, ctx: ConversionConte
 
 
 def run_cell(spec: CellSpec, cache=None, progress: bool = False,
-             on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+             on_stage: Callable[[str], None] | None = None) -> CellResult:
     """Run one cell; never raises for a failing cell: returns ``status="failed"`` with the traceback.
 
     Third-party warnings raised meanwhile (torch's CUDA_HOME notice, dynamo recompile
-    messages, ...) stay off the console and are stored in ``result["warnings"]``
+    messages, ...) stay off the console and are stored in the record's ``warnings``
     (:func:`snnbench.console.capture_warnings`).
     """
     from snnbench.console import capture_warnings
 
     with capture_warnings() as captured:
-        result = _run_cell(spec, cache, progress, on_stage)
-    result["warnings"] = captured.to_list()
-    return result
+        fields = _run_cell(spec, cache, progress, on_stage)
+    return CellResult(**fields, warnings=captured.to_list())
 
 
 def _run_cell(spec: CellSpec, cache, progress: bool, on_stage: Callable[[str], None] | None) -> dict[str, Any]:
+    """The fields of the cell's :class:`CellResult` (everything but the captured warnings)."""
     start = time.perf_counter()
     cache = cache if cache is not None else MemoryCache()
-    result: dict[str, Any] = {
-        "method": spec.method, "task": spec.task, "model": spec.model, "settings": dict(spec.settings),
-        "T": spec.T, "metric": None, "ann": None, "per_t": {}, "status": "failed", "error": None, "wall_s": 0.0,
-        "weights_sha256": None,
-    }
+    out: dict[str, Any] = {"method": spec.method, "task": spec.task, "model": spec.model,
+                           "settings": dict(spec.settings), "T": spec.T}
     timings: dict[str, float] = {}
     stage = on_stage or (lambda _: None)
     task = None
     try:
-        result["cell_key"] = spec.key()
+        out["cell_key"] = spec.key()
         method = create_method(spec.method, spec.settings)
-        result["settings"] = method.config()["settings"]
+        out["settings"] = method.config()["settings"]
+        out["reference"] = bool(method.reference)
         device = resolve_device(spec.device)
         seed_everything(spec.seed)
         task = create_task(spec.task, data_root=spec.data_root)
-        result["metric"] = task.metric
+        out["metric"] = task.metric
         stage("build")
         t0 = time.perf_counter()
         bundle = task.build(spec.model, weights=spec.weights, device=device, progress=progress)
         timings["build_s"] = time.perf_counter() - t0
         from snnbench.tasks.zoo.weights import bundle_weights_sha256
 
-        result["weights_sha256"] = bundle_weights_sha256(bundle)
-        result["track"] = model_track(spec.model)
+        out["weights_sha256"] = bundle_weights_sha256(bundle)
+        out["track"] = model_track(spec.model)
 
         stage("ann")
         t0 = time.perf_counter()
         ann = evaluate_ann(spec, task, bundle, cache, progress)
         timings["ann_s"] = time.perf_counter() - t0
-        result["ann"] = ann["metrics"][task.metric]
-        result["ann_metrics"] = ann["metrics"]
-        result["ann_macs_per_sample"] = ann["dense_macs"]
-        energy = DEFAULT_ENERGY_MODEL
-        result["energy_model"] = energy.to_dict()
-        result["energy_models"] = {name: model.to_dict() for name, model in ENERGY_MODELS.items()}
-
-        if spec.method == "ann":
-            per_t = {}
-            for t in range(1, spec.T + 1):
-                per_t[str(t)] = {"metric": result["ann"], **ann["metrics"], "latency": 1, "spikes_per_sample": 0.0,
-                                 "unit_spikes_per_sample": 0.0, "synops_per_sample": 0.0,
-                                 "macs_per_sample": ann["dense_macs"], "energy_ratio": 1.0,
-                                 **{ratio_key(name): 1.0 for name in ENERGY_MODELS}}
-            result["per_t"] = per_t
-            result["layers"] = ann["layers"]
+        out.update(ann=ann["metrics"][task.metric], ann_metrics=ann["metrics"], ann_macs_per_sample=ann["dense_macs"],
+                   energy_model=DEFAULT_ENERGY_MODEL.to_dict(),
+                   energy_models={name: model.to_dict() for name, model in ENERGY_MODELS.items()})
+        if method.reference:  # the static model: the cached ANN evaluation is its result at every t
+            out.update(per_t=reference_rows(ann, task.metric, spec.T), layers=ann["layers"],
+                       n_eval=ann.get("samples"))
         else:
-            calib = lambda: calibration_batches(spec, task, bundle)  # noqa: E731
-            example = next(iter(calib()))
-            ctx = ConversionContext(T=spec.T, device=device, example=example.to(device),
-                                    calib_batches=lambda: (b.to(device) for b in calib()))
-            stage("calibrate")
-            t0 = time.perf_counter()
-            stats = calibration_stats(spec, task, bundle, method, ctx, cache, progress)
-            timings["calibrate_s"] = time.perf_counter() - t0
-            stage("convert")
-            t0 = time.perf_counter()
-            snn = method.convert(bundle.core, stats, ctx).to(device).eval()
-            timings["convert_s"] = time.perf_counter() - t0
-            result["conversion"] = snn.describe()
-            fairness = snn.fairness()
-            result["fairness"] = fairness.to_dict()
-            stage("simulate")
-            t0 = time.perf_counter()
-            batch = spec.batch_size or task.default_batch_size
-            eval_ts = resolve_eval_ts(spec.eval_ts, spec.T, getattr(task, "default_eval_ts", "all"))
-            result["eval_ts"] = eval_ts
-            metrics, summary = simulate(snn, task, bundle, task.eval_batches(spec.eval_size, batch, bundle), spec.T,
-                                        desc=spec.label(), progress=progress, eval_ts=eval_ts,
-                                        total=_batch_count(task, spec.eval_size, batch))
-            timings["simulate_s"] = time.perf_counter() - t0
-            per_t = {}
-            raw = EnergyInputs(layers=summary.layers, neuron_updates=summary.neuron_updates,
-                               ann_dense_macs=ann["dense_macs"], T=spec.T)
-            for t in range(1, spec.T + 1):
-                m = metrics.get(t, {})  # a t outside eval_ts: counts only, metric None
-                acs, macs = summary.acs[t - 1], summary.macs[t - 1]
-                per_t[str(t)] = {"metric": m.get(task.metric), **m, "latency": fairness.latency(t),
-                                 "spikes_per_sample": summary.events[t - 1],
-                                 "unit_spikes_per_sample": summary.unit_spikes[t - 1],
-                                 "synops_per_sample": acs, "macs_per_sample": macs,
-                                 "neuron_updates_per_sample": summary.neuron_updates[t - 1],
-                                 "steps_per_sample": summary.steps[t - 1],
-                                 "energy_ratio": energy.ratio(acs, macs, ann["dense_macs"]),
-                                 # the official DCGS convention: every op priced as an AC
-                                 "energy_ratio_all_ac": energy.ratio(acs + macs, 0.0, ann["dense_macs"]),
-                                 # every named convention from the same raw counts (snnbench.energy)
-                                 **all_ratios(raw, t)}
-            result["per_t"] = per_t
-            result["layers"] = summary.layers
-            result["eval_samples"] = summary.samples
-            if summary.steps_histogram is not None:  # per-sample early exit (e.g. AdaFire's IAT)
-                result["adaptive_timesteps"] = {
-                    "mean_steps": summary.steps[-1],
-                    "steps_histogram": {str(k): v for k, v in sorted(summary.steps_histogram.items())}}
-        result["status"] = "ok"
+            out.update(_convert_and_simulate(spec, task, bundle, method, ann, device, cache, progress, stage, timings))
+        out["status"] = "ok"
     except Exception:  # noqa: BLE001 - a failed cell is data, not a crash
-        result["status"] = "failed"
-        result["error"] = traceback.format_exc()
-        log.debug("cell %s failed:\n%s", spec.label(), result["error"])
-    result["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    result["provenance"] = {"git": git_revision(), "versions": package_versions(), "host": host_info(),
-                            "spec": spec.to_dict(),
-                            "splits": _splits(task)}
-    result["wall_s"] = round(time.perf_counter() - start, 3)
-    return result
+        out.update(status="failed", error=traceback.format_exc())
+        log.debug("cell %s failed:\n%s", spec.label(), out["error"])
+    out["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    out["provenance"] = {"git": git_revision(), "versions": package_versions(), "host": host_info(),
+                         "spec": spec.to_dict(), "splits": _splits(task)}
+    out["wall_s"] = round(time.perf_counter() - start, 3)
+    return out
+
+
+def _convert_and_simulate(spec: CellSpec, task, bundle, method, ann: dict[str, Any], device: torch.device, cache,
+                          progress: bool, stage: Callable[[str], None], timings: dict[str, float]) -> dict[str, Any]:
+    """Calibrate, convert and simulate a spiking method; the record fields this yields."""
+    calib = lambda: calibration_batches(spec, task, bundle)  # noqa: E731
+    example = next(iter(calib()))
+    ctx = ConversionContext(T=spec.T, device=device, example=example.to(device),
+                            calib_batches=lambda: (b.to(device) for b in calib()))
+    stage("calibrate")
+    t0 = time.perf_counter()
+    stats = calibration_stats(spec, task, bundle, method, ctx, cache, progress)
+    timings["calibrate_s"] = time.perf_counter() - t0
+    stage("convert")
+    t0 = time.perf_counter()
+    snn = method.convert(bundle.core, stats, ctx).to(device).eval()
+    timings["convert_s"] = time.perf_counter() - t0
+    out: dict[str, Any] = {"conversion": snn.describe()}
+    fairness = snn.fairness()
+    out["fairness"] = fairness.to_dict()
+    stage("simulate")
+    t0 = time.perf_counter()
+    batch = spec.batch_size or task.default_batch_size
+    eval_ts = resolve_eval_ts(spec.eval_ts, spec.T, getattr(task, "default_eval_ts", "all"))
+    out["eval_ts"] = eval_ts
+    metrics, summary = simulate(snn, task, bundle, task.eval_batches(spec.eval_size, batch, bundle), spec.T,
+                                desc=spec.label(), progress=progress, eval_ts=eval_ts,
+                                total=_batch_count(task, spec.eval_size, batch))
+    timings["simulate_s"] = time.perf_counter() - t0
+    out["per_t"] = simulated_rows(metrics, summary, fairness, DEFAULT_ENERGY_MODEL, ann["dense_macs"], task.metric,
+                                  spec.T)
+    out.update(layers=summary.layers, eval_samples=summary.samples, n_eval=summary.samples)
+    if summary.steps_histogram is not None:  # per-sample early exit (e.g. AdaFire's IAT)
+        out["adaptive_timesteps"] = {
+            "mean_steps": summary.steps[-1],
+            "steps_histogram": {str(k): v for k, v in sorted(summary.steps_histogram.items())}}
+    return out
 
 
 def _splits(task) -> dict[str, str] | None:
@@ -320,4 +291,4 @@ def _splits(task) -> dict[str, str] | None:
         return None
 
 
-__all__ = ["CONTRACT_KEYS", "PER_T_KEYS", "run_cell", "simulate", "evaluate_ann", "resolve_device"]
+__all__ = ["run_cell", "simulate", "evaluate_ann", "resolve_device"]

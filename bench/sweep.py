@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import sys
 import time
@@ -25,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from snnbench.cell import CellSpec
-from snnbench.console import SweepConsole, verbosity
+from snnbench.cell_flags import UsageError, add_cell_flags, cell_fields, check_cell_flags
+from snnbench.console import verbosity
 from snnbench.grid import GridOptions, describe_cell, expand_grid, parse_list, parse_sets
 from snnbench.ledger import Ledger
+from snnbench.record import CellResult
+from snnbench.report import SweepConsole, summary_table
 from snnbench.results_lock import ResultsDirBusy, results_lock
 
 log = logging.getLogger(__name__)
@@ -39,12 +43,13 @@ DEFAULT_EXPERIMENT = "snnbench"
 class SweepOutcome:
     cells: list[CellSpec]
     skipped: list[CellSpec]
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: list[CellResult] = field(default_factory=list)
     interrupted: bool = False
+    tracker: Any = None
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.results if r.get("status") != "ok"]
+    def failed(self) -> list[CellResult]:
+        return [r for r in self.results if not r.ok]
 
 
 def dedupe(cells: list[CellSpec]) -> list[CellSpec]:
@@ -99,15 +104,15 @@ def _run_sweep_locked(cells: list[CellSpec], results_dir: Path, executor, experi
             log.warning("reconciling MLflow with the ledger failed: %s", err)
     bar = SweepConsole(len(todo), progress)  # a line per finished cell; a bar over cells on a terminal
 
-    def on_result(cell: CellSpec, result: dict[str, Any]) -> None:
-        result.setdefault("cell_key", cell.key())
-        result["record_id"] = uuid.uuid4().hex   # ties the MLflow run to this very record
-        result["sweep"] = {"results_dir": str(results_dir), "experiment": experiment,
-                           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    def on_result(cell: CellSpec, result: CellResult) -> None:
+        result = dataclasses.replace(CellResult.from_dict(result), cell_key=result.get("cell_key") or cell.key(),
+                                     record_id=uuid.uuid4().hex,   # ties the MLflow run to this very record
+                                     sweep={"results_dir": str(results_dir), "experiment": experiment,
+                                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         ledger.append(result)          # the ledger first: it is the source of truth
         if tracker is not None:
             try:
-                result["mlflow_run_id"] = tracker.log_cell(result)
+                result = dataclasses.replace(result, mlflow_run_id=tracker.log_cell(result))
             except Exception as err:  # noqa: BLE001 - MLflow trouble must not lose the ledger record
                 log.warning("MLflow logging of %s failed: %s", cell.label(), err)
         outcome.results.append(result)
@@ -125,36 +130,8 @@ def _run_sweep_locked(cells: list[CellSpec], results_dir: Path, executor, experi
         if tracker is not None:
             tracker.finish(status, {"ok": len(outcome.results) - len(outcome.failed), "failed": len(outcome.failed),
                                     "skipped": len(outcome.skipped)})
-        outcome.tracker = tracker  # type: ignore[attr-defined]
+        outcome.tracker = tracker
     return outcome
-
-
-# -- summary ---------------------------------------------------------------------------
-def summary_table(records: list[dict[str, Any]], energy_model: str | None = None) -> str:
-    """Fixed-width table: one row per cell with the metric and energy ratio at T (under
-    ``energy_model``, default the result's ``energy_ratio``)."""
-    from snnbench.energy import ratio_key
-
-    energy_key = ratio_key(energy_model) if energy_model else "energy_ratio"
-    rows = []
-    for r in records:
-        settings = ",".join(f"{k}={v}" for k, v in (r.get("provenance", {}).get("spec", {}).get("settings") or {}).items())
-        label = f"{r['method']}/{r['model']}/{r['task']}" + (f" [{settings}]" if settings else "")
-        if r.get("status") == "ok":
-            last = r["per_t"].get(str(r["T"]), {})
-            er = last.get(energy_key)
-            rows.append((label, "ok", f"{r['metric']}={last.get('metric', float('nan')):.4f}",
-                         f"{r['ann']:.4f}", "" if er is None else f"{er:.3f}", f"{r.get('wall_s', 0):.1f}"))
-        else:
-            from snnbench.leaderboard.data import error_line
-
-            rows.append((label, "FAILED", error_line(r.get("error"))[:60], "", "", f"{r.get('wall_s', 0):.1f}"))
-    header = ("cell", "status", "metric at T", "ANN", "energy@T", "wall s")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*row) for row in rows]
-    return "\n".join(lines)
 
 
 # -- CLI -------------------------------------------------------------------------------
@@ -166,16 +143,10 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--methods", default=None, help="comma-separated methods (default: every built-in method)")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: the embedded tasks)")
     p.add_argument("--models", default=None, help="comma-separated models (default: the task's sweep models)")
-    p.add_argument("--T", type=int, default=None, help="largest time-step of every cell")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2",
-                   help="vary a method setting (repeatable): --set coding=rate,differential --set n=4,8")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     p.add_argument("--executor", choices=("serial", "ray"), default="serial")
     p.add_argument("--ray-address", default="local", help="local (start one here), auto, or HOST:PORT")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     p.add_argument("--cpus-per-cell", type=float, default=1.0, help="Ray CPUs reserved per cell")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads of each serial cell (default: the CPUs available to this process)")
     p.add_argument("--retries", type=int, default=1, help="retries of a cell whose worker died (ray)")
     p.add_argument("--cell-timeout", type=float, default=None, help="seconds before a cell is failed")
     p.add_argument("--results", default="results", help="results directory (ledger, mlflow.db, caches)")
@@ -184,27 +155,11 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="rerun cells that already finished")
     p.add_argument("--no-mlflow", action="store_true", help="write the ledger only")
     p.add_argument("--no-leaderboard", action="store_true", help="do not render the leaderboard at the end")
-    p.add_argument("--calib-size", type=int, default=None)
-    p.add_argument("--calib-batch-size", type=int, default=None,
-                   help="calibration batch size (percentile/max statistics depend on it; default 100)")
-    p.add_argument("--calibrate-on-eval", action="store_true",
-                   help="calibrate on the evaluation images (the DCGS paper's protocol); rows are marked")
-    p.add_argument("--energy-model", default=None, metavar="NAME",
-                   help="energy convention of the leaderboard rendered at the end (default horowitz45nm-v1)")
-    p.add_argument("--eval-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--weights", default=None)
-    p.add_argument("--device", default="cpu")
-    from snnbench.cell import EVAL_TS_HELP
-
-    p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
+    add_cell_flags(p, "sweep")
 
 
 def parse_seeds(text: str) -> list[int]:
     """``--seeds 0,1,2`` -> ``[0, 1, 2]``; anything else is a usage error naming the flag."""
-    from snnbench.cli import UsageError
-
     seeds = []
     for item in parse_list(text):
         try:
@@ -215,13 +170,11 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def check_sweep_flags(args: argparse.Namespace) -> None:
-    """Validate what ``bench run`` validates (:func:`snnbench.cli.check_cell_flags`) plus the sweep's own flags.
+    """Validate what ``bench run`` validates (:func:`snnbench.cell_flags.check_cell_flags`) plus the sweep's own flags.
 
     Raises:
         UsageError: naming the flag (exit status 2); nothing is rewritten silently.
     """
-    from snnbench.cli import UsageError, check_cell_flags
-
     check_cell_flags(args)
     if args.retries < 0:
         raise UsageError(f"--retries must be 0 or more, not {args.retries}")
@@ -250,11 +203,7 @@ def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, 
         calib_size = args.calib_size
     else:
         calib_size = EMBEDDED_CAMPAIGN.calib_size if campaign else DEFAULT_CALIB_SIZE
-    options = GridOptions(T=T, calib_size=calib_size,
-                          eval_size=args.eval_size, batch_size=args.batch_size, data_root=args.data_root,
-                          weights=args.weights, device=args.device, task_eval_sizes=eval_sizes,
-                          eval_ts=args.eval_ts, calib_batch_size=getattr(args, "calib_batch_size", None),
-                          calib_split="eval" if getattr(args, "calibrate_on_eval", False) else "train")
+    options = GridOptions(T=T, calib_size=calib_size, task_eval_sizes=eval_sizes, **cell_fields(args))
     cells = expand_grid(methods, tasks, models, parse_sets(args.sets), seeds, options)
     if campaign:
         cells = [c for c in cells if EMBEDDED_CAMPAIGN.includes(c)]
@@ -267,10 +216,6 @@ def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from snnbench.executors import RayExecutor, SerialExecutor
 
-    if getattr(args, "energy_model", None):
-        from snnbench.energy import get_energy_model
-
-        get_energy_model(args.energy_model)  # unknown names: an error listing the valid ones
     cells, params = grid_from_args(args)
     if args.dry_run:
         ledger = Ledger(args.results)
@@ -309,7 +254,7 @@ def _sweep_holding_lock(args: argparse.Namespace, cells: list[CellSpec], params:
               file=sys.stderr)
         return 130
     if verbosity() >= 0:  # -q: errors only
-        records = list(Ledger(args.results).latest().values())
+        records = list(Ledger(args.results).latest_results().values())
         keys = {c.key() for c in outcome.cells}
         print(summary_table([r for r in records if r.get("cell_key") in keys], getattr(args, "energy_model", None)))
         print(f"\n{len(outcome.results)} cells run ({len(outcome.failed)} failed), {len(outcome.skipped)} already "
@@ -330,5 +275,5 @@ def render_leaderboard_after_sweep(args: argparse.Namespace, outcome: SweepOutco
         return
     quiet = contextlib.redirect_stdout(io.StringIO()) if verbosity() < 0 else contextlib.nullcontext()
     with quiet:
-        render_after_sweep(args.results, getattr(outcome, "tracker", None),
+        render_after_sweep(args.results, outcome.tracker,
                            energy_model=getattr(args, "energy_model", None))

@@ -3,7 +3,7 @@
 A torch process uses by default one intra-op thread per *core of the machine*, whatever
 share of it the process was given. Two cells side by side on two cores then run four
 threads that spin-wait for each other (OpenMP barriers), and a cell runs 10-50x slower
-than alone (issue 21, BENCHMARKS.md "Threads under contention"). The rule here:
+than alone (BENCHMARKS.md §7, "Threads under contention"). The rule here:
 
 * a cell runs as many threads as the CPUs it was *given*: Ray's ``num_cpus`` of its task,
   ``--threads`` of a serial run;

@@ -1,12 +1,12 @@
 """MLflow logging of a sweep: one experiment per campaign, a parent run per sweep, a child
-run per cell. The driver is the only writer (harness.md §2.9); the store is always
+run per cell. The driver is the only writer (docs/harness-notes.md §2.9); the store is always
 ``sqlite:///<results>/mlflow.db`` with artifacts in ``<results>/mlartifacts`` (never
 ``./mlruns``).
 
 Per cell run: params for every setting and the cell's configuration; the metric at every
 t logged with ``step=t`` (``top1``, ``energy_ratio``, ``spikes_per_sample``,
 ``synops_per_sample``) plus flat keys at the usual T (``top1_T4``, ``energy_ratio_T4``)
-so ``search_runs`` can sort on them; tags method/task/model/cell_key/git sha/package
+so ``search_runs`` can sort on them; tags method/task/model/cell_key/reference/git sha/package
 versions/status; per-layer counts as a CSV artifact. A failed cell gets status FAILED and
 its traceback as an artifact, and no metric.
 
@@ -21,13 +21,16 @@ sweep that died are marked KILLED, and every ledger record without its own finis
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+from snnbench.record import CellResult
 
 log = logging.getLogger(__name__)
 
@@ -113,62 +116,21 @@ class SweepTracker:
         for i in range(0, len(tag_items), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(run_id, tags=tag_items[i:i + MAX_PARAMS_TAGS_PER_BATCH])
 
-    def log_cell(self, result: dict[str, Any], experiment: str | None = None,
+    def log_cell(self, result: CellResult | Mapping[str, Any], experiment: str | None = None,
                  extra_tags: dict[str, str] | None = None) -> str:
         """Log one cell result as a child run (of this sweep's parent when in its experiment); returns its run id."""
-        from mlflow.entities import Metric
-
+        r = CellResult.from_dict(result)
         experiment_id = self._experiment_id(experiment or self.experiment)
         parent = {"mlflow.parentRunId": self.parent} if experiment_id == self.experiment_id else {}
-
-        spec = result.get("provenance", {}).get("spec", {})
-        label = f"{result['method']}/{result['model']}/{result['task']}"
-        git = result.get("provenance", {}).get("git", {})
-        versions = result.get("provenance", {}).get("versions", {})
-        tags = {**parent, "method": result["method"], "task": result["task"],
-                "model": result["model"], "cell_key": result.get("cell_key", ""), "status": result["status"],
-                "git.sha": git.get("sha") or "", "git.dirty": git.get("dirty"),
-                "user_settings": json.dumps(spec.get("settings") or {}, sort_keys=True),
-                "energy_model": json.dumps(result.get("energy_model") or {}, sort_keys=True),
-                "track": result.get("track") or "plain",
-                "note": str((result.get("conversion") or {}).get("note") or ""),
-                "ledger.record_id": result.get("record_id") or "",
-                "weights_sha256": result.get("weights_sha256") or "",
-                **{f"version.{k}": v for k, v in versions.items()}, **(extra_tags or {})}
-        run = self.client.create_run(experiment_id, run_name=label, tags=dict(parent))
+        run = self.client.create_run(experiment_id, run_name=r.label(), tags=dict(parent))
         run_id = run.info.run_id
-        params = {"method": result["method"], "task": result["task"], "model": result["model"],
-                  "T": str(result["T"]), "metric": str(result.get("metric"))}
-        for k in ("seed", "calib_size", "eval_size", "calib_batch_size", "device", "weights", "data_root"):
-            if k in spec:
-                params[k] = _param(spec[k])
-        for k, v in (result.get("settings") or {}).items():
-            params[f"setting.{k}"] = _param(v)
-        now = int(time.time() * 1000)
-        metrics: list = []
-        if result["status"] == "ok":
-            name = result["metric"]
-            metrics.append(Metric(f"ann_{name}", float(result["ann"]), now, 0))
-            metrics.append(Metric("wall_s", float(result["wall_s"]), now, 0))
-            per_t = result["per_t"]
-            T = int(result["T"])
-            for t_str, row in per_t.items():
-                t = int(t_str)
-                for key in STEP_METRICS:
-                    if row.get(key) is not None:
-                        metrics.append(Metric(name if key == "metric" else key, float(row[key]), now, t))
-            for t in sorted({s for s in SUMMARY_STEPS if s <= T} | {T}):
-                row = per_t.get(str(t), {})
-                for key, flat in (("metric", name), ("energy_ratio", "energy_ratio"),
-                                  ("spikes_per_sample", "spikes_per_sample")):
-                    if row.get(key) is not None:
-                        metrics.append(Metric(f"{flat}_T{t}", float(row[key]), now, 0))
-        self._log(run_id, metrics=metrics, params=params, tags=tags)
-        if result.get("layers"):
-            self.client.log_text(run_id, layers_csv(result), "layers.csv")
-        if result["status"] != "ok":
-            self.client.log_text(run_id, result.get("error") or "", "error.txt")
-        self.client.set_terminated(run_id, status="FINISHED" if result["status"] == "ok" else "FAILED")
+        self._log(run_id, metrics=cell_metrics(r), params=cell_params(r),
+                  tags={**parent, **cell_tags(r), **(extra_tags or {})})
+        if r.layers:
+            self.client.log_text(run_id, layers_csv(r), "layers.csv")
+        if not r.ok:
+            self.client.log_text(run_id, r.error or "", "error.txt")
+        self.client.set_terminated(run_id, status="FINISHED" if r.ok else "FAILED")
         return run_id
 
     def _experiment_id(self, name: str) -> str:
@@ -217,7 +179,7 @@ class SweepTracker:
             if done:
                 continue
             try:
-                self.log_cell(dict(record, cell_key=key), experiment=experiment,
+                self.log_cell(dataclasses.replace(CellResult.from_dict(record), cell_key=key), experiment=experiment,
                               extra_tags={"snnbench.backfilled": "true"})
                 backfilled += 1
             except Exception as err:  # noqa: BLE001 - one bad record must not stop the others
@@ -236,7 +198,57 @@ class SweepTracker:
         self.client.set_terminated(self.parent, status=status)
 
 
-def layers_csv(result: dict[str, Any]) -> str:
+def cell_tags(r: CellResult) -> dict[str, Any]:
+    """Tags of a cell's run: identity, status, provenance, and what the MLflow reader rebuilds a record from."""
+    provenance = r.provenance or {}
+    spec, git = provenance.get("spec") or {}, provenance.get("git") or {}
+    return {"method": r.method, "task": r.task, "model": r.model, "cell_key": r.cell_key or "", "status": r.status,
+            "git.sha": git.get("sha") or "", "git.dirty": git.get("dirty"),
+            "user_settings": json.dumps(spec.get("settings") or {}, sort_keys=True),
+            "energy_model": json.dumps(r.energy_model or {}, sort_keys=True),
+            "track": r.track or "plain", "reference": str(r.reference).lower(),
+            "note": str((r.conversion or {}).get("note") or ""),
+            "ledger.record_id": r.record_id or "",
+            "weights_sha256": r.weights_sha256 or "",
+            **{f"version.{k}": v for k, v in (provenance.get("versions") or {}).items()}}
+
+
+def cell_params(r: CellResult) -> dict[str, str]:
+    """Params of a cell's run: its configuration and every resolved setting (``setting.NAME``)."""
+    spec = (r.provenance or {}).get("spec") or {}
+    params = {"method": r.method, "task": r.task, "model": r.model, "T": str(r.T), "metric": str(r.metric)}
+    for k in ("seed", "calib_size", "eval_size", "calib_batch_size", "device", "weights", "data_root"):
+        if k in spec:
+            params[k] = _param(spec[k])
+    for k, v in (r.settings or {}).items():
+        params[f"setting.{k}"] = _param(v)
+    return params
+
+
+def cell_metrics(r: CellResult) -> list:
+    """Metrics of a successful cell's run: per t with ``step=t``, flat ``NAME_T<t>`` at the summary steps."""
+    from mlflow.entities import Metric
+
+    if not r.ok:
+        return []
+    now = int(time.time() * 1000)
+    name = r.metric
+    metrics = [Metric(f"ann_{name}", float(r.ann), now, 0), Metric("wall_s", float(r.wall_s), now, 0)]
+    for t_str, row in r.per_t.items():
+        t = int(t_str)
+        for key in STEP_METRICS:
+            if row.get(key) is not None:
+                metrics.append(Metric(name if key == "metric" else key, float(row[key]), now, t))
+    T = int(r.T)
+    for t in sorted({s for s in SUMMARY_STEPS if s <= T} | {T}):
+        row = r.per_t.get(str(t), {})
+        for key, flat in (("metric", name), ("energy_ratio", "energy_ratio"), ("spikes_per_sample", "spikes_per_sample")):
+            if row.get(key) is not None:
+                metrics.append(Metric(f"{flat}_T{t}", float(row[key]), now, 0))
+    return metrics
+
+
+def layers_csv(result: Mapping[str, Any]) -> str:
     """Per-layer counts at T (and per t for spikes) as CSV text."""
     out = io.StringIO()
     writer = csv.writer(out)

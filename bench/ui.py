@@ -36,8 +36,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import FrameType
-from typing import Any, Callable
+from typing import Any
+
+from snnbench.process_groups import (STOP_GRACE_S, TerminateRequested, group_alive, group_serves,
+                                     install_signal_handlers, pid_alive, stop_process_group)
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +52,8 @@ JOB_EXECUTION_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 # One uvicorn worker: MLflow's default of 4 costs ~1.3 GB and ~25 s to start on 2 cores,
 # one worker ~0.5 GB and ~9 s [measured, MLflow 3.17.2]; plenty for one person's browser.
 SERVER_WORKERS = 1
-STOP_GRACE_S = 10.0
 POLL_S = 0.5
 STATE_NAME = ".ui.json"
-
-
-class _TerminateRequested(Exception):
-    """Raised from the SIGTERM handler so that the wait loop unwinds like on Ctrl-C."""
 
 
 # --------------------------------------------------------------------------------------
@@ -160,7 +157,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         log.warning("binding %s: MLflow still refuses requests whose Host is not localhost "
                     "(403 'Invalid Host header'); an SSH port forward is the usual way in", host)
     log.info("starting %s", " ".join(argv))
-    restore = _install_signal_handlers()
+    restore = install_signal_handlers()
     proc: subprocess.Popen | None = None
     try:
         proc = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
@@ -168,19 +165,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"MLflow UI for {root}: {url}  (starting, up to ~30 s on a small machine; Ctrl-C to stop)",
               flush=True)
         rc = _wait(proc, url)
-    except (KeyboardInterrupt, _TerminateRequested) as why:
+    except (KeyboardInterrupt, TerminateRequested) as why:
         if proc is not None:
             log.info("%s: stopping the MLflow server (process group %d)",
                      "interrupted" if isinstance(why, KeyboardInterrupt) else "SIGTERM", proc.pid)
             print("stopping the MLflow server ...", file=sys.stderr, flush=True)
-            _stop_process_group(proc)
+            stop_process_group(proc)
         return 0
     finally:
         restore()
         _clear_state(root, proc)
     # The server exited by itself: make sure nothing of its group lingers.
     assert proc is not None
-    _stop_process_group(proc, grace_s=2.0)
+    stop_process_group(proc, grace_s=2.0)
     if rc != 0:
         log.warning("the MLflow server exited with status %d", rc)
     return rc if rc >= 0 else 128 - rc
@@ -207,37 +204,6 @@ def _clear_state(root: Path, proc: subprocess.Popen | None) -> None:
         path.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
-
-
-def _group_serves(pgid: int, root: Path) -> bool:
-    """True if a live member of process group ``pgid`` is an MLflow server on ``root``'s store."""
-    try:
-        entries = [e for e in os.listdir("/proc") if e.isdigit()]
-    except OSError:
-        return False
-    db = str(root / DB_NAME)
-    for entry in entries:
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X") and \
-                "mlflow" in cmdline and db in cmdline:
-            return True
-    return False
-
-
 def _stop_orphaned_server(root: Path) -> bool:
     """Stop the server of a ``bench ui`` on ``root`` that died without stopping it; True if one was stopped."""
     import json
@@ -248,9 +214,9 @@ def _stop_orphaned_server(root: Path) -> bool:
         ui_pid, pgid = int(state["ui_pid"]), int(state["server_pgid"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if _pid_alive(ui_pid):
+    if pid_alive(ui_pid):
         return False  # its bench ui still runs and owns it
-    if not _group_serves(pgid, root):
+    if not group_serves(pgid, root, DB_NAME):
         path.unlink(missing_ok=True)
         return False
     print(f"bench ui: stopping an orphaned MLflow server on {root} (process group {pgid}, port "
@@ -260,14 +226,14 @@ def _stop_orphaned_server(root: Path) -> bool:
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + STOP_GRACE_S
-    while _group_alive(pgid) and time.monotonic() < deadline:
+    while group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _group_alive(pgid):
+    if group_alive(pgid):
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        while _group_alive(pgid) and time.monotonic() < deadline + 5:
+        while group_alive(pgid) and time.monotonic() < deadline + 5:
             time.sleep(0.1)
     path.unlink(missing_ok=True)
     return True
@@ -313,95 +279,6 @@ def _port_problem(host: str, port: int) -> str | None:
                 return "the port is already in use"
             return err.strerror or str(err)
     return None
-
-
-def _install_signal_handlers() -> Callable[[], None]:
-    """Make SIGINT raise KeyboardInterrupt and SIGTERM raise :class:`_TerminateRequested`.
-
-    SIGINT is set explicitly because a process started in the background by a
-    non-interactive shell inherits SIGINT as *ignored*, and Python then never raises
-    KeyboardInterrupt. Returns a function that restores the previous handlers.
-    """
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise _TerminateRequested()
-
-    previous: list[tuple[int, Any]] = []
-    try:
-        for signum, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, on_term)):
-            previous.append((signum, signal.signal(signum, handler)))
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-
-    def restore() -> None:
-        for signum, handler in previous:
-            if handler is not None:  # None: installed outside Python, cannot be restored
-                signal.signal(signum, handler)
-
-    return restore
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while a process of process group ``pgid`` exists that is not a zombie.
-
-    Zombies answer ``killpg(pgid, 0)`` too (and in a container whose init does not reap,
-    orphans stay zombies), so on Linux ``/proc`` decides.
-    """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
-
-
-def _stop_process_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the process group led by ``proc``, wait up to ``grace_s``, then SIGKILL it.
-
-    ``proc`` must have been started with ``start_new_session=True`` (its pid is the group
-    id). A second Ctrl-C or SIGTERM during the grace period skips straight to SIGKILL.
-    """
-    pgid = proc.pid
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + grace_s
-    try:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    except (KeyboardInterrupt, _TerminateRequested):
-        log.info("second interrupt: killing the server")
-    if _group_alive(pgid):
-        log.warning("MLflow server group %d still alive after %.0f s; sending SIGKILL", pgid, grace_s)
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-        log.error("MLflow server pid %d did not exit after SIGKILL", proc.pid)
 
 
 __all__ = ["add_ui_parser", "build_server_command", "cmd_ui"]

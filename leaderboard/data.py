@@ -23,12 +23,15 @@ Metrics stay in the task's own units (fractions); tables and plots convert to pe
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+
+from snnbench.leaderboard.errors import LeaderboardError
+from snnbench.record import is_reference
+from snnbench.tracebacks import error_line
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ SPEC_FIELDS = ("T_max", "calib_size", "eval_size", "weights", "weights_sha", "da
 #: hex digits of a weights sha256 shown in row labels
 WEIGHTS_SHA_DIGITS = 12
 
-CELL_COLUMNS = ["cell_key", "task", "model", "method", "metric_name", "ann", "T_max", "seed", "calib_size",
+CELL_COLUMNS = ["cell_key", "task", "model", "method", "reference", "metric_name", "ann", "T_max", "seed", "calib_size",
                 "eval_size", "weights", "weights_sha", "data_root", "settings", "user_keys", "energy_model", "e_mac_pj", "e_ac_pj",
                 "git_sha", "finished_at", "track", "note", *FAIRNESS_FIELDS, "calib_split"]
 CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sample", "energy_ratio", "latency",
@@ -48,10 +51,6 @@ CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sam
 #: the track of records written before tracks existed
 DEFAULT_TRACK = "plain"
 FAILED_COLUMNS = ["cell_key", "task", "model", "method", "settings", "seed", "T_max", "error_line", "error"]
-
-
-class LeaderboardError(ValueError):
-    """No results to render, or an unusable option; the message says what to do."""
 
 
 @dataclass
@@ -69,58 +68,6 @@ class Results:
 def settings_text(value: Any) -> str:
     """A setting value as text: ``str`` is what the tracker logs as an MLflow param."""
     return str(value)
-
-
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(: |:$|$)")
-_DIRECT_CAUSE = "The above exception was the direct cause of the following exception:"
-_DURING_HANDLING = "During handling of the above exception, another exception occurred:"
-_NOT_A_MESSAGE = ("None", "")
-
-
-def _exception_header(segment: list[str]) -> str | None:
-    """The exception line of one traceback block: the first unindented line after its frames."""
-    in_frames = False
-    for line in segment:
-        if line.startswith("Traceback"):
-            in_frames = True
-            continue
-        if in_frames and line[:1].isspace():
-            continue
-        if in_frames and line.strip() and line.strip() not in _NOT_A_MESSAGE:
-            return line.strip()
-    return None
-
-
-def error_line(error: str | None) -> str:
-    """The line that names the real exception of a traceback, else the error's first line.
-
-    In a chain ``raise Wrapper(...) from cause`` (what torch does around errors raised
-    inside compiled code) the *cause* is the real one, so the chain is followed back
-    through "direct cause" links; a line that says nothing (``None``) is never chosen.
-    """
-    lines = [line for line in (error or "").strip().splitlines()]
-    text_lines = [line for line in lines if line.strip()]
-    if not text_lines:
-        return "(no error message recorded)"
-    if not text_lines[0].startswith("Traceback"):
-        return text_lines[0].strip()
-    segments: list[list[str]] = [[]]
-    links: list[str] = []   # links[i]: how segment i+1 relates to segment i
-    for line in lines:
-        if line.strip() in (_DIRECT_CAUSE, _DURING_HANDLING):
-            links.append("cause" if line.strip() == _DIRECT_CAUSE else "context")
-            segments.append([])
-        else:
-            segments[-1].append(line)
-    chosen = len(segments) - 1
-    while chosen > 0 and links[chosen - 1] == "cause":
-        chosen -= 1
-    for index in [chosen] + [i for i in range(len(segments) - 1, -1, -1) if i != chosen]:
-        header = _exception_header(segments[index])
-        if header:
-            return header
-    meaningful = [line.strip() for line in text_lines if line.strip() not in _NOT_A_MESSAGE]
-    return meaningful[-1] if meaningful else text_lines[-1].strip()
 
 
 def _none_if_text_none(value: Any) -> Any:
@@ -169,7 +116,8 @@ def results_from_records(records: Iterable[dict[str, Any]], source: str = "",
             energy = chosen.to_dict()
         fairness = record.get("fairness") or {}
         cells.append({
-            **base, "metric_name": record.get("metric"), "ann": float(record["ann"]),
+            **base, "reference": is_reference(record), "metric_name": record.get("metric"),
+            "ann": float(record["ann"]),
             "calib_size": _int_or_none(spec.get("calib_size")), "eval_size": _int_or_none(spec.get("eval_size")),
             "weights": _none_if_text_none(spec.get("weights")),
             "weights_sha": (_none_if_text_none(record.get("weights_sha256")) or "")[:WEIGHTS_SHA_DIGITS] or None,
@@ -221,7 +169,7 @@ def load_ledger(results_dir: str | Path, energy_model: str | None = None) -> Res
     if not ledger.path.is_file():
         raise LeaderboardError(f"no ledger at {ledger.path}; run `bench sweep --results {results_dir}` first "
                                "(or pass the --results directory of an earlier sweep)")
-    records = list(ledger.latest().values())
+    records = list(ledger.latest_results().values())
     if not records:
         raise LeaderboardError(f"the ledger {ledger.path} holds no cell result yet")
     log.debug("read %d cells from %s", len(records), ledger.path)

@@ -24,7 +24,8 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from snnbench.leaderboard.data import LeaderboardError
+from snnbench.leaderboard.errors import LeaderboardError
+from snnbench.record import CellResult
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,9 @@ def _record(client, run, user_keys: tuple[str, ...] | None) -> dict[str, Any]:
         "weights_sha256": tags.get("weights_sha256") or None,
         "provenance": {"spec": spec, "git": {"sha": tags.get("git.sha") or None}},
         "mlflow_run_id": run.info.run_id, "per_t": {}, "error": None,
-        "track": tags.get("track") or "plain", "conversion": {"note": tags.get("note") or ""}}
+        "track": tags.get("track") or "plain", "conversion": {"note": tags.get("note") or ""},
+        # runs logged before the tag existed: None, and the reader falls back to the method name
+        "reference": {"true": True, "false": False}.get(tags.get("reference", ""))}
     if record["status"] != "ok":
         record["error"] = _artifact_text(client, run, "error.txt") or f"run status {run.info.status}"
         return record
@@ -167,8 +170,8 @@ def _record(client, run, user_keys: tuple[str, ...] | None) -> dict[str, Any]:
     return record
 
 
-def mlflow_records(results_dir: str | Path, experiment: str | None = None) -> tuple[list[dict[str, Any]], str]:
-    """Ledger-format records of the latest child run of every cell_key, and a source description.
+def mlflow_records(results_dir: str | Path, experiment: str | None = None) -> tuple[list[CellResult], str]:
+    """Records of the latest child run of every cell_key, and a source description.
 
     Args:
         results_dir: the sweep's results directory (``mlflow.db`` inside).
@@ -197,7 +200,8 @@ def mlflow_records(results_dir: str | Path, experiment: str | None = None) -> tu
     for run in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.end_time or 0)):
         latest[run.data.tags["cell_key"]] = run  # the latest run of a cell wins, as in the ledger
     parents: dict[str, tuple[str, ...] | None] = {}
-    records = [_record(client, run, _user_keys(client, run.data.tags.get("mlflow.parentRunId"), parents))
+    records = [CellResult.from_dict(_record(client, run, _user_keys(client, run.data.tags.get("mlflow.parentRunId"),
+                                                                    parents)))
                for run in latest.values()]
     log.debug("read %d cells from MLflow (%d runs)", len(records), len(runs))
     names = ", ".join(e.name for e in experiments)

@@ -1,6 +1,6 @@
 """Published reference results (``paper_results.csv``): shown, labelled, never ranked.
 
-The CSV transcribes the DCGS numbers collected in ``shared/research/dcgs.md`` §6.1-6.3
+The CSV transcribes the DCGS numbers collected in ``docs/dcgs-official-code.md`` §6.1-6.3
 (ImageNet Table 1 rows found so far, the COCO and VOC tables and ablations from the
 authors' rebuttal) with each row's source tag. Values stay text, exactly as published
 (``0.10`` stays ``0.10``); uncertain settings (``4?`` in the note) are explained in the
@@ -13,8 +13,8 @@ Their ``T`` is as published: SRP's excludes its pre-simulation frames (the note 
 many), so their latency is T + τ.
 
 A published energy ratio carries its convention (``energy_model``: ``dcgs-official`` for
-the DCGS rows, computed by the official counter, dcgs.md §5.3) and is shown only when the
-leaderboard renders that convention (:func:`under_convention`; issue 17).
+the DCGS rows, computed by the official counter, docs/dcgs-official-code.md §5.3) and is shown only when the
+leaderboard renders that convention (:func:`under_convention`; the conventions are those of :mod:`snnbench.energy`).
 """
 
 from __future__ import annotations

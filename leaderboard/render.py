@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from snnbench.leaderboard import document as d
+import snnbench.leaderboard.document as d
 from snnbench.leaderboard.data import LeaderboardError, Results, load_results
 from snnbench.leaderboard.html import render_html
 from snnbench.leaderboard.markdown import render_markdown

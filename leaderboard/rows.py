@@ -33,9 +33,6 @@ from snnbench.leaderboard.data import FAIRNESS_FIELDS, SPEC_FIELDS, Results
 
 log = logging.getLogger(__name__)
 
-#: the method whose rows are the ANN reference (energy ratio 1, no spikes); never ranked
-REFERENCE_METHOD = "ann"
-
 ROW_COLUMNS = ["row_id", "task", "model", "method", "label", "reference", "settings", "varied", "seeds", "cell_keys",
                "T_max", "calib_size", "eval_size", "weights", "weights_sha", "data_root", "metric_name", "ann", "energy_model",
                "e_mac_pj", "e_ac_pj", "track", *FAIRNESS_FIELDS, "calib_split"]
@@ -92,8 +89,8 @@ def varied_settings(cells: pd.DataFrame) -> dict[str, tuple[str, ...]]:
 
 
 def _label(method: str, settings: dict[str, str], varied: tuple[str, ...], extras: list[str],
-           seed: int | None, note: str = "") -> str:
-    if method == REFERENCE_METHOD:
+           seed: int | None, note: str = "", reference: bool = False) -> str:
+    if reference:
         text = f"{method} (reference)"
     else:
         parts = ", ".join(f"{k}={settings[k]}" for k in varied if k in settings)
@@ -143,14 +140,15 @@ def build_rows(results: Results, per_seed: bool = False) -> Rows:
             extras = [f"{f}={_value_text(first[f])}" for f in spec_varied]
             seeds = tuple(sorted(int(c["seed"]) for c in members))
             label = _label(method, first["settings"], varied.get(method, ()), extras,
-                           seeds[0] if per_seed and several_seeds else None, str(first["note"] or ""))
+                           seeds[0] if per_seed and several_seeds else None, str(first["note"] or ""),
+                           bool(first["reference"]))
             if first.get("calib_split") == "eval":  # the paper's protocol: statistics on evaluation images
                 label += " [calibrated on eval]"
             energy = {str(c["energy_model"]) for c in members}
             if len(energy) > 1:
                 log.warning("row %s/%s mixes energy models %s", task, label, sorted(energy))
             rows.append({"row_id": row_id, "task": task, "model": first["model"], "method": method, "label": label,
-                         "reference": method == REFERENCE_METHOD, "settings": dict(first["settings"]),
+                         "reference": bool(first["reference"]), "settings": dict(first["settings"]),
                          "varied": varied.get(method, ()), "seeds": seeds, "cell_keys": tuple(keys),
                          **{f: first[f] for f in SPEC_FIELDS}, "metric_name": first["metric_name"],
                          "ann": float(np.mean([c["ann"] for c in members])),

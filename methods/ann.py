@@ -1,7 +1,9 @@
 """``ann``: the identity conversion, the reference row of every leaderboard.
 
-The ANN is evaluated once per batch and its output is reported at every t. Its dense
-multiply-accumulates are counted on the traced graph, so products of two signals
+The ANN is evaluated once per batch and its output is reported at every t: the method is
+flagged ``reference`` (:class:`~snnbench.methods.base.ConversionMethod`), so the harness
+reuses the ANN evaluation it already made instead of simulating :class:`StaticModel` again.
+Its dense multiply-accumulates are counted on the traced graph, so products of two signals
 (attention's q·kᵀ and attn·v) are in the ANN's cost as well as conv and linear layers.
 Models that cannot be traced fall back to counting their conv and linear modules.
 """
@@ -84,6 +86,7 @@ class ANNReference(ConversionMethod[ANNSettings]):
     name = "ann"
     version = "1"
     settings_cls = ANNSettings
+    reference = True  # the harness reuses its cached ANN evaluation at every t
 
     def convert(self, model: nn.Module, stats: Any, ctx: ConversionContext) -> SpikingModel:
         if ctx.example is not None:

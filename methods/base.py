@@ -192,6 +192,11 @@ class ConversionMethod(abc.ABC, Generic[S]):
     #: model tracks the method converts (``plain``: ordinary ANNs, ``qcfs``: QCFS-trained);
     #: a sweep grid skips the models of other tracks
     tracks: ClassVar[tuple[str, ...]] = ("plain", "qcfs")
+    #: True for the static model (the ANN itself, :mod:`snnbench.methods.ann`): its output is
+    #: the same at every t, with no spikes, so the harness reports the ANN evaluation it has
+    #: already made (cached per task x model) at every t instead of converting and simulating
+    #: again, and the row is the leaderboard's unranked reference
+    reference: ClassVar[bool] = False
 
     def __init__(self, settings: S | Mapping[str, Any] | None = None) -> None:
         if settings is None or isinstance(settings, Mapping):

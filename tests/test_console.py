@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from snnbench.console import CapturedWarnings, capture_warnings, format_cell_line, summarize
+from snnbench.console import CapturedWarnings, capture_warnings, summarize
+from snnbench.report import format_cell_line
 
 CELL_LINE = re.compile(r"^\[\s*(\d+)/(\d+)\] ")
 NOISE = ("No CUDA runtime", "recompile_limit", "UserWarning", "third-party chatter", "W1126")

@@ -46,6 +46,6 @@ def test_a_cell_scores_only_the_asked_steps_and_counts_every_step(digits_vgg):
         assert some["per_t"][t]["synops_per_sample"] == every["per_t"][t]["synops_per_sample"] > 0
     for t in ("2", "4"):
         assert some["per_t"][t]["metric"] == every["per_t"][t]["metric"] is not None
-    from snnbench.cli import format_result_table
+    from snnbench.report import format_result_table
 
     assert "    1        -" in format_result_table(some)

@@ -405,7 +405,7 @@ def test_calib_size_is_taken_as_given(tmp_path, capsys):
 def test_error_column_shows_the_real_cause_of_a_wrapped_exception():
     import traceback
 
-    from snnbench.leaderboard.data import error_line
+    from snnbench.tracebacks import error_line
 
     class CellTimeoutError(Exception):
         pass
@@ -447,7 +447,8 @@ def test_weights_file_with_code_is_refused_without_the_unsafe_advice(tmp_path):
 @pytest.mark.slow
 def test_next_bench_ui_stops_the_orphan_of_a_killed_one(tmp_path):
     from snnbench.tracking import ensure_store
-    from snnbench.ui import STATE_NAME, _group_alive, _port_problem, _stop_orphaned_server
+    from snnbench.process_groups import group_alive as _group_alive
+    from snnbench.ui import STATE_NAME, _port_problem, _stop_orphaned_server
 
     ensure_store(tmp_path)
     port = next(p for p in range(5600, 5700) if _port_problem("127.0.0.1", p) is None)

@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from snnbench.leaderboard.data import LeaderboardError, error_line, results_from_records
+from snnbench.leaderboard.data import LeaderboardError, results_from_records
+from snnbench.tracebacks import error_line
 from snnbench.leaderboard.paper import load_paper
 from snnbench.leaderboard.render import render_after_sweep, render_leaderboard
 from snnbench.leaderboard.rows import build_rows

@@ -154,7 +154,7 @@ def test_server_exit_status_is_returned(tmp_path, monkeypatch, capsys):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_stop_escalates_to_sigkill_for_the_whole_group(tmp_path):
     """A group whose members ignore SIGTERM is killed after the grace period, children too."""
-    from snnbench.ui import _stop_process_group
+    from snnbench.process_groups import stop_process_group as _stop_process_group
 
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
     leader_code = (f"import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
