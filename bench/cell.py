@@ -77,6 +77,9 @@ class CellSpec:
     device: str = "cpu"
     #: time-steps whose task metric is computed (see :func:`resolve_eval_ts`)
     eval_ts: str = "auto"
+    #: where the runner writes the per-sample outcomes ``<cell_key>.npz`` (a sweep's
+    #: ``<results>/samples``); like ``device``, not part of the cell's configuration
+    samples_dir: str | None = None
 
     def canonical(self) -> dict[str, Any]:
         """The configuration that defines the result (not where or how fast it runs)."""

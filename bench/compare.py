@@ -11,6 +11,9 @@ cells scored) and :func:`snnbench.significance.paired_outcomes` gives
   two-sided p-value on mAP and mIoU,
 * ``p_holm``: Holm's adjustment over every pair the command printed (Holm 1979).
 
+The ANN reference row (``bench compare --a dcgs --b ann``) saved one evaluation that stands
+for every t.
+
 A pair is significant at level 0.05 when ``p_holm < 0.05``.
 """
 
@@ -24,6 +27,7 @@ from typing import Any, Iterable
 
 from snnbench.common.outcomes import Outcomes, load_outcomes, samples_path
 from snnbench.ledger import Ledger
+from snnbench.record import is_reference
 from snnbench.significance import holm, paired_outcomes
 
 #: the family-wise level a Holm-adjusted p-value is held against
@@ -82,6 +86,8 @@ def _check_method(name: str, cells: Iterable[dict[str, Any]]) -> None:
 
 
 def _step_index(outcomes: Outcomes, t: int, cell: dict[str, Any]) -> int:
+    if is_reference(cell):  # the static ANN: one evaluation stands for every t
+        return 0
     scored = [int(x) for x in outcomes.t]
     if t not in scored:
         raise CompareError(f"cell {cell['cell_key']} ({cell['method']} on {cell['task']}/{cell['model']}) did not "
@@ -104,7 +110,9 @@ def compare_cells(results_dir: str | Path, cell_a: dict[str, Any], cell_b: dict[
     """Pair two cells of the same task and model at ``t`` (default: the largest t both scored)."""
     outcomes_a, outcomes_b = _load(results_dir, cell_a), _load(results_dir, cell_b)
     if t is None:
-        common = sorted(set(int(x) for x in outcomes_a.t) & set(int(x) for x in outcomes_b.t))
+        steps = [set(int(x) for x in o.t) for o, c in ((outcomes_a, cell_a), (outcomes_b, cell_b))
+                 if not is_reference(c)]
+        common = sorted(set.intersection(*steps)) if steps else [1]
         if not common:
             raise CompareError(f"cells {cell_a['cell_key']} and {cell_b['cell_key']} share no scored time-step")
         t = common[-1]

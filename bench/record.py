@@ -10,7 +10,7 @@ is the contract consumed by scripts, the ledger and the leaderboard::
      "status": "ok" | "failed", "error": null | "<traceback>", "wall_s"}
 
 plus ``weights_sha256`` and ``reference`` (always), and, when known: ``cell_key``, ``track``
-(``plain`` / ``qcfs``: the kind of ANN), ``ann_metrics`` (every ANN metric),
+(``plain`` / ``qcfs``: the kind of ANN), ``ann_ci95``, ``ann_metrics`` (every ANN metric),
 ``ann_macs_per_sample``, ``energy_model(s)``, ``conversion``, ``fairness``, ``eval_ts``,
 ``layers`` (per-layer counts), ``eval_samples``, ``n_eval`` (samples scored),
 ``adaptive_timesteps``, ``timings``, ``provenance``, ``warnings``, and what the executor
@@ -57,6 +57,8 @@ class CellResult(dict):
     T: int | None = None
     metric: str | None = None
     ann: float | None = None
+    #: the ANN metric's 95 % interval [lo, hi] (Wilson, or an image bootstrap: snnbench.samples)
+    ann_ci95: list[float] | None = None
     per_t: dict[str, dict[str, Any]] = field(default_factory=dict)
     status: str = "failed"
     error: str | None = None

@@ -25,7 +25,9 @@ from snnbench.per_t import reference_rows, simulated_rows
 from snnbench.plugins import create_method, create_task
 from snnbench.provenance import git_revision, host_info, package_versions
 from snnbench.record import CellResult
+from snnbench.samples import from_cache, intervals, save_samples, to_cache, with_intervals
 from snnbench.methods.base import ConversionContext, SpikingModel
+from snnbench.tasks.base import StepMetric
 from snnbench.tasks.zoo import model_track
 
 log = logging.getLogger(__name__)
@@ -52,13 +54,15 @@ def seed_everything(seed: int) -> None:
 
 
 def simulate(snn: SpikingModel, task, bundle, batches, T: int, desc: str = "", total: int | None = None,
-             progress: bool = False, eval_ts: Collection[int] | None = None
+             progress: bool = False, eval_ts: Collection[int] | None = None, metric: StepMetric | None = None
              ) -> tuple[dict[int, dict[str, float]], Any]:
     """Step ``snn`` to T over evaluation batches; the metric at each t of ``eval_ts`` (every
     t when None) and op counts at every t. Outputs at other t are neither post-processed
     (``bundle.finish``) nor scored.
 
     ``total`` is the number of batches, if known, for the progress bar over batches x t.
+    ``metric``: the task metric to update (default: a new one); pass one to read its
+    per-sample outcomes afterwards.
 
     A model with per-sample early exit sets ``snn.active`` for each frame (methods/base.py):
     the counter then counts only the samples that ran, and the steps each sample used are
@@ -66,7 +70,7 @@ def simulate(snn: SpikingModel, task, bundle, batches, T: int, desc: str = "", t
     """
     from snnbench.console import step_bar
 
-    metric = task.new_metric()
+    metric = metric if metric is not None else task.new_metric()
     wanted = None if eval_ts is None else set(eval_ts)
     bar = step_bar(desc, total, T, progress)
     try:
@@ -121,7 +125,7 @@ def _data_key(spec: CellSpec, bundle) -> dict[str, Any]:
 
 def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[str, Any]:
     """ANN metric and dense MACs on the evaluation set, cached per (task, model, eval size)."""
-    key = digest({**_data_key(spec, bundle), "eval_size": spec.eval_size, "what": "ann-eval-v1"})
+    key = digest({**_data_key(spec, bundle), "eval_size": spec.eval_size, "what": "ann-eval-v2"})
 
     def compute() -> dict[str, Any]:
         from snnbench.methods.ann import ANNReference
@@ -133,11 +137,14 @@ def evaluate_ann(spec: CellSpec, task, bundle, cache, progress: bool) -> dict[st
         example, _ = bundle.prepare(first[0])
         ctx = ConversionContext(T=1, example=example.to(_device_of(bundle.core)))
         reference = ANNReference().convert(bundle.core, None, ctx)
+        metric = task.new_metric()
         metrics, summary = simulate(reference, task, bundle, itertools.chain([first], batches), T=1,
                                     desc=f"ann/{spec.model}/{spec.task}", progress=progress,
-                                    total=_batch_count(task, spec.eval_size, batch))
+                                    total=_batch_count(task, spec.eval_size, batch), metric=metric)
+        outcomes = metric.outcomes()
         return {"metrics": metrics[1], "dense_macs": summary.dense_macs, "samples": summary.samples,
-                "layers": summary.layers, "wall_s": time.perf_counter() - start}
+                "layers": summary.layers, "wall_s": time.perf_counter() - start,
+                "ci95": intervals(outcomes).get(1), "outcomes": to_cache(outcomes)}
 
     return cache.get_or_compute("ann", key, compute)
 
@@ -226,12 +233,16 @@ def _run_cell(spec: CellSpec, cache, progress: bool, on_stage: Callable[[str], N
         t0 = time.perf_counter()
         ann = evaluate_ann(spec, task, bundle, cache, progress)
         timings["ann_s"] = time.perf_counter() - t0
-        out.update(ann=ann["metrics"][task.metric], ann_metrics=ann["metrics"], ann_macs_per_sample=ann["dense_macs"],
+        out.update(ann=ann["metrics"][task.metric], ann_ci95=ann["ci95"], ann_metrics=ann["metrics"],
+                   ann_macs_per_sample=ann["dense_macs"],
                    energy_model=DEFAULT_ENERGY_MODEL.to_dict(),
                    energy_models={name: model.to_dict() for name, model in ENERGY_MODELS.items()})
         if method.reference:  # the static model: the cached ANN evaluation is its result at every t
-            out.update(per_t=reference_rows(ann, task.metric, spec.T), layers=ann["layers"],
-                       n_eval=ann.get("samples"))
+            rows = reference_rows(ann, task.metric, spec.T)
+            if ann["ci95"] is not None:
+                rows = with_intervals(rows, {t: ann["ci95"] for t in range(1, spec.T + 1)})
+            out.update(per_t=rows, layers=ann["layers"], n_eval=ann.get("samples"))
+            save_samples(spec.samples_dir, out["cell_key"], from_cache(ann["outcomes"]))
         else:
             out.update(_convert_and_simulate(spec, task, bundle, method, ann, device, cache, progress, stage, timings))
         out["status"] = "ok"
@@ -268,12 +279,17 @@ def _convert_and_simulate(spec: CellSpec, task, bundle, method, ann: dict[str, A
     batch = spec.batch_size or task.default_batch_size
     eval_ts = resolve_eval_ts(spec.eval_ts, spec.T, getattr(task, "default_eval_ts", "all"))
     out["eval_ts"] = eval_ts
+    metric = task.new_metric()
     metrics, summary = simulate(snn, task, bundle, task.eval_batches(spec.eval_size, batch, bundle), spec.T,
                                 desc=spec.label(), progress=progress, eval_ts=eval_ts,
-                                total=_batch_count(task, spec.eval_size, batch))
+                                total=_batch_count(task, spec.eval_size, batch), metric=metric)
     timings["simulate_s"] = time.perf_counter() - t0
-    out["per_t"] = simulated_rows(metrics, summary, fairness, DEFAULT_ENERGY_MODEL, ann["dense_macs"], task.metric,
-                                  spec.T)
+    t0 = time.perf_counter()
+    outcomes = metric.outcomes()
+    rows = simulated_rows(metrics, summary, fairness, DEFAULT_ENERGY_MODEL, ann["dense_macs"], task.metric, spec.T)
+    out["per_t"] = with_intervals(rows, intervals(outcomes))
+    save_samples(spec.samples_dir, spec.key(), outcomes)
+    timings["intervals_s"] = time.perf_counter() - t0
     out.update(layers=summary.layers, eval_samples=summary.samples, n_eval=summary.samples)
     if summary.steps_histogram is not None:  # per-sample early exit (e.g. AdaFire's IAT)
         out["adaptive_timesteps"] = {

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from snnbench.cell import CellSpec
+from snnbench.common.outcomes import SAMPLES_DIR
 from snnbench.cell_flags import UsageError, add_cell_flags, cell_fields, check_cell_flags
 from snnbench.console import verbosity
 from snnbench.grid import GridOptions, describe_cell, expand_grid, parse_list, parse_sets
@@ -87,7 +88,9 @@ def _run_sweep_locked(cells: list[CellSpec], results_dir: Path, executor, experi
     ledger.repair_tail()
     cells = dedupe(cells)
     finished = set() if force else ledger.finished_keys()
-    todo = [c for c in cells if c.key() not in finished]
+    samples_dir = str((results_dir / SAMPLES_DIR).resolve())  # every cell's per-sample outcomes
+    todo = [c if c.samples_dir else dataclasses.replace(c, samples_dir=samples_dir)
+            for c in cells if c.key() not in finished]
     outcome = SweepOutcome(cells=cells, skipped=[c for c in cells if c.key() in finished])
     tracker = None
     if track:

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from snnbench.common.outcomes import samples_path
 from snnbench.record import CellResult
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 SUMMARY_STEPS = (1, 2, 4, 6, 8, 16, 32, 64, 128, 256)
 STEP_METRICS = ("metric", "energy_ratio", "spikes_per_sample", "synops_per_sample", "latency", "unit_spikes_per_sample",
                 "steps_per_sample")
+#: the metric's 95 % interval per t (``metric_ci95`` of a per-t row), logged with step=t
+CI_METRICS = ("metric_ci95_lo", "metric_ci95_hi")
+#: the ANN metric's 95 % interval (``ann_ci95``)
+ANN_CI_METRICS = ("ann_ci95_lo", "ann_ci95_hi")
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 PARAM_VALUE_LIMIT = 6000
@@ -128,6 +133,9 @@ class SweepTracker:
                   tags={**parent, **cell_tags(r), **(extra_tags or {})})
         if r.layers:
             self.client.log_text(run_id, layers_csv(r), "layers.csv")
+        samples = samples_path(self.results_dir, r.cell_key or "-")
+        if r.ok and samples.is_file():  # the per-sample outcomes bench compare pairs
+            self.client.log_artifact(run_id, str(samples))
         if not r.ok:
             self.client.log_text(run_id, r.error or "", "error.txt")
         self.client.set_terminated(run_id, status="FINISHED" if r.ok else "FAILED")
@@ -234,11 +242,14 @@ def cell_metrics(r: CellResult) -> list:
     now = int(time.time() * 1000)
     name = r.metric
     metrics = [Metric(f"ann_{name}", float(r.ann), now, 0), Metric("wall_s", float(r.wall_s), now, 0)]
+    metrics += [Metric(key, float(value), now, 0) for key, value in zip(ANN_CI_METRICS, r.ann_ci95 or ())]
     for t_str, row in r.per_t.items():
         t = int(t_str)
         for key in STEP_METRICS:
             if row.get(key) is not None:
                 metrics.append(Metric(name if key == "metric" else key, float(row[key]), now, t))
+        for bound, value in zip(CI_METRICS, row.get("metric_ci95") or ()):
+            metrics.append(Metric(bound, float(value), now, t))
     T = int(r.T)
     for t in sorted({s for s in SUMMARY_STEPS if s <= T} | {T}):
         row = r.per_t.get(str(t), {})

@@ -26,6 +26,7 @@ from urllib.request import url2pathname
 
 from snnbench.leaderboard.errors import LeaderboardError
 from snnbench.record import CellResult
+from snnbench.tracking import ANN_CI_METRICS, CI_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,9 @@ def _record(client, run, user_keys: tuple[str, ...] | None) -> dict[str, Any]:
         record.update(status="failed", error=f"MLflow run {run.info.run_id} has status 'ok' but no ann_{name} "
                                              "metric (logging was interrupted?); rerun the cell")
         return record
+    ann_bounds = [run.data.metrics.get(key) for key in ANN_CI_METRICS]
+    if None not in ann_bounds:
+        record["ann_ci95"] = ann_bounds
     record.update(metric=name, ann=run.data.metrics[f"ann_{name}"],
                   energy_model=_json_tag(tags, "energy_model") or DEFAULT_ENERGY_MODEL.to_dict())
     per_t: dict[str, dict[str, Any]] = {}
@@ -165,6 +169,9 @@ def _record(client, run, user_keys: tuple[str, ...] | None) -> dict[str, Any]:
         for m in client.get_metric_history(run.info.run_id, key):
             if m.step >= 1:
                 per_t.setdefault(str(m.step), {})[field] = m.value
+    bounds = [{m.step: m.value for m in client.get_metric_history(run.info.run_id, key)} for key in CI_METRICS]
+    for step in set(bounds[0]) & set(bounds[1]):
+        per_t.setdefault(str(step), {})["metric_ci95"] = [bounds[0][step], bounds[1][step]]
     record["per_t"] = dict(sorted(per_t.items(), key=lambda kv: int(kv[0])))
     record["layers"] = _layers(_artifact_text(client, run, "layers.csv"), T)
     return record

@@ -137,3 +137,50 @@ def test_block_groups_from_saved_outcomes(tmp_path):
     cells = [{"cell_key": _cell(tmp_path, m, "digits", "mlp", {4: c}), "method": m, "task": "digits",
               "model": "mlp"} for m, c in (("dcgs", base), ("calibration", near), ("rate", far))]
     assert block_groups(tmp_path, cells, 4) == {"calibration": 0, "dcgs": 0, "rate": 1}
+
+
+def test_the_ann_reference_pairs_at_any_t(tmp_path):
+    rng = np.random.default_rng(5)
+    ann = rng.random(200) < 0.9
+    snn = {2: rng.random(200) < 0.5, 8: ann & (rng.random(200) < 0.95)}
+    Ledger(tmp_path).append({"cell_key": "ref", "method": "ann", "task": "digits", "model": "mlp", "metric": "top1",
+                             "status": "ok", "reference": True})
+    save_outcomes(samples_path(tmp_path, "ref"), BinaryOutcomes(t=np.array([1]), correct=ann[None]))
+    _cell(tmp_path, "dcgs", "digits", "mlp", snn)
+    (at_8,) = compare_methods(tmp_path, "dcgs", "ann")
+    (at_2,) = compare_methods(tmp_path, "dcgs", "ann", t=2)
+    assert (at_8.t, at_2.t) == (8, 2)
+    assert at_8.delta == pytest.approx(snn[8].mean() - ann.mean())
+    assert at_2.delta == pytest.approx(snn[2].mean() - ann.mean())
+
+
+def test_a_sweep_saves_samples_and_intervals_that_bench_compare_reads(tmp_path, digits_vgg):
+    from statsmodels.stats.proportion import proportion_confint
+
+    from snnbench.common.outcomes import load_outcomes
+    from snnbench.executors import SerialExecutor
+    from snnbench.grid import GridOptions, expand_grid
+    from snnbench.sweep import run_sweep
+    from snnbench.tracking import runs_by_cell_key
+
+    cells = expand_grid(["ann", "dcgs"], ["digits"], ["vgg_small"], {}, [0],
+                        GridOptions(T=3, calib_size=100, eval_size=60))
+    outcome = run_sweep(cells, tmp_path, SerialExecutor(str(tmp_path / "cache")), experiment="ci")
+    assert not outcome.failed
+    latest = Ledger(tmp_path).latest()
+    runs = runs_by_cell_key(tmp_path, "ci")
+    for key, record in latest.items():
+        samples = load_outcomes(samples_path(tmp_path, key))
+        assert samples.correct.shape[1] == record["n_eval"] == 60
+        for k, t in enumerate(samples.t):
+            row = record["per_t"][str(t)]
+            hits = int(samples.correct[k].sum())
+            assert hits / 60 == pytest.approx(row["metric"])
+            assert row["metric_ci95"] == pytest.approx(list(proportion_confint(hits, 60, method="wilson")))
+        ann_hits = round(record["ann"] * 60)
+        assert record["ann_ci95"] == pytest.approx(list(proportion_confint(ann_hits, 60, method="wilson")))
+        (run,) = runs[key]
+        assert run["metrics"]["ann_ci95_lo"] == pytest.approx(record["ann_ci95"][0])
+    (pair,) = compare_methods(tmp_path, "dcgs", "ann")
+    dcgs = next(r for r in latest.values() if r["method"] == "dcgs")
+    assert pair.t == 3 and pair.delta == pytest.approx(dcgs["per_t"]["3"]["metric"] - dcgs["ann"])

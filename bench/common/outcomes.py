@@ -255,7 +255,7 @@ class DetectionOutcomes:
 
 
 Outcomes = BinaryOutcomes | ConfusionOutcomes | DetectionOutcomes
-_KINDS: dict[str, type] = {"binary": BinaryOutcomes, "confusion": ConfusionOutcomes, "detection": DetectionOutcomes}
+KINDS: dict[str, type] = {"binary": BinaryOutcomes, "confusion": ConfusionOutcomes, "detection": DetectionOutcomes}
 
 
 def _interpolated_precision(tp_sum: np.ndarray, fp_sum: np.ndarray, n_gt: np.ndarray) -> np.ndarray:
@@ -317,10 +317,10 @@ def load_outcomes(path: str | os.PathLike) -> Outcomes:
         raise FileNotFoundError(f"no per-sample outcomes at {path} (written by runs with a results directory)")
     with np.load(path, allow_pickle=False) as data:
         kind = str(data["kind"])
-        if kind not in _KINDS:
-            raise ValueError(f"{path}: unknown outcome kind {kind!r}; expected one of {sorted(_KINDS)}")
-        return _KINDS[kind].from_arrays({k: data[k] for k in data.files if k != "kind"})
+        if kind not in KINDS:
+            raise ValueError(f"{path}: unknown outcome kind {kind!r}; expected one of {sorted(KINDS)}")
+        return KINDS[kind].from_arrays({k: data[k] for k in data.files if k != "kind"})
 
 
-__all__ = ["BinaryOutcomes", "ConfusionOutcomes", "DetectionOutcomes", "Outcomes", "RECALL_THRESHOLDS", "SAMPLES_DIR",
+__all__ = ["BinaryOutcomes", "ConfusionOutcomes", "DetectionOutcomes", "KINDS", "Outcomes", "RECALL_THRESHOLDS", "SAMPLES_DIR",
            "load_outcomes", "samples_path", "save_outcomes"]
