@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from snnbench.common.outcomes import DetectionOutcomes
 from snnbench.tasks.base import StepMetric
 
 
@@ -41,6 +42,7 @@ class COCOMetric(StepMetric):
         self.label_to_category = dict(label_to_category) if label_to_category is not None else None
         self._rows: dict[int, list[np.ndarray]] = defaultdict(list)
         self._images: dict[int, set[int]] = defaultdict(set)
+        self._outcomes: dict[int, DetectionOutcomes | None] = {}
 
     @staticmethod
     def _image_ids(targets: Any) -> list[int]:
@@ -71,6 +73,19 @@ class COCOMetric(StepMetric):
     def compute(self) -> dict[int, dict[str, float]]:
         return {t: self._evaluate(t) for t in sorted(self._images)}
 
+    def outcomes(self) -> DetectionOutcomes | None:
+        """The per-image COCO matches of every t :meth:`compute` scored, from which mAP is
+        re-accumulated on image resamples; a t without detections has no rows (AP 0).
+        None before :meth:`compute`, when no t had a detection, or when the t saw
+        different images."""
+        ts = sorted(self._outcomes)
+        scored = [self._outcomes[t] for t in ts if self._outcomes[t] is not None]
+        if not scored or len({tuple(sorted(self._images[t])) for t in ts}) != 1:
+            return None
+        template = scored[0]
+        parts = [self._outcomes[t] or template.without_detections(t) for t in ts]
+        return DetectionOutcomes.stack(parts)
+
     def _evaluate(self, t: int) -> dict[str, float]:
         from pycocotools.cocoeval import COCOeval
 
@@ -84,6 +99,7 @@ class COCOMetric(StepMetric):
                              "mAP is undefined")
         rows = self._rows.get(t)
         if not rows:
+            self._outcomes[t] = None
             return {"map": 0.0, "ap50": 0.0}
         with contextlib.redirect_stdout(io.StringIO()):
             detections = gt.loadRes(np.concatenate(rows))
@@ -92,6 +108,8 @@ class COCOMetric(StepMetric):
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
+        # the per-image matches, kept as arrays (the evaluator itself is dropped)
+        self._outcomes[t] = DetectionOutcomes.from_evaluations([t], [evaluator], image_ids)
         return {"map": max(0.0, float(evaluator.stats[0])), "ap50": max(0.0, float(evaluator.stats[1]))}
 
 

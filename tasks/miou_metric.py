@@ -7,8 +7,10 @@ scored by the same convention.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from snnbench.common.outcomes import ConfusionOutcomes
 from snnbench.tasks.base import StepMetric
 from snnbench.tasks.data.voc import IGNORE_INDEX
 
@@ -42,6 +44,7 @@ class ConfusionMIoU(StepMetric):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self._confusion: dict[int, torch.Tensor] = {}
+        self._per_image: dict[int, list[torch.Tensor]] = {}
 
     def update(self, t: int, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         if outputs.shape != targets.shape:
@@ -56,6 +59,20 @@ class ConfusionMIoU(StepMetric):
         index = torch.where(valid, target * n + pred, torch.full_like(target, n * n))
         counts = torch.bincount(index, minlength=n * n + 1)[: n * n]
         self._confusion[t] = self._confusion[t] + counts if t in self._confusion else counts
+        self._per_image.setdefault(t, []).append(self._image_counts(pred, target, valid, outputs.shape[0]))
+
+    def _image_counts(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, images: int
+                      ) -> torch.Tensor:
+        """``[3, B, C]``: per image and class the true-positive, predicted and labelled pixels
+        (the diagonal, column sums and row sums of the image's own confusion matrix)."""
+        n = self.num_classes
+        image = torch.arange(images, device=pred.device).repeat_interleave(pred.numel() // max(images, 1))
+        dropped = torch.full_like(target, images * n)
+        out = []
+        for cls, keep in ((target, valid & (pred == target)), (pred, valid), (target, valid)):
+            index = torch.where(keep, image * n + cls.clamp(0, n - 1), dropped)
+            out.append(torch.bincount(index, minlength=images * n + 1)[: images * n].view(images, n))
+        return torch.stack(out)
 
     def confusion(self, t: int) -> torch.Tensor:
         """The ``[C, C]`` int64 confusion matrix at ``t`` (rows: truth, columns: prediction)."""
@@ -75,6 +92,19 @@ class ConfusionMIoU(StepMetric):
 
     def compute(self) -> dict[int, dict[str, float]]:
         return {t: self.scores(self.confusion(t)) for t in sorted(self._confusion)}
+
+    def outcomes(self) -> ConfusionOutcomes | None:
+        """Per image and class TP / predicted / labelled pixels at every updated t: mIoU on
+        image resamples (:class:`~snnbench.common.outcomes.ConfusionOutcomes`)."""
+        ts = sorted(self._per_image)
+        if not ts:
+            return None
+        counts = [torch.cat(self._per_image[t], dim=1).cpu().numpy() for t in ts]  # [3, n, C] each
+        if len({c.shape for c in counts}) != 1:
+            return None  # not one image set at every t: nothing to resample jointly
+        stacked = np.stack(counts, axis=1)  # [3, K, n, C]
+        return ConfusionOutcomes(t=np.asarray(ts, dtype=np.int64), true_positive=stacked[0], predicted=stacked[1],
+                                 labelled=stacked[2])
 
 
 __all__ = ["ConfusionMIoU"]

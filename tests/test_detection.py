@@ -154,6 +154,30 @@ def test_ground_truth_as_detections_scores_map_one_and_an_empty_step_zero(tiny_c
     assert result[4] == {"map": 0.0, "ap50": 0.0}
 
 
+def test_metric_keeps_per_image_outcomes_that_rescore_map_at_every_t(tiny_coco):
+    root, _ = tiny_coco
+    gt = coco.load_coco(root).ground_truth()
+    metric = COCOMetric(gt)
+    ids = gt.getImgIds()
+    torch.manual_seed(0)
+    for batch in (ids[:5], ids[5:]):
+        dets = _gt_detections(gt, batch)
+        noisy = [{**d, "boxes": d["boxes"] + 4 * torch.randn_like(d["boxes"]), "scores": torch.rand(len(d["scores"]))}
+                 for d in dets]
+        empty = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+                 for _ in batch]
+        for t, out in ((1, empty), (2, noisy), (4, dets)):
+            metric.update(t, out, batch)
+    assert metric.outcomes() is None  # nothing scored yet
+    result = metric.compute()
+    outcomes = metric.outcomes()
+    assert outcomes.t.tolist() == [1, 2, 4] and outcomes.n == len(ids)
+    for k, t in enumerate((1, 2, 4)):
+        assert outcomes.metric(k)[0] == pytest.approx(result[t]["map"], abs=1e-12)
+        assert outcomes.ap50(k)[0] == pytest.approx(result[t]["ap50"], abs=1e-12)
+    assert 0.0 < result[2]["map"] < 1.0
+
+
 def test_metric_scores_only_the_images_it_saw(tiny_coco):
     root, _ = tiny_coco
     gt = coco.load_coco(root).ground_truth()

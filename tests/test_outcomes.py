@@ -201,3 +201,30 @@ def test_topk_accuracy_keeps_per_sample_hits_that_rescore_top1():
     agreement.update(2, logits + 0.01 * torch.randn(6, 5), logits)
     assert agreement.outcomes().metric(0)[0] == pytest.approx(agreement.compute()[2]["agree1"])
     assert TopKAccuracy().outcomes() is None
+
+
+def test_confusion_miou_keeps_per_image_counts_that_rescore_miou():
+    import torch
+
+    from snnbench.tasks.miou_metric import ConfusionMIoU
+
+    torch.manual_seed(1)
+    metric = ConfusionMIoU(num_classes=4)
+    per_image_tp = []
+    for _ in range(3):
+        target = torch.randint(0, 4, (2, 6, 5))
+        target[:, 0, :] = 255  # ignored border
+        for t in (1, 2):
+            pred = torch.where(torch.rand(2, 6, 5) < 0.3 * t, target.clamp(max=3), torch.randint(0, 4, (2, 6, 5)))
+            metric.update(t, pred, target)
+            if t == 1:
+                per_image_tp += [int(((pred[b] == target[b]) & (target[b] != 255) & (target[b] == 2)).sum())
+                                 for b in range(2)]
+    outcomes = metric.outcomes()
+    assert outcomes.t.tolist() == [1, 2] and outcomes.true_positive.shape == (2, 6, 4)
+    assert outcomes.true_positive[0, :, 2].tolist() == per_image_tp
+    for k, t in enumerate((1, 2)):
+        assert outcomes.metric(k)[0] == pytest.approx(metric.compute()[t]["miou"], abs=1e-12)
+        conf = metric.confusion(t).numpy()
+        assert outcomes.labelled[k].sum(axis=0).tolist() == conf.sum(axis=1).tolist()
+        assert outcomes.predicted[k].sum(axis=0).tolist() == conf.sum(axis=0).tolist()

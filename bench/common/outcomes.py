@@ -235,6 +235,15 @@ class DetectionOutcomes:
                    det_category=cat("category", np.int64), det_score=cat("score", np.float64),
                    det_matched=cat("matched", bool, n_iou), det_ignored=cat("ignored", bool, n_iou))
 
+    def without_detections(self, t: int) -> "DetectionOutcomes":
+        """The same images and ground truth scored at ``t`` with no detection (AP 0)."""
+        n_iou = len(self.iou_thresholds)
+        return DetectionOutcomes(t=np.asarray([t], dtype=np.int64), iou_thresholds=self.iou_thresholds,
+                                 ground_truth=self.ground_truth, det_step=np.zeros(0, np.int64),
+                                 det_image=np.zeros(0, np.int64), det_category=np.zeros(0, np.int64),
+                                 det_score=np.zeros(0), det_matched=np.zeros((0, n_iou), bool),
+                                 det_ignored=np.zeros((0, n_iou), bool))
+
     @classmethod
     def stack(cls, parts: Sequence["DetectionOutcomes"]) -> "DetectionOutcomes":
         """Join outcomes of the same images scored at different t (one part per group of t),
