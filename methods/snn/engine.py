@@ -22,7 +22,7 @@ from snnbench.methods.snn.stats import StatKind, Stats
 from snnbench.methods.snn.thresholds import generalized_threshold_iteration, threshold_iteration
 from snnbench.methods.snn.units import GradedUnit, ProductUnit, SpikingNeuron
 
-#: the official code's hard-coded threshold scale c for transformers (dcgs.md §1.1)
+#: the official code's hard-coded threshold scale c for transformers (docs/dcgs-official-code.md §1.1)
 TRANSFORMER_THRESHOLD_SCALE = 8.0
 
 
@@ -110,7 +110,8 @@ class EngineSettings:
         check_threshold_rule_settings(self.percentile, self.threshold_scale)
 
     def levels_for_iteration(self, T: int) -> int:
-        """N of threshold iteration / grid search: T·2^n for MT neurons, T for IF (dcgs.md §3.3)."""
+        """N of threshold iteration / grid search: T·2^n for MT neurons, T for IF
+        (docs/dcgs-official-code.md §3.3)."""
         return T * 2**self.n if self.neuron == "mt" else T
 
 

@@ -1,4 +1,4 @@
-"""A whole frame of a converted network as one compiled graph (issue 21, item 3; BENCHMARKS.md §8).
+"""A whole frame of a converted network as one compiled graph (BENCHMARKS.md §8).
 
 The per-unit path steps every unit as its own module call: on a small transformer (vit_mini:
 ~20 graded and product units per block plus the neurons, on 64x17x96 activations) the cost

@@ -1,6 +1,6 @@
 """The simulated spiking network: a graph of units stepped frame by frame.
 
-Input frames and output decoding follow the coding (dcgs.md §2.1, §2.9, §2.10):
+Input frames and output decoding follow the coding (docs/dcgs-official-code.md §2.1, §2.9, §2.10):
 
 * rate: the same analog input at t = 1..T; the estimate at t is the running mean of the
   outputs.

@@ -9,16 +9,16 @@ A :class:`StatKind` names one statistic at every neuron site of one placement:
   non-zero values only (``scope``; snn_toolbox uses non-zero, SpikingJelly and DCGS all).
   Per batch ``torch.quantile`` (linear interpolation), combined across batches as the
   batch-size-weighted mean of per-batch quantiles, as the official DCGS code does
-  (dcgs.md §3.2): the result depends on the calibration batch size, which is therefore
+  (docs/dcgs-official-code.md §3.2): the result depends on the calibration batch size, which is therefore
   fixed by the harness and part of every cache key.
 * ``max``: the largest value (ReLU output / layer input).
 * ``moments``: mean and population variance of the *pre-activation* (exact pooled values,
-  Chan's parallel formula; dcgs.md §3.1), the input of threshold iteration.
-* ``mse_grid``: SNN Calibration's threshold search (Li et al. 2021; baselines.md §2): per
+  Chan's parallel formula; docs/dcgs-official-code.md §3.1), the input of threshold iteration.
+* ``mse_grid``: SNN Calibration's threshold search (Li et al. 2021; docs/baseline-methods.md §2): per
   batch, candidates θ_i = max·(1 - 0.01·i), i < 95, the one minimising
   mean((a - Q(a))²) with the floor quantiser Q(a) = floor(clip(a/θ·N, 0, N))·θ/N wins;
   batches are combined by an EMA with weight 0.9 on the old value. With ``maxspike`` K > 1
-  the quantiser is AdaFire's burst-aware one (Wang et al., AAAI 2025; baselines.md §4):
+  the quantiser is AdaFire's burst-aware one (Wang et al., AAAI 2025; docs/baseline-methods.md §4):
   Q(a) = floor(clip(a/θ, 0, K)·N)·θ/N, whose range is [0, K·θ].
 
 Granularity: ``layer`` (one value), ``channel`` (the feature axis: dim 1 of conv maps, the
@@ -230,7 +230,7 @@ def _row_quantile(rows: torch.Tensor, q: float, nonzero: bool) -> torch.Tensor:
 
 def burst_floor_quantise(a: torch.Tensor, theta: torch.Tensor, levels: int, maxspike: int = 1) -> torch.Tensor:
     """floor(clip(a/θ, 0, K)·N)·θ/N: what an IF (K = 1) or burst neuron with cap K decodes
-    after N steps (AdaFire's ``clip_floor``; baselines.md §4). θ must be positive."""
+    after N steps (AdaFire's ``clip_floor``; docs/baseline-methods.md §4). θ must be positive."""
     return torch.floor((a / theta * levels).clamp(0, levels * maxspike)) * theta / levels
 
 

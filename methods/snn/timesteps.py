@@ -1,4 +1,4 @@
-"""Input-aware Adaptive Timesteps, IAT (Wang et al., AAAI 2025, §3.5; baselines.md §4).
+"""Input-aware Adaptive Timesteps, IAT (Wang et al., AAAI 2025, §3.5; docs/baseline-methods.md §4).
 
 After each step t a sample's confidence score is computed on its *cumulative* logits
 z_t = Σ_{τ<=t} y_τ (the release sums the per-step outputs; with rate coding that is t times

@@ -1,5 +1,5 @@
 """A fused Triton kernel for one step of the multi-threshold neuron (the paper's "MT neuron on
-GPU", dcgs.md §1.5).
+GPU", docs/dcgs-official-code.md §1.5).
 
 One kernel launch per neuron step reads the input and the neuron state once, chooses the
 spike level from the IEEE-754 bits of the membrane potential (integer arithmetic only, as
