@@ -48,10 +48,11 @@ def _adaptive_window_sizes(size: int, out: int, device: torch.device) -> torch.T
     return (end - start).to(torch.int64)
 
 
-def pooled_event_counts(pool: nn.Module, events: torch.Tensor) -> torch.Tensor:
+def pooled_event_counts(pool: nn.Module, events: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Number of events in each pooling window (sum-pooling of a 0/1 event mask, or of per-element
-    event counts), int64."""
-    mask = events.to(torch.float32)
+    event counts), int64. The pooling runs in ``dtype``: float32 is exact for window sums below
+    2^24, float64 (for maps of counts over a batch) below 2^53."""
+    mask = events.to(dtype)
     if isinstance(pool, (nn.AvgPool2d, nn.AvgPool3d)):
         fn = F.avg_pool2d if isinstance(pool, nn.AvgPool2d) else F.avg_pool3d
         sums = fn(mask, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, True, 1)
