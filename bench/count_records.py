@@ -26,7 +26,8 @@ class _Row:
         self.values[t] = value if isinstance(current, int) and current == 0 else current + value
 
     def tensor(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        return torch.stack([torch.as_tensor(v, device=device).to(dtype) for v in self.values])
+        return torch.stack([v.to(device=device, dtype=dtype) if isinstance(v, torch.Tensor)
+                            else torch.tensor(v, dtype=dtype, device=device) for v in self.values])
 
 
 @dataclass
