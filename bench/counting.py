@@ -99,6 +99,7 @@ class OpCounter:
         self.pools.event_fns = {id(c.site.events_from): c.site.input_events for c in self.layers
                                 if c.site.events_from is not None and c.site.input_events is not None}
         self.pools.active = bool(pools)
+        self.pools.enter()
         for pool in pools.values():
             self._handles.append(pool.register_forward_hook(self._pool_hook))
         for counter in self.layers:

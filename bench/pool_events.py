@@ -53,6 +53,12 @@ class PoolEvents:
         self._sources: dict[int, Any] = {}
         self._counts: dict[int, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]] = {}
 
+    def enter(self) -> None:
+        """A counting context opens: the neurons found feeding pools map their hits again."""
+        for source in self._sources.values():
+            if source is not None:
+                source.count_positions = True
+
     def emitted(self, neuron: nn.Module, spikes: torch.Tensor) -> None:
         """Remember (weakly) the spikes ``neuron`` emitted this frame."""
         if self.active:
