@@ -26,6 +26,12 @@ function after ``recompile_limit`` (8) variants and runs it eagerly from then on
 
 The time-step enters as a 0-dim tensor, so one compilation serves every t.
 
+**In place.** The step is memory bound (about ten 4-byte streams per element: x, b, v, Ē_in,
+Ē_out and θ in; s, v, Ē_in, Ē_out out), so the compiled kernel (:func:`run_step`) writes the new
+state into the state tensors it was given instead of allocating three fresh ones per step
+(whose first touch costs page faults on top); only the spikes are new. The per-position hits
+are reduced from the written spikes by a small compiled function of their own.
+
 The fused and eager paths compute the same expressions in the same order; the tests
 check that their spikes, states and counts agree.
 
