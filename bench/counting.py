@@ -13,7 +13,7 @@ Per connection layer and frame t:
   these is the ANN's cost.
 
 Raw counts kept per layer and frame besides, so that every energy convention of
-:mod:`snnbench.energy` derives from one simulation (issue 17):
+:mod:`snnbench.energy` derives from one simulation (docs/harness-notes.md §1.2):
 
 * ``input_ops``: Σ over non-zero elements *of the layer's own input* of their fan-out. It
   differs from the effective ops only behind an average pool, where the layer sees one
@@ -49,118 +49,17 @@ counted frame up to and including frame t + readout_offset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from snnbench.methods.base import ConnectionSite, CountPlan, NeuronSite, SpikingModel
+from snnbench.count_records import CountSummary, _LayerCounter, _NeuronCounter, _Row
+from snnbench.fanout import conv_fanout_map, ungrouped_macs
+from snnbench.methods.base import CountPlan, SpikingModel
+from snnbench.pool_events import PoolEvents
 
-_CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
-
-
-def conv_fanout_map(module: nn.Module, spatial: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Per input position, the number of output positions whose window covers it.
-
-    Computed as the adjoint of the convolution (all-ones kernel, one channel) applied to
-    an all-ones output, so stride, padding and dilation are exact. Shape ``spatial``.
-    """
-    dims = len(spatial)
-    ones_w = torch.ones((1, 1) + tuple(module.kernel_size), device=device, dtype=torch.float64)
-    padding = module.padding
-    if isinstance(padding, str):
-        padding = _string_padding(padding, module.kernel_size, module.dilation)
-    out_spatial = [
-        (spatial[i] + 2 * padding[i] - module.dilation[i] * (module.kernel_size[i] - 1) - 1) // module.stride[i] + 1
-        for i in range(dims)
-    ]
-    grad_out = torch.ones([1, 1] + out_spatial, device=device, dtype=torch.float64)
-    fan = _CONV_INPUT_GRAD[dims]((1, 1) + tuple(spatial), ones_w, grad_out, stride=module.stride,
-                                 padding=padding, dilation=module.dilation)
-    return fan[0, 0].round().to(torch.int64)
-
-
-def _adaptive_window_sizes(size: int, out: int, device: torch.device) -> torch.Tensor:
-    """Window lengths of adaptive pooling along one axis (start=floor(i*size/out), end=ceil)."""
-    i = torch.arange(out, device=device)
-    start = torch.div(i * size, out, rounding_mode="floor")
-    end = torch.div((i + 1) * size + out - 1, out, rounding_mode="floor")
-    return (end - start).to(torch.int64)
-
-
-def pooled_event_counts(pool: nn.Module, events: torch.Tensor) -> torch.Tensor:
-    """Number of events in each pooling window (sum-pooling of a 0/1 event mask, or of per-element
-    event counts), int64."""
-    mask = events.to(torch.float32)
-    if isinstance(pool, (nn.AvgPool2d, nn.AvgPool3d)):
-        fn = F.avg_pool2d if isinstance(pool, nn.AvgPool2d) else F.avg_pool3d
-        sums = fn(mask, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, True, 1)
-    elif isinstance(pool, nn.AvgPool1d):
-        k = pool.kernel_size[0]
-        sums = F.avg_pool1d(mask, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, True) * k
-    else:  # adaptive average pooling: mean over windows of varying size
-        dims = mask.ndim - 2 if mask.ndim > 2 else 1
-        fn = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[dims]
-        out_size = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * dims
-        out_size = tuple(mask.shape[-dims + i] if o is None else o for i, o in enumerate(out_size))
-        means = fn(mask, out_size)
-        area = torch.ones((), dtype=torch.int64, device=mask.device)
-        for i, (size, out) in enumerate(zip(mask.shape[-dims:], out_size)):
-            shape = [1] * dims
-            shape[i] = out
-            area = area * _adaptive_window_sizes(size, out, mask.device).reshape(shape)
-        sums = means * area
-    return sums.round().to(torch.int64)
-
-
-def _string_padding(mode: str, kernel: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
-    if mode == "valid":
-        return tuple(0 for _ in kernel)
-    # "same" (stride 1): symmetric when the total padding is even, which nn.Conv requires here
-    return tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
-
-
-@dataclass
-class _LayerCounter:
-    site: ConnectionSite
-    ops: torch.Tensor            # [T + 1] effective ops per frame (summed over samples)
-    input_ops: torch.Tensor      # [T + 1] fan-out of the non-zero elements of the layer's own input
-    unit_input_ops: torch.Tensor  # [T + 1] input_ops of calls whose input is all in {-1, 0, 1}
-    input_nonzero: torch.Tensor  # [T + 1] non-zero input elements
-    dense: int = 0               # dense ops summed over counted samples (one frame each)
-    dense_ungrouped: int = 0     # AdaFire's C_in·C_out·k·H_out·W_out, summed over counted samples
-    input_numel: int = 0         # input elements per frame, summed over counted samples
-    fanout: dict[tuple, tuple[torch.Tensor, int]] = field(default_factory=dict)
-
-
-@dataclass
-class _NeuronCounter:
-    site: NeuronSite
-    events: torch.Tensor         # [T + 1]
-    units: torch.Tensor          # [T + 1] float64
-    updates: torch.Tensor        # [T + 1]
-
-
-@dataclass
-class CountSummary:
-    """Per-sample counts, cumulative over frames 1..t, as plain Python numbers."""
-
-    samples: int
-    T: int
-    acs: list[float]             # index t-1 -> cumulative ACs per sample
-    macs: list[float]
-    events: list[float]
-    unit_spikes: list[float]
-    neuron_updates: list[float]
-    dense_macs: float            # one frame of dense ops per sample (the ANN's cost)
-    layers: list[dict[str, Any]]
-    #: index t-1 -> mean steps computed per sample over frames 1..t (t without early exit)
-    steps: list[float] = field(default_factory=list)
-    #: steps used -> number of samples (only when the model reported per-sample masks)
-    steps_histogram: dict[int, int] | None = None
-
+__all__ = ["CountSummary", "OpCounter", "conv_fanout_map"]
 
 class OpCounter:
     """Context manager that hooks a :class:`SpikingModel`'s declared layers and counts.
@@ -187,19 +86,20 @@ class OpCounter:
         self.device = torch.device(device) if device is not None else _module_device(model)
         self.samples = 0
         self._handles: list[Any] = []
-        self._pool_events: dict[int, torch.Tensor] = {}
-        self._pool_event_fns: dict[int, Any] = {}
-        zeros = lambda dtype=torch.int64: torch.zeros(self.last_frame + 1, dtype=dtype, device=self.device)  # noqa: E731
-        self.layers = [_LayerCounter(site, zeros(), zeros(), zeros(), zeros()) for site in self.plan.connections]
+        rows = lambda: _Row(self.last_frame + 1)  # noqa: E731
+        self.layers = [_LayerCounter(site, rows(), rows(), rows(), rows()) for site in self.plan.connections]
         self.steps = torch.zeros(T + 1, dtype=torch.float64, device=self.device)
         self.step_counts: torch.Tensor | None = None  # [T + 1] samples per number of steps used
-        self.neurons = [_NeuronCounter(site, zeros(), zeros(torch.float64), zeros()) for site in self.plan.neurons]
+        self.neurons = [_NeuronCounter(site, rows(), rows(), rows()) for site in self.plan.neurons]
+        self.pools = PoolEvents(lambda: [c.site.module for c in self.neurons])
 
     # -- hooks ---------------------------------------------------------------------------
     def __enter__(self) -> "OpCounter":
         pools = {id(c.site.events_from): c.site.events_from for c in self.layers if c.site.events_from is not None}
-        self._pool_event_fns = {id(c.site.events_from): c.site.input_events for c in self.layers
+        self.pools.event_fns = {id(c.site.events_from): c.site.input_events for c in self.layers
                                 if c.site.events_from is not None and c.site.input_events is not None}
+        self.pools.active = bool(pools)
+        self.pools.enter()
         for pool in pools.values():
             self._handles.append(pool.register_forward_hook(self._pool_hook))
         for counter in self.layers:
@@ -243,24 +143,29 @@ class OpCounter:
             if t is None:
                 return
             x = args[0]
-            effective, dense, own = self._connection_ops(counter, module, x)
-            counter.ops[t] += effective
-            counter.input_ops[t] += own
+            effective, dense, own, own_nonzero = self._connection_ops(counter, module, x)
+            counter.ops.add(t, effective)
+            counter.input_ops.add(t, own)
             if counter.site.op != "product":
                 mask = self._sample_mask(x)
                 from_neuron = self._input_counts_from_neuron(counter, mask)
                 if from_neuron is None:  # read the input
-                    nonzero = torch.count_nonzero(x) if mask is None else ((x != 0) & mask).sum()
-                    binary = ((x == 0) | (x.abs() == 1)).all()
+                    if own_nonzero is not None:  # Σ of the layer's per-position map of non-zero inputs
+                        nonzero = own_nonzero
+                    else:
+                        nonzero = torch.count_nonzero(x) if mask is None else ((x != 0) & mask).sum()
+                    # all of x in {-1, 0, 1} <=> as many elements of magnitude 1 as non-zero elements
+                    total = own_nonzero if own_nonzero is not None and mask is None else torch.count_nonzero(x)
+                    binary = (x.abs() == 1).sum() == total
                 else:
                     nonzero, binary = from_neuron
-                counter.unit_input_ops[t] += own * binary
-                counter.input_nonzero[t] += nonzero
+                counter.unit_input_ops.add(t, own * binary)
+                counter.input_nonzero.add(t, nonzero)
             if t == self.plan.first_counted_frame:
                 counter.dense += dense
                 if counter.site.op != "product":
                     counter.input_numel += x.numel()
-                    counter.dense_ungrouped += _ungrouped_macs(module, output)
+                    counter.dense_ungrouped += ungrouped_macs(module, output)
         return hook
 
     @staticmethod
@@ -291,17 +196,14 @@ class OpCounter:
         return active.reshape((-1,) + (1,) * (x.ndim - 1))
 
     def _pool_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        """Spikes per pooled cell (sum-pooling of the event mask) for the layer after the pool."""
-        if self._frame() is None:
-            return
-        events_of = self._pool_event_fns.get(id(module))
-        events = events_of(args[0]) if events_of is not None else args[0] != 0  # sub-spikes per element (H-MT)
-        mask = self._sample_mask(events)
-        self._pool_events[id(module)] = pooled_event_counts(module, events if mask is None else events * mask)
+        """Spikes per pooled cell for the layer after the pool (see :class:`PoolEvents`)."""
+        if self._frame() is not None:
+            self.pools.record(module, args[0], self._sample_mask(args[0]))
 
     def _connection_ops(self, counter: _LayerCounter, module: nn.Module, x: torch.Tensor
-                        ) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """(effective ops, dense ops, ops of the non-zero elements of ``x`` itself)."""
+                        ) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor | None]:
+        """(effective ops, dense ops, ops of the non-zero elements of ``x`` itself, and when this
+        counted them from ``x``, the number of non-zero elements of ``x``, else None)."""
         op = counter.site.op
         pool = counter.site.events_from
         if op == "product":
@@ -309,15 +211,13 @@ class OpCounter:
             if active is not None and not bool(active.all()):
                 raise RuntimeError(f"product unit {counter.site.name}: its three-term op count cannot honour a "
                                    "per-sample active mask (early exit is for networks without product units)")
-            return module.last_ops, module.last_dense, module.last_ops
+            return module.last_ops, module.last_dense, module.last_ops, None
         mask = self._sample_mask(x)
         # early exit: count the active samples' inputs only (a neuron's own counts cover the whole batch)
         present = None if mask is None else (x != 0) & mask
+        cells = None  # behind a pool: spikes per pooled position over batch and channels (PoolEvents)
         if pool is not None:
-            events = self._pool_events.pop(id(pool), None)
-            if events is None or events.numel() != x.numel():
-                raise RuntimeError(f"layer {counter.site.name}: no spike counts from its average pool this frame")
-            nonzero = events.reshape(x.shape)  # already masked by the pool hook
+            nonzero, cells = self.pools.take(pool, x, counter.site.name, per_position=op == "conv")
         elif counter.site.input_events is not None:  # several sub-spikes per element (H-MT)
             nonzero = counter.site.input_events(x)
         else:
@@ -331,8 +231,9 @@ class OpCounter:
                 own_events = counted[0]
             else:  # the layer's own view (only the active samples under early exit)
                 own_events = torch.count_nonzero(x) if present is None else present.sum()
-            events = own_events if nonzero is None else nonzero.sum()
-            return events * out_features, dense, own_events * out_features
+            events = cells.sum() if cells is not None else own_events if nonzero is None else nonzero.sum()
+            own_nonzero = own_events if counted is None else None
+            return events * out_features, dense, own_events * out_features, own_nonzero
         if op == "conv":
             spatial = tuple(x.shape[2:])
             cached = counter.fanout.get(spatial)
@@ -349,12 +250,14 @@ class OpCounter:
             else:  # non-zero inputs per position (only the active samples under early exit)
                 own_hits = ((x != 0) if present is None else present).sum(dim=(0, 1))
             own = (own_hits * fan).sum() * per_input_channel
-            if nonzero is None:
+            if cells is not None:  # behind an average pool every spike of the pooled cell
+                effective = (cells * fan).sum() * per_input_channel
+            elif nonzero is None:
                 effective = own
-            else:  # behind an average pool every spike of the pooled cell; H-MT sub-spikes; active samples
+            else:  # behind an average pool (per element); H-MT sub-spikes; active samples
                 effective = (nonzero.sum(dim=(0, 1)) * fan).sum() * per_input_channel
             dense = fan_total * x.shape[0] * x.shape[1] * per_input_channel
-            return effective, dense, own
+            return effective, dense, own, own_hits.sum() if counted is None else None
         raise ValueError(f"unknown connection op {op!r} for layer {counter.site.name}")
 
     def _neuron_hook(self, counter: _NeuronCounter):
@@ -362,23 +265,24 @@ class OpCounter:
             t = self._frame()
             if t is None:
                 return
+            self.pools.emitted(module, output)
             mask = self._sample_mask(output)
             if mask is not None:  # early exit: count the samples computing this frame only
                 output = output * mask
-                counter.updates[t] += mask.sum() * (output[0].numel() if output.ndim else 1)
+                counter.updates.add(t, mask.sum() * (output[0].numel() if output.ndim else 1))
             else:
-                counter.updates[t] += output.numel()
+                counter.updates.add(t, output.numel())
             kernel_counts = getattr(module, "last_counts", None) if mask is None else None
             if kernel_counts is not None:  # counted by the fused kernel in its own pass
-                counter.events[t] += kernel_counts[0]
-                counter.units[t] += kernel_counts[1].to(torch.float64)
+                counter.events.add(t, kernel_counts[0])
+                counter.units.add(t, kernel_counts[1].to(torch.float64))
                 return
-            counter.events[t] += torch.count_nonzero(output)
+            counter.events.add(t, torch.count_nonzero(output))
             unit = counter.site.unit() if counter.site.unit is not None else None
             if unit is None:
-                counter.units[t] += torch.count_nonzero(output).to(torch.float64)
+                counter.units.add(t, torch.count_nonzero(output).to(torch.float64))
             else:
-                counter.units[t] += (output.abs().to(torch.float64) / unit.to(torch.float64).clamp_min(1e-30)).sum()
+                counter.units.add(t, (output.abs().to(torch.float64) / unit.to(torch.float64).clamp_min(1e-30)).sum())
         return hook
 
     def add_samples(self, n: int) -> None:
@@ -409,10 +313,11 @@ class OpCounter:
             total = torch.stack([r.to(torch.float64) for r in rows]).sum(0)[1:].cumsum(0)[readout] / n
             return total.tolist()
 
-        acs_rows = [c.ops for c in self.layers if c.site.input_kind == "spike"]
-        mac_rows = [c.ops for c in self.layers if c.site.input_kind != "spike"]
+        row = lambda r, dtype=torch.int64: r.tensor(dtype, self.device)  # noqa: E731
+        acs_rows = [row(c.ops) for c in self.layers if c.site.input_kind == "spike"]
+        mac_rows = [row(c.ops) for c in self.layers if c.site.input_kind != "spike"]
         layers = []
-        cum = lambda row: (row[1:].to(torch.float64).cumsum(0)[readout] / n).tolist()  # noqa: E731
+        cum = lambda r: (row(r)[1:].to(torch.float64).cumsum(0)[readout] / n).tolist()  # noqa: E731
         for c in self.layers:
             layers.append({"layer": c.site.name, "type": c.site.op, "input": c.site.input_kind,
                            "ops": cum(c.ops), "dense_ops": c.dense / n,
@@ -421,34 +326,21 @@ class OpCounter:
                            "dense_ungrouped": c.dense_ungrouped / n, "pooled": c.site.events_from is not None})
         for c in self.neurons:
             layers.append({"layer": c.site.name, "type": "neuron", "input": "",
-                           "spikes": (c.events[1:].to(torch.float64).cumsum(0)[readout] / n).tolist(),
-                           "unit_spikes": (c.units[1:].cumsum(0)[readout] / n).tolist(),
-                           "neurons": float(c.updates[self.plan.first_counted_frame]) / n})
+                           "spikes": cum(c.events),
+                           "unit_spikes": (row(c.units, torch.float64)[1:].cumsum(0)[readout] / n).tolist(),
+                           "neurons": float(row(c.updates)[self.plan.first_counted_frame]) / n})
         return CountSummary(
             samples=self.samples, T=T,
             acs=cumulative(acs_rows), macs=cumulative(mac_rows),
-            events=cumulative([c.events for c in self.neurons]),
-            unit_spikes=cumulative([c.units for c in self.neurons]),
-            neuron_updates=cumulative([c.updates for c in self.neurons]),
+            events=cumulative([row(c.events) for c in self.neurons]),
+            unit_spikes=cumulative([row(c.units, torch.float64) for c in self.neurons]),
+            neuron_updates=cumulative([row(c.updates) for c in self.neurons]),
             dense_macs=sum(c.dense for c in self.layers) / n,
             layers=layers,
             steps=(self.steps[1:].cumsum(0) / n).tolist(),
             steps_histogram=None if self.step_counts is None else
             {int(k): int(v) for k, v in enumerate(self.step_counts.tolist()) if v},
         )
-
-
-def _ungrouped_macs(module: nn.Module, output: torch.Tensor) -> int:
-    """AdaFire's MAC formula for one call: C_in·C_out·k·H_out·W_out (groups ignored,
-    padding included) for conv, in·out per position for linear, summed over the batch."""
-    if isinstance(module, nn.Linear):
-        return output.numel() * module.in_features
-    if isinstance(module, nn.modules.conv._ConvNd):
-        k = 1
-        for size in module.kernel_size:
-            k *= size
-        return output.numel() * module.in_channels * k
-    return 0
 
 
 def _module_device(model: nn.Module) -> torch.device:

@@ -33,6 +33,20 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5,
                    help="interleaved rounds (paired ratios: median and min-max reported)")
     p.add_argument("--out", default=None, help="JSON output path (default benchmarks/out/<name>.json)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time; cpu: CPU time of this process (CPU devices only; on a shared "
+                        "machine it does not count the time other processes hold the cores)")
+
+
+def clock(name: str, device: torch.device) -> Callable[[], float]:
+    """The timer of ``--clock``: ``time.perf_counter`` (wall) or ``time.process_time`` (CPU time of
+    this process: with one torch thread, the work of the candidate even while other processes
+    share the cores; memory-bandwidth and cache contention still show)."""
+    if name == "cpu":
+        if device.type != "cpu":
+            raise SystemExit("--clock cpu times CPU work; on a CUDA device use --clock wall")
+        return time.process_time
+    return time.perf_counter
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,8 +78,9 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int
 
 
 def interleaved(candidates: dict[str, Callable[[], Any]], device: torch.device, repeats: int,
-                warmup: int = 1) -> dict[str, list[float]]:
-    """Wall times of every candidate over ``repeats`` rounds (one run of each per round).
+                warmup: int = 1, timer: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Times (``timer``: wall by default) of every candidate over ``repeats`` rounds (one run of
+    each per round).
 
     Every candidate runs ``warmup`` times before any timing; the order within a round
     rotates, so no candidate always runs first (in a fresh heap) or last.
@@ -78,10 +93,10 @@ def interleaved(candidates: dict[str, Callable[[], Any]], device: torch.device, 
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
+            start = timer()
             candidates[name]()
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timer() - start)
     return times
 
 

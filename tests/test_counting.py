@@ -302,3 +302,37 @@ def test_binary_inputs_and_nonzero_inputs_from_the_neurons_pass_equal_reading_th
     binary_ops = [layer["unit_input_ops"][-1] for layer in connections]
     assert any(v > 0 for v in nonzero)
     assert any(v > 0 for v in binary_ops) == (theta == 1.0)
+
+
+@pytest.mark.parametrize("method_name", ["dcgs", "rate"])
+def test_layers_behind_an_average_pool_count_from_the_neurons_hit_map(digits_vgg, method_name, monkeypatch):
+    """The conv and the linear layer behind vgg's average pools take their spikes per pooled cell
+    from the emitting neuron's per-position hit map (sum-pooled) from the second counted frame
+    on; every count equals pooling the per-element spike mask (PoolEvents.from_hits off)."""
+    from snnbench.methods.base import ConversionContext
+    from snnbench.methods.snn.stats import collect_stats
+    from snnbench.plugins import create_method
+    from snnbench.pool_events import PoolEvents
+
+    model = digits_vgg.core
+    torch.manual_seed(5)
+    x = torch.rand(6, 1, 8, 8) * 2
+    method = create_method(method_name, {"fuse": False})
+    ctx = ConversionContext(T=3, example=x)
+    snn = method.convert(model, collect_stats(model, [x], method.stat_kinds(model, ctx)), ctx)
+    pooled = [c for c in snn.count_plan().connections if c.events_from is not None]
+    assert {c.op for c in pooled} == {"conv", "linear"}
+    taken = []
+    record = PoolEvents.record
+
+    def spy(self, pool, x, mask):
+        record(self, pool, x, mask)
+        taken.append(self._counts[id(pool)][1] is not None)
+    monkeypatch.setattr(PoolEvents, "record", spy)
+    fast = _counts(snn, x, 4, from_neurons=True)
+    assert taken and any(taken) and not all(taken[:len(pooled)])  # the first frame finds the neurons
+    monkeypatch.setattr(PoolEvents, "from_hits", False)
+    taken.clear()
+    slow = _counts(snn, x, 4, from_neurons=True)
+    assert not any(taken)
+    assert fast == slow and fast.acs[-1] > 0

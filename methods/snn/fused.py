@@ -26,6 +26,12 @@ function after ``recompile_limit`` (8) variants and runs it eagerly from then on
 
 The time-step enters as a 0-dim tensor, so one compilation serves every t.
 
+**In place.** The step is memory bound (about ten 4-byte streams per element: x, b, v, Ē_in,
+Ē_out and θ in; s, v, Ē_in, Ē_out out), so the compiled kernel (:func:`run_step`) writes the new
+state into the state tensors it was given instead of allocating three fresh ones per step
+(whose first touch costs page faults on top); only the spikes are new. The per-position hits
+are reduced from the written spikes by a small compiled function of their own.
+
 The fused and eager paths compute the same expressions in the same order; the tests
 check that their spikes, states and counts agree.
 
@@ -181,17 +187,72 @@ def _own_code_copy(fn: Callable, suffix: str) -> Callable:
     return copy
 
 
+def _differential_kernel(x: torch.Tensor, b: torch.Tensor, v: torch.Tensor, e_in: torch.Tensor, e_out: torch.Tensor,
+                         theta: torch.Tensor, t: torch.Tensor, rule: str, n: int, signed: bool, floor: float | None,
+                         ceiling: float | None, count: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`differential_step` writing the new v, Ē_in, Ē_out into the state tensors (one
+    pass over memory that reads the five inputs and writes four outputs); returns (s, counts)."""
+    s, v_new, e_in_new, e_out_new, counts, _ = differential_step(x, b, v, e_in, e_out, theta, t, rule, n, signed,
+                                                                 floor, ceiling, count)
+    v.copy_(v_new)
+    e_in.copy_(e_in_new)
+    e_out.copy_(e_out_new)
+    return s, counts
+
+
+def _rate_kernel(x: torch.Tensor, v: torch.Tensor, c_out: torch.Tensor | None, theta: torch.Tensor, t: torch.Tensor,
+                 rule: str, n: int, signed: bool, floor: float | None, ceiling: float | None, count: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`rate_step` writing the new v (and C) into the state tensors; returns (s, counts)."""
+    s, v_new, c_new, counts, _ = rate_step(x, v, c_out, theta, t, rule, n, signed, floor, ceiling, count)
+    v.copy_(v_new)
+    if c_out is not None:
+        c_out.copy_(c_new)
+    return s, counts
+
+
+def _position_hits_kernel(s: torch.Tensor, positions: int) -> torch.Tensor:
+    return position_hits(s, positions)
+
+
+#: the in-place kernel of each coding: the function :func:`compiled` compiles per signature
+_KERNELS: dict[str, Callable] = {"differential": _differential_kernel, "rate": _rate_kernel}
+#: state arguments (indices into the tensors of a step) that the kernel of a coding overwrites
+_MUTATED: dict[str, tuple[int, ...]] = {"differential": (2, 3, 4), "rate": (1, 2)}
+
 #: the compiled step of each signature seen in this process (the explicit per-signature cache)
 _COMPILED: dict[StepSignature, Callable] = {}
+_HITS: list[Callable] = []
 
 
 def compiled(signature: StepSignature) -> Callable:
-    """The ``torch.compile``d step of one signature (called with flat tensors)."""
+    """The ``torch.compile``d in-place kernel of one signature (called with flat tensors;
+    :func:`run_step` hands back the state tensors it overwrote)."""
     fn = _COMPILED.get(signature)
     if fn is None:
-        fn = _COMPILED[signature] = torch.compile(_own_code_copy(_EAGER[signature.coding], signature.tag()),
+        fn = _COMPILED[signature] = torch.compile(_own_code_copy(_KERNELS[signature.coding], signature.tag()),
                                                   dynamic=True, fullgraph=True)
     return fn
+
+
+def _compiled_hits() -> Callable:
+    """The compiled per-position count of non-zero spikes (:func:`position_hits`), run on the
+    spikes a kernel wrote: a reduction of its own, so the kernel is not recomputed for it."""
+    if not _HITS:
+        _HITS.append(torch.compile(_position_hits_kernel, dynamic=True, fullgraph=True))
+    return _HITS[0]
+
+
+def _overwritable(tensors: tuple[torch.Tensor | None, ...], mutated: tuple[int, ...]) -> bool:
+    """Whether the kernel may overwrite the state tensors at ``mutated``: no autograd, no inference
+    tensor outside inference mode, and no state sharing memory with another argument."""
+    states = [tensors[i] for i in mutated if tensors[i] is not None]
+    if torch.is_grad_enabled() and any(a.requires_grad for a in tensors if a is not None):
+        return False
+    if not torch.is_inference_mode_enabled() and any(a.is_inference() for a in states):
+        return False
+    pointers = [a.untyped_storage().data_ptr() for a in tensors if a is not None]
+    return len(set(pointers)) == len(pointers)
 
 
 def compiled_signatures() -> list[StepSignature]:
@@ -210,6 +271,7 @@ def compiled_variants(signature: StepSignature) -> int:
 def clear_compiled() -> None:
     """Forget every compiled step (tests; the next call compiles again)."""
     _COMPILED.clear()
+    _HITS.clear()
     _FAILED.clear()
 
 
@@ -231,18 +293,43 @@ _FAILED: set[StepSignature] = set()
 def run_step(signature: StepSignature, fuse: bool, *tensors: torch.Tensor | None, positions: int | None = None
              ) -> tuple:
     """Run the step of ``signature`` on ``tensors`` (the leading tensor arguments of
-    :func:`differential_step` / :func:`rate_step`): compiled when ``fuse``, falling back to
-    eager (one warning per signature) when compilation fails. ``positions``: the number of
-    trailing positions of the per-position hits (signatures with ``positions``)."""
+    :func:`differential_step` / :func:`rate_step`); returns what that function returns.
+
+    With ``fuse`` the compiled in-place kernel runs (falling back to eager, one warning per
+    signature, when compilation fails): it overwrites the state tensors it is given with their
+    new values (no allocation per step but the spikes'; the step's memory traffic is the reads
+    of its inputs and the writes of s and the state) and they are returned as the new state;
+    the per-position hits (signatures with ``positions``; ``positions`` trailing positions)
+    are reduced from the written spikes. Eager (``fuse`` off, and wherever the state may not be
+    overwritten, see :func:`_overwritable`) returns new tensors."""
     eager = _EAGER[signature.coding]
-    args = (*tensors, *signature.static_args(), positions if signature.positions else None)
-    if not fuse or signature in _FAILED:
-        return eager(*args)
+    static = signature.static_args()
+    hits_of = positions if signature.positions else None
+    if not fuse or signature in _FAILED or not _overwritable(tensors, _MUTATED[signature.coding]):
+        return eager(*tensors, *static, hits_of)
     try:
-        return compiled(signature)(*args)
-    except Exception as exc:  # inductor/toolchain failures; genuine errors re-raise from eager below
+        s, counts = compiled(signature)(*tensors, *static)
+    except Exception as exc:  # inductor/toolchain failures (before the kernel ran); genuine errors re-raise below
+        _warn_fallback(signature.tag(), exc)
         _FAILED.add(signature)
-        log.warning("torch.compile of the %s neuron step failed (%s: %s); running it eagerly "
-                    "(identical results, slower). Set fuse=false to skip compiling.",
-                    signature.tag(), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        return eager(*args)
+        return eager(*tensors, *static, hits_of)
+    states = tuple(tensors[i] for i in _MUTATED[signature.coding])
+    return (s, *states, counts, _hits(s, hits_of) if hits_of is not None else None)
+
+
+def _hits(s: torch.Tensor, positions: int) -> torch.Tensor:
+    """:func:`position_hits` of written spikes: compiled, or eager once its compilation failed."""
+    if _HITS and _HITS[0] is position_hits:
+        return position_hits(s, positions)
+    try:
+        return _compiled_hits()(s, positions)
+    except Exception as exc:  # the state is already advanced: count these spikes eagerly from now on
+        _warn_fallback("position_hits", exc)
+        _HITS[:] = [position_hits]
+        return position_hits(s, positions)
+
+
+def _warn_fallback(what: str, exc: Exception) -> None:
+    log.warning("torch.compile of the %s neuron step failed (%s: %s); running it eagerly "
+                "(identical results, slower). Set fuse=false to skip compiling.",
+                what, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")

@@ -1,0 +1,70 @@
+"""The records of the op counter (bench/counting.py): per-frame rows of each counted layer and
+neuron, and the per-sample :class:`CountSummary` it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from snnbench.methods.base import ConnectionSite, NeuronSite
+
+
+class _Row:
+    """Per-frame totals ``[T + 1]``: each frame's slot holds its running sum (a device 0-dim tensor or
+    an int), so a step adds one scalar (no indexing of a device tensor, no host sync); read at the end
+    by :meth:`tensor`."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, frames: int) -> None:
+        self.values: list[Any] = [0] * frames
+
+    def add(self, t: int, value: Any) -> None:
+        current = self.values[t]
+        self.values[t] = value if isinstance(current, int) and current == 0 else current + value
+
+    def tensor(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.stack([v.to(device=device, dtype=dtype) if isinstance(v, torch.Tensor)
+                            else torch.tensor(v, dtype=dtype, device=device) for v in self.values])
+
+
+@dataclass
+class _LayerCounter:
+    site: ConnectionSite
+    ops: _Row                    # [T + 1] effective ops per frame (summed over samples)
+    input_ops: _Row              # [T + 1] fan-out of the non-zero elements of the layer's own input
+    unit_input_ops: _Row         # [T + 1] input_ops of calls whose input is all in {-1, 0, 1}
+    input_nonzero: _Row          # [T + 1] non-zero input elements
+    dense: int = 0               # dense ops summed over counted samples (one frame each)
+    dense_ungrouped: int = 0     # AdaFire's C_in·C_out·k·H_out·W_out, summed over counted samples
+    input_numel: int = 0         # input elements per frame, summed over counted samples
+    fanout: dict[tuple, tuple[torch.Tensor, int]] = field(default_factory=dict)
+
+
+@dataclass
+class _NeuronCounter:
+    site: NeuronSite
+    events: _Row                 # [T + 1]
+    units: _Row                  # [T + 1] float64
+    updates: _Row                # [T + 1]
+
+
+@dataclass
+class CountSummary:
+    """Per-sample counts, cumulative over frames 1..t, as plain Python numbers."""
+
+    samples: int
+    T: int
+    acs: list[float]             # index t-1 -> cumulative ACs per sample
+    macs: list[float]
+    events: list[float]
+    unit_spikes: list[float]
+    neuron_updates: list[float]
+    dense_macs: float            # one frame of dense ops per sample (the ANN's cost)
+    layers: list[dict[str, Any]]
+    #: index t-1 -> mean steps computed per sample over frames 1..t (t without early exit)
+    steps: list[float] = field(default_factory=list)
+    #: steps used -> number of samples (only when the model reported per-sample masks)
+    steps_histogram: dict[int, int] | None = None
