@@ -192,21 +192,21 @@ def tied_groups(metrics: dict[str, float], p_adjusted: dict[frozenset[str], floa
     return groups
 
 
-def block_groups(results_dir: str | Path, cells: list[dict[str, Any]], t: int) -> dict[str, int]:
-    """Tied groups of one leaderboard block (one task, model and T; one cell per method):
-    every pair of methods is compared at ``t``, Holm-adjusted over the block's pairs.
+def block_groups(results_dir: str | Path, cells: dict[str, dict[str, Any]], t: int) -> dict[str, int]:
+    """Tied groups of one leaderboard block (one task, model and T): ``cells`` maps each row's
+    name to its cell; every pair of rows is compared at ``t``, Holm-adjusted over the
+    block's pairs.
 
     Raises :class:`CompareError` when a cell has no samples file or did not score ``t``."""
-    by_method = {c["method"]: c for c in cells}
-    names = sorted(by_method)
+    names = sorted(cells)
+    if len(names) == 1:
+        return {names[0]: 0}
     pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
-    results = [compare_cells(results_dir, by_method[x], by_method[y], t) for x, y in pairs]
+    results = [compare_cells(results_dir, cells[x], cells[y], t) for x, y in pairs]
     adjusted = holm([r.p_value for r in results])
     metrics: dict[str, float] = {}
-    for r in results:
-        metrics[r.a], metrics[r.b] = r.a_metric, r.b_metric
-    if len(names) == 1:
-        metrics[names[0]] = 0.0
+    for (x, y), r in zip(pairs, results):
+        metrics[x], metrics[y] = r.a_metric, r.b_metric
     return tied_groups(metrics, {frozenset((x, y)): p for (x, y), p in zip(pairs, adjusted)})
 
 

@@ -45,9 +45,9 @@ WEIGHTS_SHA_DIGITS = 12
 
 CELL_COLUMNS = ["cell_key", "task", "model", "method", "reference", "metric_name", "ann", "T_max", "seed", "calib_size",
                 "eval_size", "weights", "weights_sha", "data_root", "settings", "user_keys", "energy_model", "e_mac_pj", "e_ac_pj",
-                "git_sha", "finished_at", "track", "note", *FAIRNESS_FIELDS, "calib_split"]
+                "git_sha", "finished_at", "track", "note", *FAIRNESS_FIELDS, "calib_split", "ann_ci95_lo", "ann_ci95_hi"]
 CURVE_COLUMNS = ["cell_key", "t", "metric", "spikes_per_sample", "synops_per_sample", "energy_ratio", "latency",
-                 "unit_spikes_per_sample", "steps_per_sample"]
+                 "unit_spikes_per_sample", "steps_per_sample", "metric_ci95_lo", "metric_ci95_hi"]
 #: the track of records written before tracks existed
 DEFAULT_TRACK = "plain"
 FAILED_COLUMNS = ["cell_key", "task", "model", "method", "settings", "seed", "T_max", "error_line", "error"]
@@ -130,7 +130,8 @@ def results_from_records(records: Iterable[dict[str, Any]], source: str = "",
             "track": record.get("track") or DEFAULT_TRACK,
             "note": str((record.get("conversion") or {}).get("note") or ""),
             **{f: fairness.get(f) for f in FAIRNESS_FIELDS},
-            "calib_split": spec.get("calib_split") or "train"})
+            "calib_split": spec.get("calib_split") or "train",
+            **_bounds("ann_ci95", record.get("ann_ci95"))})
         for t_text, row in record["per_t"].items():
             curves.append({"cell_key": key, "t": int(t_text), "metric": _float(row.get("metric")),
                            "spikes_per_sample": _float(row.get("spikes_per_sample")),
@@ -140,7 +141,8 @@ def results_from_records(records: Iterable[dict[str, Any]], source: str = "",
                            "latency": _float(row.get("latency", int(t_text))),
                            "unit_spikes_per_sample": _float(row.get("unit_spikes_per_sample")),
                            # results without per-sample early exit computed every step
-                           "steps_per_sample": _float(row.get("steps_per_sample", int(t_text)))})
+                           "steps_per_sample": _float(row.get("steps_per_sample", int(t_text))),
+                           **_bounds("metric_ci95", row.get("metric_ci95"))})
         if record.get("layers"):
             layers[key] = record["layers"]
     curves_frame = pd.DataFrame(curves, columns=CURVE_COLUMNS)
@@ -154,6 +156,12 @@ def results_from_records(records: Iterable[dict[str, Any]], source: str = "",
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _bounds(name: str, interval: Any) -> dict[str, float | None]:
+    """``{name_lo, name_hi}`` of a ``[lo, hi]`` interval (None for records without one)."""
+    lo, hi = interval if interval else (None, None)
+    return {f"{name}_lo": _float(lo), f"{name}_hi": _float(hi)}
 
 
 # -- sources ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ QCFS-track rows with their own ANN reference, table, marks and Pareto front.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -177,11 +178,16 @@ def _csv(tables: list[TaskTable]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=CSV_LEAD + CSV_TAIL)
     frame = pd.concat(frames, ignore_index=True)
-    T_cols = sorted({c for c in frame.columns if c.startswith("metric_pct_T") and not c.endswith("_sd")},
+    T_cols = sorted({c for c in frame.columns if re.fullmatch(r"metric_pct_T\d+", c)},
                     key=lambda c: int(c[len("metric_pct_T"):]))
-    has_sd = any(f"{c}_sd" in frame and frame[f"{c}_sd"].notna().any() for c in T_cols)
-    metric_cols = [x for c in T_cols for x in ((c, f"{c}_sd") if has_sd else (c,))]
-    order = CSV_LEAD + metric_cols + CSV_TAIL
+
+    def shown(suffix: str) -> bool:
+        return any(f"{c}{suffix}" in frame and frame[f"{c}{suffix}"].notna().any() for c in T_cols)
+
+    suffixes = [x for x in ("_sd", "_ci95_lo", "_ci95_hi") if shown(x)]
+    metric_cols = [f"{c}{x}" for c in T_cols for x in ("", *suffixes)]
+    groups = ["rank_group_number"] if "rank_group_number" in frame and frame["rank_group_number"].notna().any() else []
+    order = CSV_LEAD + metric_cols + groups + CSV_TAIL
     return frame[[c for c in order if c in frame.columns]]
 
 
@@ -224,7 +230,7 @@ def render_leaderboard(results_dir: str | Path, out_dir: str | Path | None = Non
     tables, sections, ablations_all, written = [], [], [], {}
     for task in measured:
         for track in rows.tracks(task):
-            table = task_table(rows, task, chosen_T, track=track)
+            table = task_table(rows, task, chosen_T, track=track, results_dir=results_dir)
             ablations = ablation_tables(rows, task, table.chosen_T, track=track)
             images = _task_plots(rows, table, results, out, layers_cell)
             written.update({f"plot:{img.path.name}": img.path for img in images})

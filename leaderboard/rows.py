@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ["row_id", "task", "model", "method", "label", "reference", "settings", "varied", "seeds", "cell_keys",
                "T_max", "calib_size", "eval_size", "weights", "weights_sha", "data_root", "metric_name", "ann", "energy_model",
-               "e_mac_pj", "e_ac_pj", "track", *FAIRNESS_FIELDS, "calib_split"]
+               "e_mac_pj", "e_ac_pj", "track", *FAIRNESS_FIELDS, "calib_split", "ann_ci95_lo", "ann_ci95_hi"]
 CURVE_COLUMNS = ["row_id", "t", "metric", "metric_sd", "spikes_per_sample", "synops_per_sample", "energy_ratio",
-                 "latency", "unit_spikes_per_sample", "steps_per_sample"]
+                 "latency", "unit_spikes_per_sample", "steps_per_sample", "metric_ci95_lo", "metric_ci95_hi"]
 
 
 @dataclass
@@ -155,7 +155,8 @@ def build_rows(results: Results, per_seed: bool = False) -> Rows:
                          "energy_model": first["energy_model"], "e_mac_pj": first["e_mac_pj"],
                          "e_ac_pj": first["e_ac_pj"], "track": first["track"],
                          **{f: first.get(f) for f in FAIRNESS_FIELDS},
-                         "calib_split": first.get("calib_split", "train")})
+                         "calib_split": first.get("calib_split", "train"),
+                         **{b: (first.get(b) if len(members) == 1 else None) for b in ("ann_ci95_lo", "ann_ci95_hi")}})
             curves.append(_mean_curve(results.curves[results.curves["cell_key"].isin(keys)], row_id))
             row_id += 1
     frame = pd.DataFrame(rows, columns=ROW_COLUMNS)
@@ -174,6 +175,10 @@ def _mean_curve(curves: pd.DataFrame, row_id: int) -> pd.DataFrame:
     out = grouped[["metric", "spikes_per_sample", "synops_per_sample", "energy_ratio", "latency",
                    "unit_spikes_per_sample", "steps_per_sample"]].mean()
     out["metric_sd"] = grouped["metric"].std(ddof=1)
+    # one cell's 95 % interval; a row over several seeds shows its spread (sd) instead
+    several = curves["cell_key"].nunique() > 1
+    for bound in ("metric_ci95_lo", "metric_ci95_hi"):
+        out[bound] = np.nan if several else grouped[bound].first()
     out = out.reset_index()
     out.insert(0, "row_id", row_id)
     return out[CURVE_COLUMNS]

@@ -12,6 +12,13 @@ Semantics:
   searched over every simulated t; blank when never reached.
 * Spikes, synaptic operations and energy ratio are per sample, cumulative up to the
   chosen T (default: the largest T every row of the task reached).
+* ``95% CI @T``: the 95 % interval of a single cell's metric at the chosen T (Wilson on
+  classification, an image bootstrap on mAP/mIoU; ``metric_pct_T<t>_ci95_lo/hi`` in the
+  CSV for every T column); a row over several seeds shows mean ± sd instead.
+* ``rank group @T``: rows of one model not significantly different at the chosen T share a
+  group (paired tests on the saved per-sample outcomes, Holm-adjusted;
+  :mod:`snnbench.leaderboard.ties`); "1 (tied)" marks a tie for the best, and the chosen-T
+  metric's best mark goes to the whole of group 1.
 * Best values are marked per column among the SNN rows of the same model (the ANN
   reference row is never ranked); ties are all marked; a model with a single SNN row gets
   no marks.
@@ -25,7 +32,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +42,7 @@ import pandas as pd
 
 from snnbench.leaderboard.data import Results
 from snnbench.leaderboard.rows import Rows, natural_key
+from snnbench.leaderboard.ties import group_text, rank_groups
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +169,14 @@ def _has_early_exit(rows: Rows, task_rows: pd.DataFrame, T: int) -> bool:
 
 
 # -- the task table --------------------------------------------------------------------
-def task_table(rows: Rows, task: str, chosen_T: int | None = None, track: str = "plain") -> TaskTable:
+def task_table(rows: Rows, task: str, chosen_T: int | None = None, track: str = "plain",
+               results_dir: str | Path | None = None) -> TaskTable:
     """The ranking table of the ``track`` rows of ``task`` at ``chosen_T`` (default: the largest
-    common T). Best marks and the Pareto front are taken within the track only."""
+    common T). Best marks and the Pareto front are taken within the track only.
+
+    With ``results_dir`` (its ``samples/``), the rows of each model get rank groups at the
+    chosen T (:mod:`snnbench.leaderboard.ties`), and the best mark of the chosen-T metric goes
+    to every row of group 1 (the rows tied with the best) rather than to the largest value."""
     task_rows = rows.of_task(task, track)
     if task_rows.empty:
         raise ValueError(f"task {task!r} has no successful cell in the {track} track")
@@ -184,6 +199,14 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None, track: str = 
     for t in T_values:
         columns.append(Column(f"metric_pct_T{t}", f"{metric_name} T={t}", "pct", "max",
                               f"metric_pct_T{t}_sd" if multi_seed else None))
+    groups = rank_groups(task_rows, results_dir, T)
+    has_ci = any(not math.isnan(_at(rows.curve(r), T, "metric_ci95_lo")) for r in task_rows["row_id"])
+    if has_ci:
+        columns.append(Column("metric_ci95", f"95% CI @T={T}"))
+    if groups:
+        columns.append(Column("rank_group", f"rank group @T={T}"))
+    model_of = dict(zip(task_rows["row_id"].astype(int), task_rows["model"]))
+    group_sizes = Counter((model_of[r], g) for r, g in groups.items())
     columns += [Column("t_to_99pct_ann", "T to 99% ANN", "int", "min"),
                 # fairness (snnbench.methods.base.Fairness): what one step of the row can carry
                 Column("latency", f"latency @T={T} (frames)", "int"),
@@ -211,6 +234,13 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None, track: str = 
         for t in T_values:
             rec[f"metric_pct_T{t}"] = _at(curve, t, "metric") * PERCENT
             rec[f"metric_pct_T{t}_sd"] = _at(curve, t, "metric_sd") * PERCENT
+            rec[f"metric_pct_T{t}_ci95_lo"] = _at(curve, t, "metric_ci95_lo") * PERCENT
+            rec[f"metric_pct_T{t}_ci95_hi"] = _at(curve, t, "metric_ci95_hi") * PERCENT
+        lo, hi = rec[f"metric_pct_T{T}_ci95_lo"], rec[f"metric_pct_T{T}_ci95_hi"]
+        rec["metric_ci95"] = "" if math.isnan(lo) else f"{lo:.2f}–{hi:.2f}"
+        group = groups.get(int(row["row_id"]))
+        rec["rank_group"] = group_text(group, group_sizes.get((row["model"], group), 0))
+        rec["rank_group_number"] = math.nan if group is None else group
         reach = None if row["reference"] else t_to_reach(curve, row["ann"])
         rec["t_to_99pct_ann"] = math.nan if reach is None else reach
         for key in ("spikes_per_sample", "unit_spikes_per_sample", "steps_per_sample", "synops_per_sample",
@@ -234,7 +264,23 @@ def task_table(rows: Rows, task: str, chosen_T: int | None = None, track: str = 
     table = TaskTable(task=task, metric_name=metric_name, chosen_T=T, T_values=T_values, energy_label=e_label,
                       columns=columns, frame=frame, track=track)
     table.best = best_marks(frame, columns)
+    if groups:
+        _mark_tied_best(table, frame, task_rows, groups, f"metric_pct_T{T}")
     return table
+
+
+def _mark_tied_best(table: TaskTable, frame: pd.DataFrame, task_rows: pd.DataFrame, groups: dict[int, int],
+                    key: str) -> None:
+    """Where a model's rows have rank groups, the chosen-T metric is marked on group 1."""
+    grouped_models = {m for m, r in zip(task_rows["model"], task_rows["row_id"]) if int(r) in groups}
+    for index, model, group in zip(frame.index, frame["model"], frame["rank_group_number"]):
+        if model not in grouped_models:
+            continue
+        marks = table.best.setdefault(int(index), set())
+        if group == 1:
+            marks.add(key)
+        else:
+            marks.discard(key)
 
 
 def best_marks(frame: pd.DataFrame, columns: list[Column]) -> dict[int, set[str]]:

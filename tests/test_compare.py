@@ -134,8 +134,8 @@ def test_block_groups_from_saved_outcomes(tmp_path):
     near[235:245] = ~near[235:245]  # 5 flips each way: same accuracy, not different
     far = np.zeros(n, dtype=bool)
     far[:150] = True  # 50 %
-    cells = [{"cell_key": _cell(tmp_path, m, "digits", "mlp", {4: c}), "method": m, "task": "digits",
-              "model": "mlp"} for m, c in (("dcgs", base), ("calibration", near), ("rate", far))]
+    cells = {m: {"cell_key": _cell(tmp_path, m, "digits", "mlp", {4: c}), "method": m, "task": "digits",
+                 "model": "mlp"} for m, c in (("dcgs", base), ("calibration", near), ("rate", far))}
     assert block_groups(tmp_path, cells, 4) == {"calibration": 0, "dcgs": 0, "rate": 1}
 
 

@@ -513,3 +513,46 @@ def test_early_exit_rows_show_unit_spikes_and_mean_steps():
     assert frame.loc["adafire", "unit_spikes_per_sample"] == 50.0
     without = task_table(build_rows(results_from_records([plain])), "toy")
     assert "steps_per_sample" not in [c.key for c in without.columns]
+
+
+def test_intervals_and_tied_rank_groups_from_saved_outcomes(tmp_path):
+    """Single-seed rows show their 95 % interval; rows not significantly different share a
+    rank group, and the chosen-T best mark goes to the whole tied group."""
+    import numpy as np
+
+    from snnbench.common.outcomes import BinaryOutcomes, samples_path, save_outcomes
+    from snnbench.significance import wilson_interval
+
+    n = 300
+    base = np.zeros(n, dtype=bool)
+    base[:240] = True                      # 80 %
+    near = base.copy()
+    near[235:246] = ~near[235:246]         # 79.67 %: tied with the best
+    far = np.zeros(n, dtype=bool)
+    far[:150] = True                       # 50 %
+    records = []
+    for method, hits in (("dcgs", base), ("calibration", near), ("rate", far)):
+        record = _synthetic(method, {}, {}, 0, [0.3, float(hits.mean())], method)
+        record["per_t"]["2"]["metric_ci95"] = list(wilson_interval(int(hits.sum()), n))
+        records.append(record)
+        save_outcomes(samples_path(tmp_path, method), BinaryOutcomes(t=np.array([2]), correct=hits[None]))
+    (tmp_path / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    table = task_table(build_rows(results_from_records(records)), "toy", results_dir=tmp_path)
+    frame = table.frame.set_index("method")
+    assert frame.loc["dcgs", "rank_group"] == "1 (tied)" == frame.loc["calibration", "rank_group"]
+    assert frame.loc["rate", "rank_group"] == "2"
+    lo, hi = wilson_interval(240, n)
+    assert frame.loc["dcgs", "metric_ci95"] == f"{100 * lo:.2f}–{100 * hi:.2f}"
+    marked = {table.frame.loc[i, "method"] for i, keys in table.best.items() if "metric_pct_T2" in keys}
+    assert marked == {"dcgs", "calibration"}
+    paths = render_leaderboard(tmp_path)
+    csv = pd.read_csv(paths["csv"]).set_index("method")
+    assert csv.loc["dcgs", "metric_pct_T2_ci95_lo"] == pytest.approx(100 * lo)
+    assert csv.loc["rate", "rank_group_number"] == 2
+    (measured,) = [t for k, t in html_tables(paths["html"]).items() if k.startswith("lb-")]
+    assert "rank group @T=2" in measured["headers"] and "95% CI @T=2" in measured["headers"]
+    # without samples files there are no groups, and nothing breaks
+    for method in ("dcgs", "calibration", "rate"):
+        samples_path(tmp_path, method).unlink()
+    plain = task_table(build_rows(results_from_records(records)), "toy", results_dir=tmp_path)
+    assert "rank_group" not in [c.key for c in plain.columns] and "metric_ci95" in [c.key for c in plain.columns]
