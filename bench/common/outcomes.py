@@ -157,15 +157,19 @@ class DetectionOutcomes:
             out[has_gt, :, c, :] = 0.0
             if not len(order):
                 continue
-            keep = ~self.det_ignored[order].T  # [I, D]
-            tp = (self.det_matched[order].T & keep).astype(np.float64)
-            fp = (~self.det_matched[order].T & keep).astype(np.float64)
+            tp_count, fp_count = _segment_counts(self.det_image[order], self.det_matched[order],
+                                                 self.det_ignored[order], self.n)
+            if tp_count is None:  # no true positive at any IoU: precision 0 wherever there is ground truth
+                continue
+            n_seg = tp_count.shape[1]
             rows_b = np.flatnonzero(has_gt)
-            chunk = max(1, int(_CHUNK_ELEMENTS // max(1, tp.size)))
+            chunk = max(1, int(_CHUNK_ELEMENTS // max(1, n_iou * n_seg)))
             for start in range(0, len(rows_b), chunk):
                 b = rows_b[start:start + chunk]
-                det_w = w[b][:, None, self.det_image[order]]  # [b, 1, D]
-                out[b, :, c, :] = _interpolated_precision(np.cumsum(det_w * tp, axis=2), np.cumsum(det_w * fp, axis=2),
+                # weighted TP/FP per segment (exact: integer counts, integer weights), then cumulated
+                tp_sum = np.cumsum((w[b] @ tp_count.reshape(self.n, -1)).reshape(len(b), n_seg, n_iou), axis=1)
+                fp_sum = np.cumsum((w[b] @ fp_count.reshape(self.n, -1)).reshape(len(b), n_seg, n_iou), axis=1)
+                out[b, :, c, :] = _interpolated_precision(tp_sum.transpose(0, 2, 1), fp_sum.transpose(0, 2, 1),
                                                           gt[b, c][:, None, None])
         return out
 
@@ -265,6 +269,32 @@ class DetectionOutcomes:
 
 Outcomes = BinaryOutcomes | ConfusionOutcomes | DetectionOutcomes
 KINDS: dict[str, type] = {"binary": BinaryOutcomes, "confusion": ConfusionOutcomes, "detection": DetectionOutcomes}
+
+
+def _segment_counts(images: np.ndarray, matched: np.ndarray, ignored: np.ndarray, n: int
+                    ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """Per image, the TP and FP detections of each segment ``[n, S, I]`` of one category's
+    score-sorted detections, a segment ending at each detection that is a TP at some IoU.
+
+    Exact reduction of ``COCOeval.accumulate``: a recall threshold is first reached at a TP,
+    and a detection that is a TP at no IoU (an FP or ignored at each) has a precision no
+    higher than the detection before it, so it never sets the precision envelope there; it
+    only adds its FP to the next segment end (or, after the last TP, to nothing that is read).
+    Cumulating the segment sums gives the TP/FP counts at every segment end, for any image
+    weights, without a pass over every detection per resample."""
+    keep = ~ignored
+    tp = keep & matched   # [D, I]
+    fp = keep & ~matched
+    ends = np.flatnonzero(tp.any(axis=1))
+    if not len(ends):
+        return None, None
+    segment = np.searchsorted(ends, np.arange(len(images)), side="left")  # the segment end at or after each
+    inside = segment < len(ends)
+    tp_count = np.zeros((n, len(ends), tp.shape[1]))
+    fp_count = np.zeros_like(tp_count)
+    np.add.at(tp_count, (images[inside], segment[inside]), tp[inside])
+    np.add.at(fp_count, (images[inside], segment[inside]), fp[inside])
+    return tp_count, fp_count
 
 
 def _interpolated_precision(tp_sum: np.ndarray, fp_sum: np.ndarray, n_gt: np.ndarray) -> np.ndarray:
