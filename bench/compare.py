@@ -28,7 +28,7 @@ from typing import Any, Iterable
 from snnbench.common.outcomes import Outcomes, load_outcomes, samples_path
 from snnbench.ledger import Ledger
 from snnbench.record import is_reference
-from snnbench.significance import holm, paired_outcomes
+from snnbench.significance import INTERVAL_RESAMPLES, PAIRED_RESAMPLES, holm, paired_outcomes
 
 #: the family-wise level a Holm-adjusted p-value is held against
 ALPHA = 0.05
@@ -106,7 +106,7 @@ def _load(results_dir: str | Path, cell: dict[str, Any]) -> Outcomes:
 
 
 def compare_cells(results_dir: str | Path, cell_a: dict[str, Any], cell_b: dict[str, Any],
-                  t: int | None = None) -> PairResult:
+                  t: int | None = None, resamples: int = PAIRED_RESAMPLES) -> PairResult:
     """Pair two cells of the same task and model at ``t`` (default: the largest t both scored)."""
     outcomes_a, outcomes_b = _load(results_dir, cell_a), _load(results_dir, cell_b)
     if t is None:
@@ -120,7 +120,7 @@ def compare_cells(results_dir: str | Path, cell_a: dict[str, Any], cell_b: dict[
     if outcomes_a.n != outcomes_b.n:
         raise CompareError(f"cells {cell_a['cell_key']} and {cell_b['cell_key']} scored different evaluation sets "
                            f"({outcomes_a.n} vs {outcomes_b.n} samples); run both with the same --eval-size")
-    diff = paired_outcomes(outcomes_a, k_a, outcomes_b, k_b)
+    diff = paired_outcomes(outcomes_a, k_a, outcomes_b, k_b, resamples=resamples)
     return PairResult(task=cell_a["task"], model=cell_a["model"], t=t, metric=str(cell_a.get("metric")),
                       n=outcomes_a.n, a=cell_a["method"], b=cell_b["method"], a_cell=cell_a["cell_key"],
                       b_cell=cell_b["cell_key"], a_metric=float(outcomes_a.metric(k_a)[0]),
@@ -192,17 +192,20 @@ def tied_groups(metrics: dict[str, float], p_adjusted: dict[frozenset[str], floa
     return groups
 
 
-def block_groups(results_dir: str | Path, cells: dict[str, dict[str, Any]], t: int) -> dict[str, int]:
+def block_groups(results_dir: str | Path, cells: dict[str, dict[str, Any]], t: int,
+                 resamples: int = INTERVAL_RESAMPLES) -> dict[str, int]:
     """Tied groups of one leaderboard block (one task, model and T): ``cells`` maps each row's
     name to its cell; every pair of rows is compared at ``t``, Holm-adjusted over the
-    block's pairs.
+    block's pairs. The leaderboard, rendered after every sweep, resamples
+    :data:`~snnbench.significance.INTERVAL_RESAMPLES` times (McNemar's p is exact anyway);
+    ``bench compare`` uses 10 000.
 
     Raises :class:`CompareError` when a cell has no samples file or did not score ``t``."""
     names = sorted(cells)
     if len(names) == 1:
         return {names[0]: 0}
     pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
-    results = [compare_cells(results_dir, cells[x], cells[y], t) for x, y in pairs]
+    results = [compare_cells(results_dir, cells[x], cells[y], t, resamples) for x, y in pairs]
     adjusted = holm([r.p_value for r in results])
     metrics: dict[str, float] = {}
     for (x, y), r in zip(pairs, results):

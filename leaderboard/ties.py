@@ -3,7 +3,7 @@
 Within one model of a task table, the measured (non-reference) rows are compared pairwise
 at the chosen T on their saved per-sample outcomes (:func:`snnbench.compare.block_groups`:
 exact McNemar on classification, the paired image bootstrap on mAP/mIoU, Holm-adjusted
-over the model's pairs). Groups are formed greedily from the top: the best row and every
+over the model's pairs; 1000 resamples). Groups are formed greedily from the top: the best row and every
 row not significantly different from it (adjusted p >= 0.05) are group 1, and so on.
 
 A row averaged over several seeds, or a cell without a samples file (run before outcomes

@@ -361,5 +361,5 @@ def load_outcomes(path: str | os.PathLike) -> Outcomes:
         return KINDS[kind].from_arrays({k: data[k] for k in data.files if k != "kind"})
 
 
-__all__ = ["BinaryOutcomes", "ConfusionOutcomes", "DetectionOutcomes", "KINDS", "Outcomes", "RECALL_THRESHOLDS", "SAMPLES_DIR",
-           "load_outcomes", "samples_path", "save_outcomes"]
+__all__ = ["BinaryOutcomes", "ConfusionOutcomes", "DetectionOutcomes", "KINDS", "Outcomes", "RECALL_THRESHOLDS",
+           "SAMPLES_DIR",           "load_outcomes", "samples_path", "save_outcomes"]
