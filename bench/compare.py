@@ -157,6 +157,11 @@ def _pair_order(pair: tuple[dict[str, Any], dict[str, Any]]) -> tuple[str, ...]:
     return ca["task"], ca["model"], ca["cell_key"], cb["cell_key"]
 
 
+def _p_text(p: float) -> str:
+    """A p-value; a bootstrap that never crossed zero shows the resolution of its resamples."""
+    return f"<{1 / PAIRED_RESAMPLES:.0e}" if p == 0 else f"{p:.3g}"
+
+
 def format_table(results: list[PairResult]) -> str:
     """A fixed-width table: one line per pair, metric values and differences in percent."""
     header = (f"{'task':<14} {'model':<18} {'T':>3} {'n':>6} {'A %':>7} {'B %':>7} {'delta %':>8} "
@@ -166,7 +171,7 @@ def format_table(results: list[PairResult]) -> str:
         ci = f"[{100 * r.delta_ci95[0]:+.2f}, {100 * r.delta_ci95[1]:+.2f}]"
         mark = " *" if r.significant else ""
         lines.append(f"{r.task:<14} {r.model:<18} {r.t:>3} {r.n:>6} {100 * r.a_metric:>7.2f} {100 * r.b_metric:>7.2f} "
-                     f"{100 * r.delta:>+8.2f} {ci:>19} {r.p_value:>9.3g} {r.p_holm:>9.3g}  {r.test}{mark}")
+                     f"{100 * r.delta:>+8.2f} {ci:>19} {_p_text(r.p_value):>9} {_p_text(r.p_holm):>9}  {r.test}{mark}")
     lines.append(f"delta = A - B; * = significant at {ALPHA:g} after Holm's correction over the "
                  f"{len(results)} pair(s) above")
     return "\n".join(lines)

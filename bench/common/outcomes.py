@@ -362,4 +362,4 @@ def load_outcomes(path: str | os.PathLike) -> Outcomes:
 
 
 __all__ = ["BinaryOutcomes", "ConfusionOutcomes", "DetectionOutcomes", "KINDS", "Outcomes", "RECALL_THRESHOLDS",
-           "SAMPLES_DIR",           "load_outcomes", "samples_path", "save_outcomes"]
+           "SAMPLES_DIR", "load_outcomes", "samples_path", "save_outcomes"]
