@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -145,7 +145,7 @@ def compare_methods(results_dir: str | Path, a: str, b: str, t: int | None = Non
                            f"{a} ran {_runs(cells, a)}, {b} ran {_runs(cells, b)}")
     results = [compare_cells(results_dir, ca, cb, t) for ca, cb in sorted(pairs, key=_pair_order)]
     adjusted = holm([r.p_value for r in results])
-    return [PairResult(**{**asdict(r), "p_holm": p}) for r, p in zip(results, adjusted)]
+    return [replace(r, p_holm=p) for r, p in zip(results, adjusted)]
 
 
 def _runs(cells: list[dict[str, Any]], method: str) -> str:

@@ -27,6 +27,7 @@ from snnbench.provenance import git_revision, host_info, package_versions
 from snnbench.record import CellResult
 from snnbench.samples import from_cache, intervals, save_samples, to_cache, with_intervals
 from snnbench.methods.base import ConversionContext, SpikingModel
+from snnbench.common.outcomes import Outcomes
 from snnbench.tasks.base import StepMetric
 from snnbench.tasks.zoo import model_track
 
@@ -242,9 +243,12 @@ def _run_cell(spec: CellSpec, cache, progress: bool, on_stage: Callable[[str], N
             if ann["ci95"] is not None:
                 rows = with_intervals(rows, {t: ann["ci95"] for t in range(1, spec.T + 1)})
             out.update(per_t=rows, layers=ann["layers"], n_eval=ann.get("samples"))
-            save_samples(spec.samples_dir, out["cell_key"], from_cache(ann["outcomes"]))
+            outcomes = from_cache(ann["outcomes"])
         else:
-            out.update(_convert_and_simulate(spec, task, bundle, method, ann, device, cache, progress, stage, timings))
+            fields, outcomes = _convert_and_simulate(spec, task, bundle, method, ann, device, cache, progress, stage,
+                                                     timings)
+            out.update(fields)
+        save_samples(spec.samples_dir, out["cell_key"], outcomes)
         out["status"] = "ok"
     except Exception:  # noqa: BLE001 - a failed cell is data, not a crash
         out.update(status="failed", error=traceback.format_exc())
@@ -257,8 +261,10 @@ def _run_cell(spec: CellSpec, cache, progress: bool, on_stage: Callable[[str], N
 
 
 def _convert_and_simulate(spec: CellSpec, task, bundle, method, ann: dict[str, Any], device: torch.device, cache,
-                          progress: bool, stage: Callable[[str], None], timings: dict[str, float]) -> dict[str, Any]:
-    """Calibrate, convert and simulate a spiking method; the record fields this yields."""
+                          progress: bool, stage: Callable[[str], None], timings: dict[str, float]
+                          ) -> tuple[dict[str, Any], Outcomes | None]:
+    """Calibrate, convert and simulate a spiking method; the record fields this yields and the
+    metric's per-sample outcomes."""
     calib = lambda: calibration_batches(spec, task, bundle)  # noqa: E731
     example = next(iter(calib()))
     ctx = ConversionContext(T=spec.T, device=device, example=example.to(device),
@@ -288,14 +294,13 @@ def _convert_and_simulate(spec: CellSpec, task, bundle, method, ann: dict[str, A
     outcomes = metric.outcomes()
     rows = simulated_rows(metrics, summary, fairness, DEFAULT_ENERGY_MODEL, ann["dense_macs"], task.metric, spec.T)
     out["per_t"] = with_intervals(rows, intervals(outcomes))
-    save_samples(spec.samples_dir, spec.key(), outcomes)
     timings["intervals_s"] = time.perf_counter() - t0
     out.update(layers=summary.layers, eval_samples=summary.samples, n_eval=summary.samples)
     if summary.steps_histogram is not None:  # per-sample early exit (e.g. AdaFire's IAT)
         out["adaptive_timesteps"] = {
             "mean_steps": summary.steps[-1],
             "steps_histogram": {str(k): v for k, v in sorted(summary.steps_histogram.items())}}
-    return out
+    return out, outcomes
 
 
 def _splits(task) -> dict[str, str] | None:

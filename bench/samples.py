@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from snnbench.common.outcomes import KINDS, Outcomes, save_outcomes
+from snnbench.common.outcomes import KINDS, Outcomes, samples_file, save_outcomes
 from snnbench.significance import outcome_interval
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def save_samples(samples_dir: str | None, cell_key: str, outcomes: Outcomes | No
     """Write ``<samples_dir>/<cell_key>.npz`` (a sweep's ``<results>/samples``; no-op without a directory)."""
     if samples_dir is None or outcomes is None:
         return None
-    return save_outcomes(Path(samples_dir) / f"{cell_key}.npz", outcomes)
+    return save_outcomes(samples_file(samples_dir, cell_key), outcomes)
 
 
 __all__ = ["from_cache", "intervals", "save_samples", "to_cache", "with_intervals"]

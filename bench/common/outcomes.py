@@ -331,9 +331,14 @@ def _mean_valid(precision: np.ndarray) -> np.ndarray:
 SAMPLES_DIR = "samples"
 
 
+def samples_file(samples_dir: str | os.PathLike, cell_key: str) -> Path:
+    """A cell's samples file in a samples folder: ``<samples_dir>/<cell_key>.npz``."""
+    return Path(samples_dir) / f"{cell_key}.npz"
+
+
 def samples_path(results_dir: str | os.PathLike, cell_key: str) -> Path:
     """Where a cell's per-sample outcomes live: ``<results>/samples/<cell_key>.npz``."""
-    return Path(results_dir) / SAMPLES_DIR / f"{cell_key}.npz"
+    return samples_file(Path(results_dir) / SAMPLES_DIR, cell_key)
 
 
 def save_outcomes(path: str | os.PathLike, outcomes: Outcomes) -> Path:
@@ -362,4 +367,5 @@ def load_outcomes(path: str | os.PathLike) -> Outcomes:
 
 
 __all__ = ["BinaryOutcomes", "ConfusionOutcomes", "DetectionOutcomes", "KINDS", "Outcomes", "RECALL_THRESHOLDS",
-           "SAMPLES_DIR", "load_outcomes", "samples_path", "save_outcomes"]
+           "SAMPLES_DIR", "load_outcomes", "samples_file", "samples_path",
+           "save_outcomes"]
