@@ -216,10 +216,12 @@ class EngineMethod(ConversionMethod[EngineSettings]):
         resolved = self.resolved(graph)
         thetas, statistic = self.site_thresholds(graph, stats, ctx)
         coding = self.coding()
+        fuse = resolve_fuse(self.settings.fuse)
+
         def graded(node, fn, positions, label):
             if graph.kinds[node.name] == "product":
-                return ProductUnit(fn, positions, coding=coding, label=label)
-            return GradedUnit(fn, positions, coding=coding, label=label)
+                return ProductUnit(fn, positions, coding=coding, label=label, fuse=fuse)
+            return GradedUnit(fn, positions, coding=coding, label=label, fuse=fuse)
 
         net, unit_paths = graph.instantiate(site_unit=lambda site: self.make_neuron(site, thetas[site.name]),
                                             graded_unit=graded)

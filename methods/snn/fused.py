@@ -243,7 +243,7 @@ def _compiled_hits() -> Callable:
     return _HITS[0]
 
 
-def _overwritable(tensors: tuple[torch.Tensor | None, ...], mutated: tuple[int, ...]) -> bool:
+def can_overwrite(tensors: tuple[torch.Tensor | None, ...], mutated: tuple[int, ...]) -> bool:
     """Whether the kernel may overwrite the state tensors at ``mutated``: no autograd, no inference
     tensor outside inference mode, and no state sharing memory with another argument."""
     states = [tensors[i] for i in mutated if tensors[i] is not None]
@@ -301,11 +301,11 @@ def run_step(signature: StepSignature, fuse: bool, *tensors: torch.Tensor | None
     of its inputs and the writes of s and the state) and they are returned as the new state;
     the per-position hits (signatures with ``positions``; ``positions`` trailing positions)
     are reduced from the written spikes. Eager (``fuse`` off, and wherever the state may not be
-    overwritten, see :func:`_overwritable`) returns new tensors."""
+    overwritten, see :func:`can_overwrite`) returns new tensors."""
     eager = _EAGER[signature.coding]
     static = signature.static_args()
     hits_of = positions if signature.positions else None
-    if not fuse or signature in _FAILED or not _overwritable(tensors, _MUTATED[signature.coding]):
+    if not fuse or signature in _FAILED or not can_overwrite(tensors, _MUTATED[signature.coding]):
         return eager(*tensors, *static, hits_of)
     try:
         s, counts = compiled(signature)(*tensors, *static)

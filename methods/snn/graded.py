@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from snnbench.methods.snn import graded_kernels
+from snnbench.methods.snn.fused import can_overwrite
 from snnbench.methods.snn.units import Coding, StatefulUnit
 
 
@@ -26,6 +28,8 @@ class GradedUnit(StatefulUnit):
         dynamic: positions in ``args`` of the time-varying tensors (the rest are constants).
         coding: ``"rate"`` or ``"differential"``.
         label: what the unit stands for (``"gelu"``, ``"layer_norm"``, ``"matmul"`` ...).
+        fuse: run the element-wise parts of the step as compiled in-place kernels
+            (:mod:`snnbench.methods.snn.graded_kernels`; CPU tensors, bit-identical to eager).
 
     Differential (docs/dcgs-official-code.md §2.5): t = 0: b = x_0, E = b, emit 0; t >= 1:
         E += (x_t - b)/t;  now = fn(E);  emit t·(now - last);  last = now,
@@ -36,9 +40,10 @@ class GradedUnit(StatefulUnit):
     """
 
     def __init__(self, fn: Callable[..., Any], dynamic: tuple[int, ...] = (0,), coding: Coding = "differential",
-                 label: str = "") -> None:
+                 label: str = "", fuse: bool = False) -> None:
         super().__init__()
         self.fn, self.dynamic, self.coding, self.label = fn, tuple(dynamic), coding, label or getattr(fn, "__name__", "fn")
+        self.fuse = fuse
         for name in ("base", "acc", "last"):
             self.register_state(name)
 
@@ -58,9 +63,50 @@ class GradedUnit(StatefulUnit):
         if self.t == 0:
             return self._first_frame(args, kwargs)
         t = self.t + 1 if self.coding == "rate" else self.t
+        if self.fuse:
+            out = self._fused_step(t, args, kwargs)
+            if out is not None:
+                return out
         out, state = self.frame_step(t, self.frame_state(), *args, **kwargs)
         self.advance(state)
         return out
+
+    def _fused_step(self, t: int, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """:meth:`step_with`'s step through the compiled kernels of graded_kernels.py, the state
+        updated in place; None (step eagerly) where they do not apply: non-CPU or non-dense
+        tensors, layouts that differ between an input and its state, or a state that may not be
+        overwritten (autograd, inference tensors outside inference mode)."""
+        xs = [args[i] for i in self.dynamic]
+        rate = self.coding == "rate"
+        groups = [[x, a] for x, a in zip(xs, self.acc)] if rate else \
+            [[x, b, a] for x, b, a in zip(xs, self.base, self.acc)]
+        views = [graded_kernels.flat_views(group) for group in groups]
+        if any(v is None for v in views) or not can_overwrite((*xs, *self.acc), tuple(range(len(xs), 2 * len(xs)))):
+            return None
+        t_tensor = torch.tensor(float(t))  # a CPU scalar, as the neuron steps take it
+        if rate:
+            fn_inputs = []
+            for (x, acc), (x_flat, acc_flat) in zip(groups, views):
+                fn_inputs.append(graded_kernels.unflat(graded_kernels.run("rate_inputs", x_flat, acc_flat, t_tensor), acc))
+            now = self._call(args, kwargs, fn_inputs)
+        else:
+            for x_flat, b_flat, acc_flat in views:
+                graded_kernels.run("differential_inputs", x_flat, b_flat, acc_flat, t_tensor)
+            now = self._call(args, kwargs, self.acc)
+            if graded_kernels.shares_memory(now, self.acc):  # fn returned a view of E: keep its value
+                now = now.clone()
+        out = self._output(now, t, t_tensor)
+        self.last = now
+        self.t += 1
+        return out
+
+    def _output(self, now: torch.Tensor, t: int, t_tensor: torch.Tensor) -> torch.Tensor:
+        """The step's emitted increment (class docstring), compiled on dense CPU tensors."""
+        views = graded_kernels.flat_views([now, self.last])
+        if views is None:
+            return t * now - (t - 1) * self.last if self.coding == "rate" else t * (now - self.last)
+        kernel = "rate_output" if self.coding == "rate" else "differential_output"
+        return graded_kernels.unflat(graded_kernels.run(kernel, *views, t_tensor), now)
 
     def _first_frame(self, args: tuple, kwargs: dict) -> torch.Tensor:
         """Rate coding's step 1 (S = x, emit fn(x)) or differential coding's bias pass (b = E = x,
@@ -127,10 +173,10 @@ class ProductUnit(GradedUnit):
     """
 
     def __init__(self, fn: Callable[..., Any], dynamic: tuple[int, ...] = (0, 1), coding: Coding = "differential",
-                 label: str = "") -> None:
+                 label: str = "", fuse: bool = False) -> None:
         if len(dynamic) != 2:
             raise ValueError("a product unit takes exactly two time-varying operands")
-        super().__init__(fn, dynamic, coding, label)
+        super().__init__(fn, dynamic, coding, label, fuse)
         self.counting = False
         self.last_ops: torch.Tensor | None = None
         self.last_dense = 0
@@ -149,8 +195,8 @@ class ProductUnit(GradedUnit):
         ind = lambda x: x != 0  # noqa: E731  (bool: summed directly, no float copy)
         first_step = self.acc is None or (self.coding == "differential" and self.t == 0)
         prev_a, prev_b = (torch.zeros_like(a), torch.zeros_like(b)) if first_step else self.acc
-        ia, ib = ind(a), ind(b)
-        if self._is_matmul() and a.ndim >= 2 and b.ndim >= 2:
+        matmul = self._is_matmul() and a.ndim >= 2 and b.ndim >= 2
+        if matmul:
             # Σ_ij Σ_k 1[x_ik]·1[y_kj] = Σ_k (non-zeros of column k of x)·(non-zeros of row k of y):
             # O(size) instead of a matmul of indicator matrices
             def pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -158,7 +204,11 @@ class ProductUnit(GradedUnit):
         else:
             def pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                 return self._call(args, kwargs, [x.to(torch.float32), y.to(torch.float32)]).sum()
-        ops = pairs(ia, ib) + pairs(ia, ind(prev_b)) + pairs(ind(prev_a), ib)
+        if matmul and self.fuse:  # the same three sums as one compiled reduction (one read of each operand)
+            ops = graded_kernels.run("matmul_pair_ops", a, b, prev_a, prev_b)
+        else:
+            ia, ib = ind(a), ind(b)
+            ops = pairs(ia, ib) + pairs(ia, ind(prev_b)) + pairs(ind(prev_a), ib)
         self.last_ops = ops.round().to(torch.int64)
         key = (tuple(a.shape), tuple(b.shape))
         if key not in self._dense_cache:

@@ -1,0 +1,221 @@
+"""The compiled graded-unit kernels (methods/snn/graded_kernels.py): a fused GradedUnit or
+ProductUnit step equals the eager step bit for bit, in both codings and every input layout,
+updates its state in place, and steps eagerly wherever the kernels do not apply."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from snnbench.methods.snn import graded_kernels
+from snnbench.methods.snn.graded import GradedUnit, ProductUnit
+
+T = 7
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The names of the compiled kernels each step ran (a spy on graded_kernels.run)."""
+    calls: list[str] = []
+    real = graded_kernels.run
+
+    def spy(name, *tensors):
+        calls.append(name)
+        return real(name, *tensors)
+
+    monkeypatch.setattr(graded_kernels, "run", spy)
+    return calls
+
+
+def _inputs(shape, steps=T, seed=0, layout=None):
+    g = torch.Generator().manual_seed(seed)
+    xs = []
+    for _ in range(steps + 1):
+        x = torch.randn(shape, generator=g)
+        xs.append(layout(x) if layout else x)
+    return xs
+
+
+def _trace(unit, xs, *extra):
+    unit.reset()
+    outs = [unit(x, *extra).clone() for x in xs]
+    return outs, [a.clone() for a in unit.acc], unit.last.clone()
+
+
+def _assert_identical(fast, slow):
+    for a, b in zip(fast[0], slow[0]):
+        assert a.shape == b.shape and a.stride() == b.stride()
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(fast[1], slow[1]))
+    assert torch.equal(fast[2], slow[2])
+
+
+LAYOUTS = {
+    "contiguous": None,
+    "transposed": lambda x: x.transpose(-2, -1),          # dense, not contiguous: the memory-order view
+    "permuted": lambda x: x.permute(2, 0, 1),
+}
+FUNCTIONS = {
+    "gelu": (F.gelu, ()),
+    "softmax": (torch.Tensor.softmax, (-1,)),
+    "layer_norm": (F.layer_norm, ((5,),)),
+}
+
+
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_fused_graded_step_is_bit_identical_to_eager(coding, layout, function, kernel_calls):
+    fn, extra = FUNCTIONS[function]
+    xs = _inputs((4, 5, 5), layout=LAYOUTS[layout])
+    slow = _trace(GradedUnit(fn, (0,), coding=coding), xs, *extra)
+    assert not kernel_calls
+    fast = _trace(GradedUnit(fn, (0,), coding=coding, fuse=True), xs, *extra)
+    _assert_identical(fast, slow)
+    inputs = "differential_inputs" if coding == "differential" else "rate_inputs"
+    outputs = "differential_output" if coding == "differential" else "rate_output"
+    # every step after the first frame ran both kernels
+    assert kernel_calls.count(inputs) == T and kernel_calls.count(outputs) == T
+
+
+def test_decoded_output_converges_to_function_of_decoded_input():
+    """The fused path keeps the unit's decoding identity: Σ_τ out_τ/τ = fn(mean input) exactly
+    in exact arithmetic; with constant inputs E_t stays x and the decoded output is fn(x)."""
+    x = torch.randn(3, 6)
+    for coding in ("differential", "rate"):
+        unit = GradedUnit(F.gelu, (0,), coding=coding, fuse=True)
+        outs = [unit(x) for _ in range(6)]
+        if coding == "differential":
+            decoded = sum(o / t for t, o in enumerate(outs[1:], start=1))
+        else:
+            decoded = sum(outs) / len(outs)
+        torch.testing.assert_close(decoded, F.gelu(x), rtol=1e-5, atol=1e-6)
+
+
+def test_state_is_updated_in_place():
+    unit = GradedUnit(F.gelu, (0,), fuse=True)
+    xs = _inputs((2, 3, 4))
+    unit(xs[0])
+    acc = unit.acc[0]
+    pointer = acc.data_ptr()
+    unit(xs[1])
+    assert unit.acc[0].data_ptr() == pointer  # E written into its own tensor: no allocation per step
+    torch.testing.assert_close(unit.acc[0], xs[0] + (xs[1] - xs[0]) / 1)
+
+
+def test_function_returning_a_view_of_its_input_keeps_last_output():
+    """fn = a reshape returns a view of E; the in-place update of E must not change the unit's
+    remembered last output (it is copied), so the outputs stay those of eager."""
+    fn = lambda e: e.reshape(-1)  # noqa: E731
+    xs = _inputs((3, 4))
+    slow = _trace(GradedUnit(fn, (0,)), xs)
+    fast = _trace(GradedUnit(fn, (0,), fuse=True), xs)
+    _assert_identical(fast, slow)
+
+
+def test_non_dense_or_unowned_inputs_step_eagerly(kernel_calls):
+    """A strided slice (not dense) and inputs that require grad take the eager step; results equal."""
+    sliced = _inputs((4, 10))
+    sliced = [x[:, ::2] for x in sliced]
+    _assert_identical(_trace(GradedUnit(F.gelu, (0,), fuse=True), sliced), _trace(GradedUnit(F.gelu, (0,)), sliced))
+    assert "differential_inputs" not in kernel_calls
+    with torch.enable_grad():
+        xs = [x.requires_grad_() for x in _inputs((3, 4))]
+        unit = GradedUnit(F.gelu, (0,), fuse=True)
+        out = sum(unit(x).sum() for x in xs)
+        out.backward()  # an autograd graph through every step (no in-place update broke it)
+    assert "differential_inputs" not in kernel_calls
+    assert xs[0].grad is not None
+
+
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+def test_fused_product_unit_counts_and_outputs_equal_eager(coding, kernel_calls):
+    """q·kᵀ with a transposed operand and spike-like sparse inputs: identical outputs, identical
+    three-term op counts (an independent count: the indicator matmuls themselves)."""
+    g = torch.Generator().manual_seed(3)
+
+    def spikes(shape):
+        x = torch.randn(shape, generator=g)
+        return x * (torch.rand(shape, generator=g) < 0.3)
+
+    qs = [spikes((2, 3, 6, 4)) for _ in range(T + 1)]
+    ks = [spikes((2, 3, 6, 4)).transpose(-2, -1) for _ in range(T + 1)]
+    results = {}
+    for fuse in (False, True):
+        unit = ProductUnit(torch.matmul, (0, 1), coding=coding, fuse=fuse)
+        unit.counting = True
+        outs, ops = [], []
+        for q, k in zip(qs, ks):
+            prev = [torch.zeros_like(q), torch.zeros_like(k)] if unit.acc is None or (
+                coding == "differential" and unit.t == 0) else [a.clone() for a in unit.acc]
+            outs.append(unit(q, k).clone())
+            ops.append(int(unit.last_ops))
+            ind = lambda x: (x != 0).float()  # noqa: E731
+            expected = (ind(q) @ ind(k) + ind(q) @ ind(prev[1]) + ind(prev[0]) @ ind(k)).sum()
+            assert ops[-1] == int(expected)
+        results[fuse] = outs, ops
+    assert results[True][1] == results[False][1]
+    assert all(torch.equal(a, b) for a, b in zip(results[True][0], results[False][0]))
+    assert kernel_calls.count("matmul_pair_ops") == T + 1
+
+
+def test_compile_failure_falls_back_to_eager_once(monkeypatch, caplog):
+    graded_kernels.clear_compiled()
+
+    def broken(*args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("no compiler here")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    xs = _inputs((3, 4))
+    with caplog.at_level(logging.WARNING, logger=graded_kernels.__name__):
+        fast = _trace(GradedUnit(F.gelu, (0,), fuse=True), xs)
+    _assert_identical(fast, _trace(GradedUnit(F.gelu, (0,)), xs))
+    warnings = [r for r in caplog.records if "graded-unit kernel" in r.getMessage()]
+    assert len(warnings) == 2  # one per kernel (inputs, output), not one per step
+    graded_kernels.clear_compiled()
+
+
+def test_flat_views_follow_memory_order():
+    x = torch.arange(24.0).reshape(2, 3, 4)
+    t = x.permute(2, 0, 1)
+    (view,) = graded_kernels.flat_views([t])
+    assert torch.equal(view, torch.arange(24.0))  # memory order, not logical order
+    assert graded_kernels.flat_views([x[:, :, ::2]]) is None
+    assert graded_kernels.flat_views([x, t]) is None  # one layout per call
+    assert graded_kernels.flat_views([x.to(torch.int64)]) is None
+
+
+@pytest.mark.parametrize("method", ["dcgs", "rate"])
+def test_transformer_fused_equals_eager_outputs_and_counts(method):
+    """vit_mini (LayerNorm, softmax, GELU, q·kᵀ and attn·v units): fuse=true (compiled neuron and
+    graded kernels, counts from the compiled product count) gives the eager network's outputs and
+    every field of its CountSummary, bit for bit."""
+    from snnbench.counting import OpCounter
+    from snnbench.methods.base import ConversionContext
+    from snnbench.methods.snn.stats import collect_stats
+    from snnbench.plugins import create_method
+    from snnbench.tasks.zoo import get_model_spec
+
+    torch.manual_seed(0)
+    spec = get_model_spec("vit_mini")
+    model = spec.build(spec, in_shape=(1, 28, 28), num_classes=10).eval()
+    x = torch.randn(6, 1, 28, 28)
+    results = {}
+    for fuse in (False, True):
+        m = create_method(method, {"fuse": fuse})
+        ctx = ConversionContext(T=4, example=x, device=x.device, calib_batches=lambda: iter([x]))
+        snn = m.convert(model, collect_stats(model, [x], m.stat_kinds(model, ctx)), ctx)
+        units = [u for u in snn.modules() if isinstance(u, GradedUnit)]
+        assert len(units) == 25 and all(u.fuse is fuse for u in units)
+        with torch.inference_mode(), OpCounter(snn, 4) as counter:
+            snn.reset()
+            outs = [o.clone() for o in snn.simulate(x, 4)]
+            counter.add_samples(len(x))
+            results[fuse] = outs, counter.summary()
+    assert all(torch.equal(a, b) for a, b in zip(results[True][0], results[False][0]))
+    assert results[True][1] == results[False][1]
