@@ -162,6 +162,19 @@ def test_fused_product_unit_counts_and_outputs_equal_eager(coding, kernel_calls)
     assert kernel_calls.count("matmul_pair_ops") == T + 1
 
 
+@pytest.mark.parametrize("shapes", [((2, 3, 6, 4), (2, 3, 4, 5)), ((2, 3, 6, 4), (4, 5)), ((6, 4), (2, 4, 5))])
+def test_compiled_pair_count_equals_indicator_matmuls_under_broadcasting(shapes):
+    """The compiled count (column counts broadcast over the right operand) and the eager one (column
+    times row counts) both equal the three indicator matmuls, batch dimensions broadcast as matmul does."""
+    g = torch.Generator().manual_seed(5)
+    a, b, prev_a, prev_b = (torch.randn(s, generator=g) * (torch.rand(s, generator=g) < 0.4)
+                            for s in (shapes[0], shapes[1], shapes[0], shapes[1]))
+    ind = lambda x: (x != 0).double()  # noqa: E731
+    expected = int((ind(a) @ ind(b) + ind(a) @ ind(prev_b) + ind(prev_a) @ ind(b)).sum())
+    assert int(graded_kernels.matmul_pair_ops(a, b, prev_a, prev_b)) == expected
+    assert int(graded_kernels.run("matmul_pair_ops", a, b, prev_a, prev_b)) == expected
+
+
 def test_compile_failure_falls_back_to_eager_once(monkeypatch, caplog):
     graded_kernels.clear_compiled()
 

@@ -204,8 +204,9 @@ class ProductUnit(GradedUnit):
         else:
             def pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                 return self._call(args, kwargs, [x.to(torch.float32), y.to(torch.float32)]).sum()
-        if matmul and self.fuse:  # the same three sums as one compiled reduction (one read of each operand)
-            ops = graded_kernels.run("matmul_pair_ops", a, b, prev_a, prev_b)
+        if matmul:  # compiled: one reduction over the operands (graded_kernels.py)
+            ops = graded_kernels.run("matmul_pair_ops", a, b, prev_a, prev_b) if self.fuse else \
+                graded_kernels.matmul_pair_ops(a, b, prev_a, prev_b)
         else:
             ia, ib = ind(a), ind(b)
             ops = pairs(ia, ib) + pairs(ia, ind(prev_b)) + pairs(ind(prev_a), ib)

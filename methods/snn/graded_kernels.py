@@ -64,16 +64,23 @@ def _rate_inputs_kernel(x: torch.Tensor, acc: torch.Tensor, t: torch.Tensor) -> 
 
 def _matmul_pair_ops_kernel(a: torch.Tensor, b: torch.Tensor, prev_a: torch.Tensor, prev_b: torch.Tensor
                             ) -> torch.Tensor:
-    col_a, col_prev_a = (a != 0).sum(dim=-2), (prev_a != 0).sum(dim=-2)
-    row_b, row_prev_b = (b != 0).sum(dim=-1), (prev_b != 0).sum(dim=-1)
-    return (col_a * row_b).sum() + (col_a * row_prev_b).sum() + (col_prev_a * row_b).sum()
+    """:func:`matmul_pair_ops` as Σ_kj col_a[k]·(1[b_kj] + 1[B_kj]) + col_A[k]·1[b_kj]: the column
+    counts of the left operands broadcast over the right ones and one full reduction (the row sums
+    of :func:`matmul_pair_ops` are short inner reductions that compile to slow loops)."""
+    col_a = (a != 0).sum(dim=-2).unsqueeze(-1)
+    col_prev_a = (prev_a != 0).sum(dim=-2).unsqueeze(-1)
+    ind_b = (b != 0).to(torch.int64)
+    return (col_a * (ind_b + (prev_b != 0).to(torch.int64)) + col_prev_a * ind_b).sum()
 
 
 def matmul_pair_ops(a: torch.Tensor, b: torch.Tensor, prev_a: torch.Tensor, prev_b: torch.Tensor) -> torch.Tensor:
     """Σ_ij Σ_k of 1[a_ik]1[b_kj] + 1[a_ik]1[B_kj] + 1[A_ik]1[b_kj] for a product a @ b with the
     operands decoded so far A, B (int64): per k, (non-zeros of column k of a)·(non-zeros of row k
-    of b), so O(size) instead of a matmul of indicator matrices. Eager reference of the kernel."""
-    return _matmul_pair_ops_kernel(a, b, prev_a, prev_b)
+    of b), so O(size) instead of a matmul of indicator matrices. The eager reference of the
+    compiled kernel, which sums the same integers in another order."""
+    col_a, col_prev_a = (a != 0).sum(dim=-2), (prev_a != 0).sum(dim=-2)
+    row_b, row_prev_b = (b != 0).sum(dim=-1), (prev_b != 0).sum(dim=-1)
+    return (col_a * row_b).sum() + (col_a * row_prev_b).sum() + (col_prev_a * row_b).sum()
 
 
 _KERNELS: dict[str, Callable] = {
