@@ -86,6 +86,7 @@ class OpCounter:
         self.device = torch.device(device) if device is not None else _module_device(model)
         self.samples = 0
         self._handles: list[Any] = []
+        self._blind_before: int | None = None
         rows = lambda: _Row(self.last_frame + 1)  # noqa: E731
         self.layers = [_LayerCounter(site, rows(), rows(), rows(), rows()) for site in self.plan.connections]
         self.steps = torch.zeros(T + 1, dtype=torch.float64, device=self.device)
@@ -114,12 +115,19 @@ class OpCounter:
             source = counter.site.spikes_from
             if counter.site.op == "conv" and source is not None and hasattr(source, "count_positions"):
                 source.count_positions = True
+        # these hooks ignore the frames before the first counted one: declared, so that the
+        # network may replay its bias pass (methods/snn/bias_pass.py)
+        self._blind_before = getattr(self.model, "frame_zero_blind_hooks", None)
+        if self._blind_before is not None and self.plan.first_counted_frame >= 1:
+            self.model.frame_zero_blind_hooks = self._blind_before + len(self._handles)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._blind_before is not None:
+            self.model.frame_zero_blind_hooks = self._blind_before
         for counter in self.layers:
             if counter.site.op == "product":
                 counter.site.module.counting = False

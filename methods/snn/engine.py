@@ -216,7 +216,7 @@ class EngineMethod(ConversionMethod[EngineSettings]):
         resolved = self.resolved(graph)
         thetas, statistic = self.site_thresholds(graph, stats, ctx)
         coding = self.coding()
-        fuse = resolve_fuse(self.settings.fuse)
+        fuse = resolve_fuse(getattr(self.settings, "fuse", False))  # settings without the option: eager
 
         def graded(node, fn, positions, label):
             if graph.kinds[node.name] == "product":
