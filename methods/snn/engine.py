@@ -60,9 +60,11 @@ class EngineSettings:
             as the official code hard-codes).
         placement: neurons at ``activations`` (CNN recipe), at layer ``inputs``
             (transformer recipe), or ``auto``.
-        fuse: compile each neuron step into one fused kernel with ``torch.compile``
-            (identical spikes; pays a one-off compilation of ~10-30 s per process, then
-            steps several times faster; see methods/snn/fused.py and BENCHMARKS.md).
+        fuse: compile each neuron step into one fused kernel with ``torch.compile``, and the
+            element-wise parts of each graded/product unit's step (and a product's op count)
+            into in-place kernels on CPU (identical spikes and outputs; pays a one-off
+            compilation of ~10-30 s per process, then steps several times faster; see
+            methods/snn/fused.py, methods/snn/graded_kernels.py and BENCHMARKS.md).
             Empty = auto (the default): on when a C++ compiler is present and
             ``SNNBENCH_FUSE`` is not 0; any compilation failure falls back to eager.
         compile_frame: run every frame after the first as **one compiled graph** of the whole
