@@ -95,3 +95,12 @@ def test_rate_coding_has_no_bias_pass():
     snn = _convert("vgg_small", "rate")
     _run(snn, torch.randn(4, 1, 28, 28), False)
     assert snn.bias_pass.last == ""
+
+
+def test_a_recording_over_the_memory_budget_is_not_kept():
+    snn = _convert("vgg_small")
+    snn.bias_pass.max_bytes = 1000  # far below one unit's input
+    x = torch.randn(4, 1, 28, 28)
+    _run(snn, x, False)
+    _run(snn, x, False)
+    assert snn.bias_pass.last == "computed"

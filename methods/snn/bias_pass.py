@@ -84,10 +84,17 @@ def layer_tensors(net: nn.Module) -> list[torch.Tensor]:
     return tensors
 
 
-class BiasPassCache:
-    """The recorded frame 0 of one input shape (see the module docstring)."""
+#: the most bytes of recorded unit inputs a cache keeps (beyond it the pass runs every batch)
+MAX_RECORDED_BYTES = 1 << 30
 
-    def __init__(self) -> None:
+
+class BiasPassCache:
+    """The recorded frame 0 of one input shape (see the module docstring). The recording holds
+    a copy of every unit's frame-0 input; a network whose copy would exceed ``max_bytes`` runs
+    its pass every batch."""
+
+    def __init__(self, max_bytes: int = MAX_RECORDED_BYTES) -> None:
+        self.max_bytes = max_bytes
         self._entry: _Entry | None = None
         #: how the last pass ran: "computed", "replayed" or "not replayable" (tests, diagnostics)
         self.last = ""
@@ -126,6 +133,9 @@ class BiasPassCache:
             for handle in handles:
                 handle.remove()
         once = len(calls) == len(units) and len({id(unit) for unit, _, _ in calls}) == len(units)
-        self._entry = _Entry(key, tensors, tuple(t._version for t in tensors), modules, calls, output) if once else None
+        recorded = sum(v.numel() * v.element_size() for _, args, kwargs in calls
+                       for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+        keep = once and recorded <= self.max_bytes
+        self._entry = _Entry(key, tensors, tuple(t._version for t in tensors), modules, calls, output) if keep else None
         self.last = "computed"
         return output
