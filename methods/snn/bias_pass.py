@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from snnbench.methods.snn.frame import FUNCTIONAL_UNITS
 from snnbench.methods.snn.graded import AnalogOp
@@ -134,7 +134,7 @@ class BiasPassCache:
                 handle.remove()
         once = len(calls) == len(units) and len({id(unit) for unit, _, _ in calls}) == len(units)
         recorded = sum(v.numel() * v.element_size() for _, args, kwargs in calls
-                       for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+                       for v in tree_leaves((args, kwargs)) if isinstance(v, torch.Tensor))
         keep = once and recorded <= self.max_bytes
         self._entry = _Entry(key, tensors, tuple(t._version for t in tensors), modules, calls, output) if keep else None
         self.last = "computed"
