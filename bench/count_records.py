@@ -12,22 +12,27 @@ from snnbench.methods.base import ConnectionSite, NeuronSite
 
 
 class _Row:
-    """Per-frame totals ``[T + 1]``: each frame's slot holds its running sum (a device 0-dim tensor or
-    an int), so a step adds one scalar (no indexing of a device tensor, no host sync); read at the end
-    by :meth:`tensor`."""
+    """Per-frame totals ``[T + 1]`` in one preallocated device tensor: a step adds its scalar in
+    place (no host sync, and nothing allocated that outlives the step: a 0-dim tensor kept per
+    frame and counter used to pin freed activation memory, so the process grew ~5 MB per frame
+    on vgg_small); read at the end by :meth:`tensor`.
+
+    The values a row receives are integers (ops, events) or, for ``float64`` rows, sums of exact
+    powers of two (unit spikes): a value of another dtype is converted exactly before adding.
+    """
 
     __slots__ = ("values",)
 
-    def __init__(self, frames: int) -> None:
-        self.values: list[Any] = [0] * frames
+    def __init__(self, frames: int, dtype: torch.dtype = torch.int64, device: torch.device | str = "cpu") -> None:
+        self.values = torch.zeros(frames, dtype=dtype, device=device)
 
     def add(self, t: int, value: Any) -> None:
-        current = self.values[t]
-        self.values[t] = value if isinstance(current, int) and current == 0 else current + value
+        if isinstance(value, torch.Tensor) and value.dtype != self.values.dtype:
+            value = value.to(self.values.dtype)
+        self.values[t] += value
 
     def tensor(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        return torch.stack([v.to(device=device, dtype=dtype) if isinstance(v, torch.Tensor)
-                            else torch.tensor(v, dtype=dtype, device=device) for v in self.values])
+        return self.values.to(device=device, dtype=dtype)
 
 
 @dataclass

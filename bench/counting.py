@@ -87,11 +87,11 @@ class OpCounter:
         self.samples = 0
         self._handles: list[Any] = []
         self._blind_before: int | None = None
-        rows = lambda: _Row(self.last_frame + 1)  # noqa: E731
+        rows = lambda dtype=torch.int64: _Row(self.last_frame + 1, dtype, self.device)  # noqa: E731
         self.layers = [_LayerCounter(site, rows(), rows(), rows(), rows()) for site in self.plan.connections]
         self.steps = torch.zeros(T + 1, dtype=torch.float64, device=self.device)
         self.step_counts: torch.Tensor | None = None  # [T + 1] samples per number of steps used
-        self.neurons = [_NeuronCounter(site, rows(), rows(), rows()) for site in self.plan.neurons]
+        self.neurons = [_NeuronCounter(site, rows(), rows(torch.float64), rows()) for site in self.plan.neurons]
         self.pools = PoolEvents(lambda: [c.site.module for c in self.neurons])
 
     # -- hooks ---------------------------------------------------------------------------
