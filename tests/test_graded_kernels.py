@@ -16,6 +16,12 @@ from snnbench.methods.snn.graded import GradedUnit, ProductUnit
 T = 7
 
 
+@pytest.fixture(autouse=True)
+def small_tensors_compiled(monkeypatch):
+    """The tests' tensors are small: compile them anyway (the size rule has its own test)."""
+    monkeypatch.setattr(graded_kernels, "MIN_ELEMENTS", 0)
+
+
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """The names of the compiled kernels each step ran (a spy on graded_kernels.run)."""
@@ -114,6 +120,15 @@ def test_function_returning_a_view_of_its_input_keeps_last_output():
     slow = _trace(GradedUnit(fn, (0,)), xs)
     fast = _trace(GradedUnit(fn, (0,), fuse=True), xs)
     _assert_identical(fast, slow)
+
+
+def test_small_tensors_step_eagerly(monkeypatch, kernel_calls):
+    monkeypatch.setattr(graded_kernels, "MIN_ELEMENTS", 13)
+    small, large = _inputs((3, 4)), _inputs((3, 5))
+    _assert_identical(_trace(GradedUnit(F.gelu, (0,), fuse=True), small), _trace(GradedUnit(F.gelu, (0,)), small))
+    assert not kernel_calls
+    _assert_identical(_trace(GradedUnit(F.gelu, (0,), fuse=True), large), _trace(GradedUnit(F.gelu, (0,)), large))
+    assert kernel_calls.count("differential_inputs") == T
 
 
 def test_non_dense_or_unowned_inputs_step_eagerly(kernel_calls):

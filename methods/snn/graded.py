@@ -73,10 +73,12 @@ class GradedUnit(StatefulUnit):
 
     def _fused_step(self, t: int, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """:meth:`step_with`'s step through the compiled kernels of graded_kernels.py, the state
-        updated in place; None (step eagerly) where they do not apply: non-CPU or non-dense
+        updated in place; None (step eagerly) where they do not apply: small, non-CPU or non-dense
         tensors, layouts that differ between an input and its state, or a state that may not be
         overwritten (autograd, inference tensors outside inference mode)."""
         xs = [args[i] for i in self.dynamic]
+        if xs[0].numel() < graded_kernels.MIN_ELEMENTS:
+            return None
         rate = self.coding == "rate"
         groups = [[x, a] for x, a in zip(xs, self.acc)] if rate else \
             [[x, b, a] for x, b, a in zip(xs, self.base, self.acc)]
@@ -102,7 +104,7 @@ class GradedUnit(StatefulUnit):
 
     def _output(self, now: torch.Tensor, t: int, t_tensor: torch.Tensor) -> torch.Tensor:
         """The step's emitted increment (class docstring), compiled on dense CPU tensors."""
-        views = graded_kernels.flat_views([now, self.last])
+        views = graded_kernels.flat_views([now, self.last]) if now.numel() >= graded_kernels.MIN_ELEMENTS else None
         if views is None:
             return t * now - (t - 1) * self.last if self.coding == "rate" else t * (now - self.last)
         kernel = "rate_output" if self.coding == "rate" else "differential_output"

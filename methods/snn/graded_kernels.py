@@ -13,7 +13,8 @@ the input update writes E (rate: S, and S/t) **into the state tensor** it was gi
 output increment reads ``now`` and ``last`` once. The expressions are the eager ones in the same
 order (IEEE division, no reassociation), so the results are bit-identical; the tests compare them.
 
-The kernels run on one flat view of each tensor in its memory order, so every input layout
+Tensors below :data:`MIN_ELEMENTS` elements step eagerly (the dispatch of a compiled call
+outweighs the passes it saves). The kernels run on one flat view of each tensor in its memory order, so every input layout
 shares one compilation; this needs the tensors of one call to be dense with equal strides
 (:func:`flat_views`), otherwise the unit steps eagerly. They are used for CPU tensors only: on
 CUDA, eager PyTorch divides by a scalar through a reciprocal and Triton's division differs again,
@@ -31,6 +32,11 @@ from typing import Callable
 import torch
 
 log = logging.getLogger(__name__)
+
+#: tensors with fewer elements step eagerly: a compiled call costs ~30 µs of dispatch, which the
+#: saved passes repay only from about this size on (BENCHMARKS.md §1: vit_mini's 64x17x96
+#: LayerNorm input stepped 1.2x slower compiled, its 64x17x192 GELU input 0.76-0.95x)
+MIN_ELEMENTS = 1 << 17
 
 
 # -- the arithmetic (the eager reference: graded.GradedUnit.step_with computes the same) ----------
