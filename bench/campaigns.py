@@ -29,6 +29,8 @@ class Campaign:
     models: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: per task, the methods to run (default: every built-in method)
     task_methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: rough seconds per cell label (``method/model/task``), for the order of a parallel sweep only
+    expected_s: dict[str, float] = field(default_factory=dict)
 
     def methods(self) -> list[str]:
         """Every method registered by snnbench itself (third-party plugins are opt-in)."""
@@ -43,6 +45,28 @@ class Campaign:
         return (models is None or cell.model in models) and (methods is None or cell.method in methods)
 
 
+def longest_first(cells: list[CellSpec], campaign: Campaign | None = None) -> list[CellSpec]:
+    """``cells`` ordered by the campaign's expected seconds, longest first (stable; unknown cells
+    keep their order, after the known ones). A pool of workers that starts the long cells first
+    does not end with one worker still on a long cell while the others are idle."""
+    expected = (campaign or EMBEDDED_CAMPAIGN).expected_s
+    return sorted(cells, key=lambda c: -expected.get(c.label(), -1.0))
+
+
+#: seconds of the embedded campaign's cells in a serial run on 2 cores (BENCHMARKS.md section 4),
+#: rounded: only their order matters
+_EMBEDDED_EXPECTED_S = {
+    "dcgs/fcos_mobilenet_v2/fmnist_det": 68, "rate/fcos_mobilenet_v2/fmnist_det": 57,
+    "ann/fcos_mobilenet_v2/fmnist_det": 7,
+    "rate/fcn_mobilenet_v2/fmnist_seg": 45, "dcgs/fcn_mobilenet_v2/fmnist_seg": 40,
+    "ann/fcn_mobilenet_v2/fmnist_seg": 2,
+    "calibration/vit_mini/fashion_mnist": 25, "dcgs/vit_mini/fashion_mnist": 14, "rate/vit_mini/fashion_mnist": 13,
+    "calibration/resnet_small/fashion_mnist": 18, "dcgs/resnet_small/fashion_mnist": 10,
+    "rate/resnet_small/fashion_mnist": 6, "calibration/vgg_small/fashion_mnist": 10,
+    "dcgs/vgg_small/fashion_mnist": 5, "rate/vgg_small/fashion_mnist": 4,
+    "ann/vit_mini/fashion_mnist": 1.5, "ann/resnet_small/fashion_mnist": 1, "ann/vgg_small/fashion_mnist": 0.7,
+}
+
 EMBEDDED_CAMPAIGN = Campaign(
     name="embedded",
     tasks=("fashion_mnist", "fmnist_det", "fmnist_seg"),
@@ -53,4 +77,5 @@ EMBEDDED_CAMPAIGN = Campaign(
     # time: run them with --methods); detection and segmentation without SNN Calibration
     task_methods={"fashion_mnist": ("ann", "dcgs", "rate", "calibration"),
                   "fmnist_det": ("ann", "dcgs", "rate"), "fmnist_seg": ("ann", "dcgs", "rate")},
+    expected_s=_EMBEDDED_EXPECTED_S,
 )

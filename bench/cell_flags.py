@@ -51,8 +51,10 @@ def add_cell_flags(p: argparse.ArgumentParser, command: Command) -> None:
     p.add_argument("--weights", default=None, help="ANN weights file (state dict) instead of the default source")
     p.add_argument("--device", default="cpu", help=VALID_DEVICES)
     p.add_argument("--threads", type=int, default=None,
-                   help=("torch threads of each serial cell" if sweep else "torch intra-op threads") +
-                        " (default: the CPUs available to this process, see bench/threads.py)")
+                   help=("torch threads of each serial or pool cell" if sweep else "torch intra-op threads") +
+                        " (default: the CPUs available to this process" + (", shared out among the pool's workers"
+                                                                           if sweep else "") +
+                        ", see bench/threads.py)")
     p.add_argument("--eval-ts", default="auto", help=EVAL_TS_HELP)
 
 

@@ -1,6 +1,8 @@
 """Executors run cells and hand each result to the driver; the same interface for both.
 
 * :class:`SerialExecutor`: in-process, one cell after another (tests, CI, laptops).
+* :class:`~snnbench.pool.PoolExecutor` (:mod:`snnbench.pool`): a few long-lived local worker
+  processes, cells side by side, longest first (``make demo``).
 * :class:`RayExecutor`: Ray tasks on a local instance or a cluster (``--ray-address``).
   Each cell is one task with its own resources (``num_gpus=1`` when it wants CUDA); Ray's
   own retries are off (``max_retries=0``, OOM retries 0 on a local instance) and the
@@ -69,6 +71,7 @@ class SerialExecutor:
     """Runs cells one after another in this process."""
 
     name = "serial"
+    parallel = False  # the sweep keeps the grid's order
 
     def __init__(self, cache_root: str | None, cell_timeout: float | None = None, progress: bool = False,
                  threads: int | None = None) -> None:
@@ -123,6 +126,7 @@ class RayExecutor:
     """Runs cells as Ray tasks; see the module docstring for the failure policy."""
 
     name = "ray"
+    parallel = True  # the sweep submits the longest cells first
 
     def __init__(self, cache_root: str | None, address: str = "local", retries: int = 1,
                  cell_timeout: float | None = None, cpus_per_cell: float = 1.0, num_cpus: int | None = None,

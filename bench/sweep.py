@@ -81,8 +81,6 @@ def run_sweep(cells: list[CellSpec], results_dir: str | Path, executor, experime
 
 def _run_sweep_locked(cells: list[CellSpec], results_dir: Path, executor, experiment: str, force: bool,
                       progress: bool, sweep_params: dict[str, Any] | None, track: bool) -> SweepOutcome:
-    from snnbench.provenance import git_revision, package_versions
-
     results_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(results_dir)
     ledger.repair_tail()
@@ -91,20 +89,20 @@ def _run_sweep_locked(cells: list[CellSpec], results_dir: Path, executor, experi
     samples_dir = str((results_dir / SAMPLES_DIR).resolve())  # every cell's per-sample outcomes
     todo = [c if c.samples_dir else dataclasses.replace(c, samples_dir=samples_dir)
             for c in cells if c.key() not in finished]
-    outcome = SweepOutcome(cells=cells, skipped=[c for c in cells if c.key() in finished])
-    tracker = None
-    if track:
-        from snnbench.tracking import SweepTracker
+    if getattr(executor, "parallel", False):  # several cells at once: the long ones first
+        from snnbench.campaigns import longest_first
 
-        git = git_revision()
-        tags = {"snnbench.sweep": "true", "git.sha": git.get("sha") or "", "git.dirty": str(git.get("dirty")),
-                "command": " ".join(sys.argv), **{f"version.{k}": v for k, v in package_versions().items()}}
-        params = dict(sweep_params or {}, cells=len(cells), to_run=len(todo), skipped=len(outcome.skipped))
-        tracker = SweepTracker(results_dir, experiment, params, tags)
-        try:
-            tracker.reconcile(ledger.latest())
-        except Exception as err:  # noqa: BLE001 - MLflow trouble must not stop the ledger
-            log.warning("reconciling MLflow with the ledger failed: %s", err)
+        todo = longest_first(todo)
+    outcome = SweepOutcome(cells=cells, skipped=[c for c in cells if c.key() in finished])
+    if todo and hasattr(executor, "start"):
+        executor.start(len(todo))  # a pool's workers import torch while MLflow opens its store
+    try:
+        tracker = _open_tracker(results_dir, experiment, ledger, sweep_params, len(cells), len(todo),
+                                len(outcome.skipped)) if track else None
+    except BaseException:
+        if hasattr(executor, "stop"):
+            executor.stop()
+        raise
     bar = SweepConsole(len(todo), progress)  # a line per finished cell; a bar over cells on a terminal
 
     def on_result(cell: CellSpec, result: CellResult) -> None:
@@ -137,6 +135,24 @@ def _run_sweep_locked(cells: list[CellSpec], results_dir: Path, executor, experi
     return outcome
 
 
+def _open_tracker(results_dir: Path, experiment: str, ledger: Ledger, sweep_params: dict[str, Any] | None,
+                  cells: int, to_run: int, skipped: int):
+    """The sweep's MLflow parent run, reconciled with the ledger (:class:`~snnbench.tracking.SweepTracker`)."""
+    from snnbench.provenance import git_revision, package_versions
+    from snnbench.tracking import SweepTracker
+
+    git = git_revision()
+    tags = {"snnbench.sweep": "true", "git.sha": git.get("sha") or "", "git.dirty": str(git.get("dirty")),
+            "command": " ".join(sys.argv), **{f"version.{k}": v for k, v in package_versions().items()}}
+    params = dict(sweep_params or {}, cells=cells, to_run=to_run, skipped=skipped)
+    tracker = SweepTracker(results_dir, experiment, params, tags)
+    try:
+        tracker.reconcile(ledger.latest())
+    except Exception as err:  # noqa: BLE001 - MLflow trouble must not stop the ledger
+        log.warning("reconciling MLflow with the ledger failed: %s", err)
+    return tracker
+
+
 # -- CLI -------------------------------------------------------------------------------
 def add_sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="run a grid of cells (methods x tasks x models x settings x seeds)",
@@ -146,7 +162,11 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--methods", default=None, help="comma-separated methods (default: every built-in method)")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: the embedded tasks)")
     p.add_argument("--models", default=None, help="comma-separated models (default: the task's sweep models)")
-    p.add_argument("--executor", choices=("serial", "ray"), default="serial")
+    p.add_argument("--executor", choices=("serial", "pool", "ray"), default="serial",
+                   help="serial: one cell after another in this process; pool: --workers local processes, "
+                        "longest cells first; ray: Ray tasks (default serial)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="cells run side by side by the pool executor (default 2; 1 on a one-CPU machine)")
     p.add_argument("--ray-address", default="local", help="local (start one here), auto, or HOST:PORT")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
     p.add_argument("--cpus-per-cell", type=float, default=1.0, help="Ray CPUs reserved per cell")
@@ -187,6 +207,8 @@ def check_sweep_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--cpus-per-cell must be positive, not {args.cpus_per_cell}")
     if args.ray_cpus is not None and args.ray_cpus < 1:
         raise UsageError(f"--ray-cpus must be at least 1, not {args.ray_cpus}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {args.workers}")
 
 
 def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, Any]]:
@@ -217,8 +239,6 @@ def grid_from_args(args: argparse.Namespace) -> tuple[list[CellSpec], dict[str, 
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from snnbench.executors import RayExecutor, SerialExecutor
-
     cells, params = grid_from_args(args)
     if args.dry_run:
         ledger = Ledger(args.results)
@@ -228,14 +248,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{cell.key()}  {state:<4}  {describe_cell(cell)}")
         print(f"{len(cells)} cells ({sum(c.key() not in finished or args.force for c in cells)} to run)")
         return 0
-    cache_root = str(Path(args.results).resolve() / "cache")
-    if args.executor == "ray":
-        executor = RayExecutor(cache_root, address=args.ray_address, retries=args.retries,
-                               cell_timeout=args.cell_timeout, cpus_per_cell=args.cpus_per_cell,
-                               num_cpus=args.ray_cpus)
-    else:
-        executor = SerialExecutor(cache_root, cell_timeout=args.cell_timeout, threads=args.threads,
-                                  progress=sys.stderr.isatty() and verbosity() >= 0)
+    executor = executor_from_args(args, str(Path(args.results).resolve() / "cache"))
     experiment = args.experiment or DEFAULT_EXPERIMENT
     try:
         with results_lock(args.results):
@@ -243,6 +256,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except ResultsDirBusy as err:   # raised on entering only: a second sweep stops at once
         print(f"bench sweep: error: {err}", file=sys.stderr)
         return 2
+
+
+def executor_from_args(args: argparse.Namespace, cache_root: str):
+    """The executor ``--executor`` names, configured from the other flags."""
+    from snnbench.executors import RayExecutor, SerialExecutor
+
+    if args.executor == "ray":
+        return RayExecutor(cache_root, address=args.ray_address, retries=args.retries, cell_timeout=args.cell_timeout,
+                           cpus_per_cell=args.cpus_per_cell, num_cpus=args.ray_cpus)
+    if args.executor == "pool":
+        from snnbench.pool import DEFAULT_WORKERS, PoolExecutor
+        from snnbench.threads import available_cpus
+
+        workers = args.workers if args.workers is not None else min(DEFAULT_WORKERS, available_cpus())
+        return PoolExecutor(cache_root, workers=workers, threads=args.threads, cell_timeout=args.cell_timeout)
+    return SerialExecutor(cache_root, cell_timeout=args.cell_timeout, threads=args.threads,
+                          progress=sys.stderr.isatty() and verbosity() >= 0)
 
 
 def _sweep_holding_lock(args: argparse.Namespace, cells: list[CellSpec], params: dict[str, Any], executor,
