@@ -132,8 +132,12 @@ def resolve_threads(requested: float | int | None) -> int:
 
 def prepare_openmp() -> bool:
     """Default ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of spinning)
-    unless already set; returns whether it still takes effect (torch not imported yet)."""
+    unless already set; returns whether it still takes effect (torch not imported yet). Also
+    keeps freed tensor memory in this process and its children (:mod:`snnbench.heap`)."""
+    from snnbench.heap import retain_freed_memory
+
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    retain_freed_memory()
     return "torch" not in sys.modules
 
 

@@ -130,8 +130,11 @@ def finish_environment(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
-    """Versions, device, torch threads, CPU count and the load average at the start."""
-    info = {"torch": torch.__version__, "device": str(device), "threads": threads, "machine": platform.machine(),
+    """Versions, device, torch threads, CPU count and the load average at the start; the process
+    keeps freed memory as ``bench`` processes do (snnbench.heap; ``malloc_retain`` records it)."""
+    from snnbench.heap import retain_freed_memory
+
+    info = {"malloc_retain": retain_freed_memory(), "torch": torch.__version__, "device": str(device), "threads": threads, "machine": platform.machine(),
             "python": platform.python_version(), "cpus": os.cpu_count(), "load_average_start": load_average(),
             "date": time.strftime("%Y-%m-%d %H:%M")}
     if device.type == "cuda":

@@ -105,3 +105,52 @@ def test_openmp_threads_sleep_by_default_and_a_user_setting_wins():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
     assert out.stdout.split() == ["ACTIVE", "True"]
+
+
+_FAULTS_SCRIPT = """
+import resource, torch
+from snnbench.heap import retain_freed_memory
+print(retain_freed_memory())
+from snnbench.methods.base import ConversionContext
+from snnbench.methods.snn.stats import collect_stats
+from snnbench.plugins import create_method
+from snnbench.tasks.zoo import get_model_spec
+torch.set_num_threads(1)
+torch.manual_seed(0)
+spec = get_model_spec("vgg_small")
+model = spec.build(spec, in_shape=(1, 28, 28), num_classes=10).eval()
+x = torch.randn(32, 1, 28, 28)
+method = create_method("dcgs", {"fuse": False})
+ctx = ConversionContext(T=4, example=x, device=x.device, calib_batches=lambda: iter([x]))
+snn = method.convert(model, collect_stats(model, [x], method.stat_kinds(model, ctx)), ctx)
+faults = []
+for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    with torch.inference_mode():
+        snn.reset()
+        for _ in snn.simulate(x, 4):
+            pass
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(max(faults[2:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc and /proc page-fault counts")
+def test_simulation_reuses_freed_memory_without_page_faults():
+    """Real processes simulating vgg_small (batch 32, T = 4) four times: with the retention on, the
+    later runs reuse the heap's pages (almost no page faults); with SNNBENCH_MALLOC_RETAIN=0 glibc
+    hands the freed activations back and every run faults thousands of pages in again."""
+    def run(env_value: str) -> tuple[str, int]:
+        env = dict(os.environ, SNNBENCH_MALLOC_RETAIN=env_value)
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+        env.pop("MALLOC_TRIM_THRESHOLD_", None)
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True,
+                             timeout=300, check=True).stdout.split()
+        return out[0], int(out[-1])
+
+    applied, retained = run("1")
+    if applied != "True":
+        pytest.skip("this C library has no mallopt")
+    off, faulted = run("0")
+    assert off == "False"
+    assert retained < 500 and faulted > 3000, (retained, faulted)
