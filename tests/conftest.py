@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +72,25 @@ def _restore_logging():
     console = sys.modules.get("snnbench.console")
     if console is not None:
         console._STATE = console._State()
+
+
+@pytest.fixture
+def plugin_site(tmp_path_factory, monkeypatch):
+    """The faulty test methods (tests/plugins/faulty_methods.py: broken, sleepy, dies_once,
+    swallower) registered through an entry-point dist-info, as a third party would; the site
+    directory is returned so that worker processes can be given it on PYTHONPATH."""
+    site = tmp_path_factory.mktemp("faulty_site")
+    dist = site / "faulty_methods-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-methods\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[snnbench.methods]\n" + "".join(f"{name} = plugins.faulty_methods:{cls}\n" for name, cls in
+                                          (("broken", "Broken"), ("sleepy", "Sleepy"), ("dies_once", "DiesOnce"),
+                                           ("swallower", "Swallower"))))
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    from snnbench.plugins import method_registry
+
+    method_registry.cache.clear()
+    yield site
+    method_registry.cache.clear()

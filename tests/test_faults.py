@@ -28,24 +28,6 @@ CELL = ["--tasks", "digits", "--models", "vgg_small", "--T", "4", "--eval-size",
 PROCESS_LIMIT_S = 420
 
 
-@pytest.fixture
-def plugin_site(tmp_path_factory, monkeypatch):
-    """The faulty test methods registered through an entry-point dist-info, as a third party would."""
-    site = tmp_path_factory.mktemp("faults_site")
-    dist = site / "faulty_methods-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-methods\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[snnbench.methods]\nsleepy = plugins.faulty_methods:Sleepy\nswallower = plugins.faulty_methods:Swallower\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.syspath_prepend(str(TESTS_DIR))
-    from snnbench.plugins import method_registry
-
-    method_registry.cache.clear()
-    yield site
-    method_registry.cache.clear()
-
-
 def _env(plugin_site: Path | None = None) -> dict[str, str]:
     env = dict(os.environ, SNNBENCH_FUSE="0", PYTHONUNBUFFERED="1")
     paths = [str(TESTS_DIR)] + ([str(plugin_site)] if plugin_site else []) + [p for p in sys.path if p]

@@ -23,25 +23,6 @@ TESTS_DIR = Path(__file__).parent
 ROOT = TESTS_DIR.parent
 
 
-@pytest.fixture
-def faulty_site(tmp_path_factory, monkeypatch):
-    """The faulty test methods, registered through an entry-point dist-info like a third party."""
-    site = tmp_path_factory.mktemp("pool_faulty_site")
-    dist = site / "faulty_methods-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-methods\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[snnbench.methods]\nbroken = plugins.faulty_methods:Broken\nsleepy = plugins.faulty_methods:Sleepy\n"
-        "dies_once = plugins.faulty_methods:DiesOnce\nswallower = plugins.faulty_methods:Swallower\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.syspath_prepend(str(TESTS_DIR))
-    from snnbench.plugins import method_registry
-
-    method_registry.cache.clear()
-    yield site
-    method_registry.cache.clear()
-
-
 def _pool_processes() -> list[int]:
     """Live (non-zombie) children of this process that are pool workers."""
     pids = []
@@ -144,7 +125,7 @@ def test_pool_runs_cells_side_by_side_with_the_serial_numbers(tmp_path, digits_v
     assert not _pool_processes()
 
 
-def test_pool_faults_are_recorded_and_the_sweep_goes_on(tmp_path, faulty_site, digits_vgg, monkeypatch):
+def test_pool_faults_are_recorded_and_the_sweep_goes_on(tmp_path, plugin_site, digits_vgg, monkeypatch):
     monkeypatch.setenv("SNNBENCH_TEST_MARKER_DIR", str(tmp_path))
     cells = expand_grid(["broken", "dies_once", "ann"], ["digits"], ["vgg_small"], {}, [0], SMALL)
     cells += expand_grid(["swallower"], ["digits"], ["vgg_small"], parse_sets(["delay=600"]), [0], SMALL)
@@ -168,7 +149,7 @@ def test_pool_faults_are_recorded_and_the_sweep_goes_on(tmp_path, faulty_site, d
     assert [r["status"] for r in again.results] == ["ok"]  # a rerun retries the failed cell
 
 
-def test_interrupt_kills_the_workers_and_keeps_finished_cells(tmp_path, faulty_site, digits_vgg):
+def test_interrupt_kills_the_workers_and_keeps_finished_cells(tmp_path, plugin_site, digits_vgg):
     cells = expand_grid(["ann"], ["digits"], ["vgg_small"], {}, [0], SMALL)
     cells += expand_grid(["sleepy"], ["digits"], ["vgg_small"], parse_sets(["delay=600"]), [0], SMALL)
 

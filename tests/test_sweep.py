@@ -19,25 +19,6 @@ SMALL = GridOptions(T=3, calib_size=100, eval_size=60)
 TESTS_DIR = Path(__file__).parent
 
 
-@pytest.fixture
-def plugin_site(tmp_path_factory, monkeypatch):
-    """Register the faulty test methods through an entry-point dist-info, like a third party."""
-    site = tmp_path_factory.mktemp("faulty_site")
-    dist = site / "faulty_methods-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-methods\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[snnbench.methods]\nbroken = plugins.faulty_methods:Broken\nsleepy = plugins.faulty_methods:Sleepy\n"
-        "dies_once = plugins.faulty_methods:DiesOnce\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.syspath_prepend(str(TESTS_DIR))
-    from snnbench.plugins import method_registry
-
-    method_registry.cache.clear()
-    yield site
-    method_registry.cache.clear()
-
-
 # -- grid ------------------------------------------------------------------------------
 def test_grid_is_methods_tasks_models_sets_seeds():
     cells = expand_grid(["ann", "dcgs", "rate"], ["digits"], ["vgg_small", "resnet_small"],
