@@ -14,14 +14,16 @@ output increment reads ``now`` and ``last`` once. The expressions are the eager 
 order (IEEE division, no reassociation), so the results are bit-identical; the tests compare them.
 
 Tensors below :data:`MIN_ELEMENTS` elements step eagerly (the dispatch of a compiled call
-outweighs the passes it saves). The kernels run on one flat view of each tensor in its memory order, so every input layout
-shares one compilation; this needs the tensors of one call to be dense with equal strides
+outweighs the passes it saves). The kernels run on one flat view of each tensor in its memory
+order, so every input layout shares one compilation; this needs the tensors of one call to be
+dense with equal strides
 (:func:`flat_views`), otherwise the unit steps eagerly. They are used for CPU tensors only: on
 CUDA, eager PyTorch divides by a scalar through a reciprocal and Triton's division differs again,
 so bit-identity with the eager path holds on CPU alone.
 
 :func:`matmul_pair_ops` is the product unit's three-term synaptic-operation count
-(docs/dcgs-official-code.md §5.2) as one compiled reduction: integer counts, exact in any order.
+(docs/dcgs-official-code.md §5.2); its compiled kernel sums the same integers in another order
+(one reduction), exact on any device.
 """
 
 from __future__ import annotations
