@@ -105,9 +105,9 @@ class GradedUnit(StatefulUnit):
     def _output(self, now: torch.Tensor, t: int, t_tensor: torch.Tensor) -> torch.Tensor:
         """The step's emitted increment (class docstring), compiled on dense CPU tensors."""
         views = graded_kernels.flat_views([now, self.last]) if now.numel() >= graded_kernels.MIN_ELEMENTS else None
-        if views is None:
-            return t * now - (t - 1) * self.last if self.coding == "rate" else t * (now - self.last)
         kernel = "rate_output" if self.coding == "rate" else "differential_output"
+        if views is None:  # the same function, eagerly
+            return getattr(graded_kernels, kernel)(now, self.last, t)
         return graded_kernels.unflat(graded_kernels.run(kernel, *views, t_tensor), now)
 
     def _first_frame(self, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -148,11 +148,11 @@ class GradedUnit(StatefulUnit):
             acc = [a + x for a, x in zip(state[:k], xs)]
             last = state[k]
             now = call([a / t for a in acc])
-            return t * now - (t - 1) * last, (*acc, now)
+            return graded_kernels.rate_output(now, last, t), (*acc, now)
         base, last = state[:k], state[2 * k]
-        acc = [a + (x - b) / t for a, x, b in zip(state[k:2 * k], xs, base)]
+        acc = [graded_kernels.differential_inputs(x, b, a, t) for a, x, b in zip(state[k:2 * k], xs, base)]
         now = call(acc)
-        return t * (now - last), (*base, *acc, now)
+        return graded_kernels.differential_output(now, last, t), (*base, *acc, now)
 
     def advance(self, state: tuple[torch.Tensor, ...]) -> None:
         k = len(self.dynamic)

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 MIN_ELEMENTS = 1 << 17
 
 
-# -- the arithmetic (the eager reference: graded.GradedUnit.step_with computes the same) ----------
+# -- the arithmetic (also the eager step: graded.GradedUnit.step_with calls these) ---------------
 def differential_inputs(x: torch.Tensor, b: torch.Tensor, acc: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """E_t = E_{t-1} + (x_t - b)/t (differential coding's running estimate of the input)."""
     return acc + (x - b) / t
