@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from snnbench.methods.snn.quantizers import if_fire, mt_fire, mt_fire_argmin, mt_fire_reference
+from snnbench.methods.snn.quantizers import (if_fire, mt_fire, mt_fire_argmin, mt_fire_compare, mt_fire_reference,
+                                            mt_fire_bits)
 
 
 def boundary_inputs(theta: float, n: int) -> torch.Tensor:
@@ -46,6 +47,82 @@ def test_fast_mt_equals_ladder_with_masks(n):
         fast = mt_fire(m, theta, n, signed=True, lower_room=lo, upper_room=hi)
         ref = mt_fire_reference(m, theta, n, signed=True, lower_room=lo, upper_room=hi)
         assert torch.equal(fast, ref)
+
+
+def equal_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values and equal sign bits (torch.equal alone takes -0.0 == +0.0)."""
+    return torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))
+
+
+def compare_cases(n: int) -> list[tuple]:
+    """(m, θ, lower room, upper room) cases: random potentials over many magnitudes, ties at every
+    boundary, ±0.0, dead and power-of-two thresholds, subnormal levels, rooms with exact ties and
+    non-positive rooms."""
+    g = torch.Generator().manual_seed(200 + n)
+    size = 20000
+    m = torch.randn(size, generator=g) * torch.exp(torch.randn(size, generator=g) * 4)
+    theta = (torch.rand(size, generator=g) + 0.01) * torch.exp(torch.randn(size, generator=g) * 2)
+    theta[:50] = 0.0
+    theta[50:100] = 1.0
+    theta[100:150] = 2e-38  # levels θ/2^k below the normal range
+    m[150:200] = -0.0
+    m[200:250] = 0.0
+    ties = torch.cat([boundary_inputs(th, n) for th in (1.0, 0.3, 2.5)])
+    tie_theta = torch.cat([torch.full_like(boundary_inputs(th, n), th) for th in (1.0, 0.3, 2.5)])
+    m, theta = torch.cat([m, ties]), torch.cat([theta, tie_theta])
+    k = torch.randint(0, n, m.shape, generator=g)
+    lower = torch.where(torch.rand(m.shape, generator=g) < 0.3, theta / 2**k, torch.randn(m.shape, generator=g))
+    upper = torch.where(torch.rand(m.shape, generator=g) < 0.3, theta / 2**k, torch.rand(m.shape, generator=g) * 3)
+    lower[:300] = -0.0
+    return [(m, theta, lo, hi) for lo, hi in ((None, None), (lower, None), (None, upper), (lower, upper))]
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 16])
+@pytest.mark.parametrize("signed", [True, False])
+def test_compare_form_equals_reference_bit_for_bit(n, signed):
+    """mt_fire_compare (the compiled kernels' form) is the reference ladder, sign of zero included."""
+    for m, theta, lo, hi in compare_cases(n):
+        ref = mt_fire_reference(m, theta, n, signed, lo, hi)
+        assert equal_bits(mt_fire_compare(m, theta, n, signed, lo, hi), ref)
+
+
+@pytest.mark.parametrize("n", [1, 8])
+def test_compare_form_equals_integer_form_on_normal_levels(n):
+    """The eager integer form and the compiled comparison form agree wherever the levels are normal
+    floats (the integer form subtracts exponents, which is exact there)."""
+    for m, theta, lo, hi in compare_cases(n):
+        normal = theta / 2 ** (n - 1) >= torch.finfo(torch.float32).tiny
+        m, theta = m[normal], theta[normal]
+        lo = lo[normal] if lo is not None else None
+        hi = hi[normal] if hi is not None else None
+        assert equal_bits(mt_fire_bits(m, theta, n, True, lo, hi), mt_fire_compare(m, theta, n, True, lo, hi))
+
+
+def test_compiled_fire_takes_the_compare_form_and_equals_eager():
+    """Inside torch.compile, fused.fire selects levels with mt_fire_compare; its spikes equal the
+    eager integer form on ties, zeros and rooms."""
+    from snnbench.methods.snn import fused
+
+    calls = []
+    original = fused.mt_fire_compare
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    m, theta, lo, hi = compare_cases(8)[3]
+    normal = theta / 2**7 >= torch.finfo(torch.float32).tiny
+    m, theta, lo, hi = m[normal], theta[normal], lo[normal], hi[normal]
+    fused.mt_fire_compare = spy
+    try:
+        step = torch.compile(lambda m, th, lo, hi: fused.fire(m, th, "mt", 8, True, lo, hi), dynamic=True,
+                             fullgraph=True)
+        compiled = step(m, theta, lo, hi)
+    finally:
+        fused.mt_fire_compare = original
+    assert calls, "the compiled trace did not go through mt_fire_compare"
+    assert equal_bits(compiled, fused.fire(m, theta, "mt", 8, True, lo, hi))
+    assert equal_bits(compiled, mt_fire_reference(m, theta, 8, True, lo, hi))
 
 
 @pytest.mark.parametrize("n", [1, 4, 8])
