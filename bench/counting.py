@@ -56,6 +56,7 @@ from torch import nn
 
 from snnbench.count_records import CountSummary, _LayerCounter, _NeuronCounter, _Row
 from snnbench.fanout import conv_fanout_map, ungrouped_macs
+from snnbench.input_census import input_census
 from snnbench.methods.base import CountPlan, SpikingModel
 from snnbench.pool_events import PoolEvents
 
@@ -93,6 +94,9 @@ class OpCounter:
         self.step_counts: torch.Tensor | None = None  # [T + 1] samples per number of steps used
         self.neurons = [_NeuronCounter(site, rows(), rows(torch.float64), rows()) for site in self.plan.neurons]
         self.pools = PoolEvents(lambda: [c.site.module for c in self.neurons])
+        #: read layer inputs in one compiled pass (bench/input_census.py) when the model's neurons
+        #: run compiled steps (fuse): a method run eagerly is counted eagerly too
+        self.compiled_census = any(getattr(c.site.module, "fuse", False) is True for c in self.neurons)
 
     # -- hooks ---------------------------------------------------------------------------
     def __enter__(self) -> "OpCounter":
@@ -151,7 +155,7 @@ class OpCounter:
             if t is None:
                 return
             x = args[0]
-            effective, dense, own, own_nonzero = self._connection_ops(counter, module, x)
+            effective, dense, own, own_nonzero, ones = self._connection_ops(counter, module, x)
             counter.ops.add(t, effective)
             counter.input_ops.add(t, own)
             if counter.site.op != "product":
@@ -164,7 +168,7 @@ class OpCounter:
                         nonzero = torch.count_nonzero(x) if mask is None else ((x != 0) & mask).sum()
                     # all of x in {-1, 0, 1} <=> as many elements of magnitude 1 as non-zero elements
                     total = own_nonzero if own_nonzero is not None and mask is None else torch.count_nonzero(x)
-                    binary = (x.abs() == 1).sum() == total
+                    binary = (ones if ones is not None else (x.abs() == 1).sum()) == total
                 else:
                     nonzero, binary = from_neuron
                 counter.unit_input_ops.add(t, own * binary)
@@ -209,9 +213,10 @@ class OpCounter:
             self.pools.record(module, args[0], self._sample_mask(args[0]))
 
     def _connection_ops(self, counter: _LayerCounter, module: nn.Module, x: torch.Tensor
-                        ) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor | None]:
+                        ) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(effective ops, dense ops, ops of the non-zero elements of ``x`` itself, and when this
-        counted them from ``x``, the number of non-zero elements of ``x``, else None)."""
+        counted them from ``x``, the number of non-zero elements of ``x`` (else None) and, when it
+        read ``x`` whole, the number of its elements of magnitude 1 (else None))."""
         op = counter.site.op
         pool = counter.site.events_from
         if op == "product":
@@ -219,7 +224,7 @@ class OpCounter:
             if active is not None and not bool(active.all()):
                 raise RuntimeError(f"product unit {counter.site.name}: its three-term op count cannot honour a "
                                    "per-sample active mask (early exit is for networks without product units)")
-            return module.last_ops, module.last_dense, module.last_ops, None
+            return module.last_ops, module.last_dense, module.last_ops, None, None
         mask = self._sample_mask(x)
         # early exit: count the active samples' inputs only (a neuron's own counts cover the whole batch)
         present = None if mask is None else (x != 0) & mask
@@ -235,13 +240,16 @@ class OpCounter:
             out_features = module.out_features
             dense = x.numel() * out_features
             counted = getattr(source, "last_counts", None) if pool is None else None
+            ones = None
             if counted is not None:  # the neuron counted its events in its own pass: no read of x
                 own_events = counted[0]
+            elif present is None:  # non-zero and unit-magnitude elements in one read
+                own_events, ones = input_census(x, per_position=False, compiled=self.compiled_census)
             else:  # the layer's own view (only the active samples under early exit)
-                own_events = torch.count_nonzero(x) if present is None else present.sum()
+                own_events = present.sum()
             events = cells.sum() if cells is not None else own_events if nonzero is None else nonzero.sum()
             own_nonzero = own_events if counted is None else None
-            return events * out_features, dense, own_events * out_features, own_nonzero
+            return events * out_features, dense, own_events * out_features, own_nonzero, ones
         if op == "conv":
             spatial = tuple(x.shape[2:])
             cached = counter.fanout.get(spatial)
@@ -253,10 +261,13 @@ class OpCounter:
             counted = getattr(source, "last_hits", None) if pool is None else None
             if counted is None or tuple(counted.shape) != spatial:  # not counted by the neuron: read the input
                 counted = None
+            ones = None
             if counted is not None:
                 own_hits = counted
-            else:  # non-zero inputs per position (only the active samples under early exit)
-                own_hits = ((x != 0) if present is None else present).sum(dim=(0, 1))
+            elif present is None:  # non-zero inputs per position and unit-magnitude elements, one read
+                own_hits, ones = input_census(x, per_position=True, compiled=self.compiled_census)
+            else:  # non-zero inputs per position of the active samples (early exit)
+                own_hits = present.sum(dim=(0, 1))
             own = (own_hits * fan).sum() * per_input_channel
             if cells is not None:  # behind an average pool every spike of the pooled cell
                 effective = (cells * fan).sum() * per_input_channel
@@ -265,7 +276,7 @@ class OpCounter:
             else:  # behind an average pool (per element); H-MT sub-spikes; active samples
                 effective = (nonzero.sum(dim=(0, 1)) * fan).sum() * per_input_channel
             dense = fan_total * x.shape[0] * x.shape[1] * per_input_channel
-            return effective, dense, own, own_hits.sum() if counted is None else None
+            return effective, dense, own, own_hits.sum() if counted is None else None, ones
         raise ValueError(f"unknown connection op {op!r} for layer {counter.site.name}")
 
     def _neuron_hook(self, counter: _NeuronCounter):
