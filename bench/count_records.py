@@ -29,7 +29,7 @@ class _Row:
     def add(self, t: int, value: Any) -> None:
         if isinstance(value, torch.Tensor) and value.dtype != self.values.dtype:
             value = value.to(self.values.dtype)
-        self.values[t] += value
+        self.values.select(0, t).add_(value)  # in place on the element (``values[t] += v`` writes it back too)
 
     def tensor(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         return self.values.to(device=device, dtype=dtype)

@@ -97,6 +97,7 @@ class OpCounter:
         #: read layer inputs in one compiled pass (bench/input_census.py) when the model's neurons
         #: run compiled steps (fuse): a method run eagerly is counted eagerly too
         self.compiled_census = any(getattr(c.site.module, "fuse", False) is True for c in self.neurons)
+        self.pools.compiled = self.compiled_census
 
     # -- hooks ---------------------------------------------------------------------------
     def __enter__(self) -> "OpCounter":

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from snnbench.fanout import pooled_event_counts
+from snnbench.input_census import input_census
 
 _POOL_DIMS = {nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1, nn.AvgPool2d: 2, nn.AdaptiveAvgPool2d: 2,
               nn.AvgPool3d: 3, nn.AdaptiveAvgPool3d: 3}
@@ -44,6 +45,8 @@ class PoolEvents:
     """
 
     from_hits = True
+    #: read a pool input's hit map in one compiled pass (the counter sets it when the model's steps compile)
+    compiled = False
 
     def __init__(self, neurons: Callable[[], list[nn.Module]]) -> None:
         self._neurons = neurons
@@ -67,7 +70,13 @@ class PoolEvents:
     def record(self, pool: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> None:
         """The pool's input ``x`` of this frame (``mask``: the active samples, None for all)."""
         events_of = self.event_fns.get(id(pool))
-        hits = self._source_hits(pool, x) if events_of is None and mask is None and self.from_hits else None
+        hits = None
+        if events_of is None and mask is None and self.from_hits:
+            hits = self._source_hits(pool, x)
+            if hits is None and x.ndim == _POOL_DIMS.get(type(pool), -1) + 2:
+                # no hit map from a neuron (yet: the first frame finds it): take the map from x in
+                # one pass and pool that, instead of sum-pooling the whole per-element mask
+                hits = input_census(x, per_position=True, compiled=self.compiled)[0]
         if hits is not None:
             cells = pooled_event_counts(pool, hits.reshape((1, 1) + tuple(hits.shape)), torch.float64)[0, 0]
             self._counts[id(pool)] = (None, cells, x)
