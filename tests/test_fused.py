@@ -86,6 +86,38 @@ def test_layers_of_every_shape_share_one_compiled_step(torch_warnings):
     assert not [m for m in torch_warnings if "recompile" in m or "eagerly" in m], torch_warnings
 
 
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+def test_hits_per_position_from_the_step_equal_eager_across_shapes(coding, torch_warnings):
+    """Neurons counting spikes per position (a convolution reads them): the fused step reduces the
+    hits in its own loop on [batch·channels, positions] views, or, for 1x1 maps and a lead of one,
+    in the flat kernel plus a separate reduction; spikes, states, counts and hits equal the eager
+    step's and the recount from the spikes, each kernel compiling once."""
+    torch._dynamo.reset()
+    fused.clear_compiled()
+    shapes = [(4, 8, 16, 16), (4, 8, 1, 1), (4, 8, 2, 2), (1, 1, 8, 8), (4, 16, 1, 2), (3, 8, 5, 5), (2, 4, 7)]
+    with torch.inference_mode():
+        for i, shape in enumerate(shapes):
+            g = torch.Generator().manual_seed(50 + i)
+            theta = torch.rand([1, shape[1]] + [1] * (len(shape) - 2), generator=g) + 0.25
+            pair = [SpikingNeuron(theta, coding=coding, floor=0.0, ceiling=6.0, fuse=fuse) for fuse in (False, True)]
+            for nrn in pair:
+                nrn.count_spikes = nrn.count_positions = True
+            for t in range(4):
+                x = torch.randn(shape, generator=g) * 2
+                (s_eager, s_fast) = (nrn(x) for nrn in pair)
+                assert torch.equal(s_eager, s_fast), (shape, t)
+                if coding == "rate" or t > 0:
+                    eager, fast = pair
+                    assert torch.equal(eager.last_counts, fast.last_counts), (shape, t)
+                    assert fast.last_hits.dtype == torch.int64 and tuple(fast.last_hits.shape) == shape[2:]
+                    assert torch.equal(eager.last_hits, fast.last_hits), (shape, t)
+                    assert torch.equal(fast.last_hits, (s_fast != 0).sum(dim=(0, 1)))
+    signatures = fused.compiled_signatures()
+    assert any(s.positions for s in signatures) and any(s.count and not s.positions for s in signatures)
+    assert all(fused.compiled_variants(s) == 1 for s in signatures)
+    assert not [m for m in torch_warnings if "recompile" in m or "eagerly" in m], torch_warnings
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("coding", ["differential", "rate"])
 def test_detector_with_tiny_fpn_levels_runs_fused_without_fallback(coding, torch_warnings):
@@ -124,8 +156,7 @@ def test_detector_with_tiny_fpn_levels_runs_fused_without_fallback(coding, torch
         assert all(torch.equal(out_e[k], out_f[k]) for k in out_e)
         assert sum_e.events == sum_f.events and sum_e.unit_spikes == sum_f.unit_spikes
     signatures = fused.compiled_signatures()
-    # one variant per signature; steps that also count hits per position take the number of
-    # positions as an int, which dynamo specialises once more where it is 1 (the 1x1 FPN levels)
-    assert signatures and all(fused.compiled_variants(s) <= (2 if s.positions else 1) for s in signatures)
+    # one variant per signature (the 1x1 FPN levels' positioned steps take the flat signature)
+    assert signatures and all(fused.compiled_variants(s) == 1 for s in signatures)
     assert not [m for m in torch_warnings if "recompile" in m or "eagerly" in m], torch_warnings
 

@@ -21,8 +21,10 @@ function after ``recompile_limit`` (8) variants and runs it eagerly from then on
   are the same signature), and each signature gets its *own* function object with its own
   code object (:func:`compiled`), so dynamo's per-code cache holds exactly one entry
   per function and no signature can push another past the recompile limit. (A step that
-  also counts spikes per position for the next convolution takes the number of positions
-  as an int: one more variant where that number is 1, e.g. a 1x1 map.)
+  also counts spikes per position for the next convolution runs on 2-D views [batch·channels,
+  positions] and reduces the hits in the same loop; where either size is below 2, which dynamo
+  would specialise, it runs the flat kernel of the signature without positions and reduces the
+  hits from the written spikes in a small compiled function of their own.)
 
 The time-step enters as a 0-dim tensor, so one compilation serves every t.
 
@@ -39,7 +41,8 @@ threshold but vanishing ones.
 Ē_out and θ in; s, v, Ē_in, Ē_out out), so the compiled kernel (:func:`run_step`) writes the new
 state into the state tensors it was given instead of allocating three fresh ones per step
 (whose first touch costs page faults on top); only the spikes are new. The per-position hits
-are reduced from the written spikes by a small compiled function of their own.
+come out of the same loop (a second read of the spikes cost 0.4 of the step's 1.4 ms at
+64x16x28x28; the one loop counts them for 1.75 ms against 2.37 ms in two).
 
 The fused and eager paths compute the same expressions in the same order; the tests
 check that their spikes, states and counts agree.
@@ -53,6 +56,7 @@ missing toolchain costs speed, never a result.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -235,8 +239,34 @@ def _position_hits_kernel(s: torch.Tensor, positions: int) -> torch.Tensor:
     return position_hits(s, positions)
 
 
+def _row_hits(s: torch.Tensor) -> torch.Tensor:
+    """Non-zero spikes per column of the 2-D ``s`` [lead, positions] (int64), accumulated in int32:
+    exact while lead < 2^31 (:func:`run_step` checks), and cheaper to accumulate."""
+    return (s != 0).to(torch.int32).sum(dim=0, dtype=torch.int32).to(torch.int64)
+
+
+def _differential_hits_kernel(x: torch.Tensor, b: torch.Tensor, v: torch.Tensor, e_in: torch.Tensor,
+                              e_out: torch.Tensor, theta: torch.Tensor, t: torch.Tensor, rule: str, n: int,
+                              signed: bool, floor: float | None, ceiling: float | None, count: bool
+                              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """:func:`_differential_kernel` on 2-D views [lead, positions] that also returns the hits per
+    position (:func:`position_hits`) from the same loop, instead of a second read of the spikes."""
+    s, counts = _differential_kernel(x, b, v, e_in, e_out, theta, t, rule, n, signed, floor, ceiling, count)
+    return s, counts, _row_hits(s)
+
+
+def _rate_hits_kernel(x: torch.Tensor, v: torch.Tensor, c_out: torch.Tensor | None, theta: torch.Tensor,
+                      t: torch.Tensor, rule: str, n: int, signed: bool, floor: float | None, ceiling: float | None,
+                      count: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """:func:`_rate_kernel` on 2-D views that also returns the hits per position (see above)."""
+    s, counts = _rate_kernel(x, v, c_out, theta, t, rule, n, signed, floor, ceiling, count)
+    return s, counts, _row_hits(s)
+
+
 #: the in-place kernel of each coding: the function :func:`compiled` compiles per signature
 _KERNELS: dict[str, Callable] = {"differential": _differential_kernel, "rate": _rate_kernel}
+#: the same with the per-position hits of the spikes reduced in the same loop (signatures with positions)
+_HITS_KERNELS: dict[str, Callable] = {"differential": _differential_hits_kernel, "rate": _rate_hits_kernel}
 #: state arguments (indices into the tensors of a step) that the kernel of a coding overwrites
 _MUTATED: dict[str, tuple[int, ...]] = {"differential": (2, 3, 4), "rate": (1, 2)}
 
@@ -250,7 +280,8 @@ def compiled(signature: StepSignature) -> Callable:
     :func:`run_step` hands back the state tensors it overwrote)."""
     fn = _COMPILED.get(signature)
     if fn is None:
-        fn = _COMPILED[signature] = torch.compile(_own_code_copy(_KERNELS[signature.coding], signature.tag()),
+        kernels = _HITS_KERNELS if signature.positions else _KERNELS
+        fn = _COMPILED[signature] = torch.compile(_own_code_copy(kernels[signature.coding], signature.tag()),
                                                   dynamic=True, fullgraph=True)
     return fn
 
@@ -327,13 +358,25 @@ def run_step(signature: StepSignature, fuse: bool, *tensors: torch.Tensor | None
     hits_of = positions if signature.positions else None
     if not fuse or signature in _FAILED or not can_overwrite(tensors, _MUTATED[signature.coding]):
         return eager(*tensors, *static, hits_of)
-    try:
-        s, counts = compiled(signature)(*tensors, *static)
-    except Exception as exc:  # inductor/toolchain failures (before the kernel ran); genuine errors re-raise below
-        _warn_fallback(signature.tag(), exc)
-        _FAILED.add(signature)
-        return eager(*tensors, *static, hits_of)
     states = tuple(tensors[i] for i in _MUTATED[signature.coding])
+    lead = tensors[0].numel() // hits_of if hits_of else 0
+    if hits_of is not None and hits_of >= 2 and 2 <= lead < 2**31:
+        # [lead, positions] views (dynamo specialises sizes 0 and 1, so those take the flat kernel)
+        shaped = [a.view(lead, hits_of) if a is not None and a.ndim == 1 else a for a in tensors]
+        try:
+            s, counts, hits = compiled(signature)(*shaped, *static)
+        except Exception as exc:  # as below
+            _warn_fallback(signature.tag(), exc)
+            _FAILED.add(signature)
+            return eager(*tensors, *static, hits_of)
+        return (s.view(-1), *states, counts, hits)
+    flat_signature = dataclasses.replace(signature, positions=False) if signature.positions else signature
+    try:
+        s, counts = compiled(flat_signature)(*tensors, *static)
+    except Exception as exc:  # inductor/toolchain failures (before the kernel ran); genuine errors re-raise below
+        _warn_fallback(flat_signature.tag(), exc)
+        _FAILED.update((signature, flat_signature))
+        return eager(*tensors, *static, hits_of)
     return (s, *states, counts, _hits(s, hits_of) if hits_of is not None else None)
 
 
