@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from snnbench.methods.snn.fused import _own_code_copy
+
 log = logging.getLogger(__name__)
 
 #: inputs with fewer elements are counted eagerly (a compiled call costs ~30 µs to dispatch)
@@ -38,22 +40,15 @@ def census_total(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x != 0).sum(), (x.abs() == 1).sum()
 
 
-def _own_copy(fn: Callable) -> Callable:
-    """``fn`` with its own code object, so that dynamo caches its variants apart from the eager
-    function's (the same function is also called uncompiled)."""
-    import types
-
-    code = fn.__code__.replace(co_name=f"{fn.__name__}_compiled")
-    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-
-
 _COMPILED: dict[str, Callable] = {}
 _FAILED: set[str] = set()
 
 
 def _compiled(name: str, fn: Callable) -> Callable:
+    """``fn`` compiled, on a code object of its own (dynamo then caches its variants apart from
+    the eager function's, which is called uncompiled too)."""
     if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(_own_copy(fn), dynamic=True, fullgraph=True)
+        _COMPILED[name] = torch.compile(_own_code_copy(fn, "compiled"), dynamic=True, fullgraph=True)
     return _COMPILED[name]
 
 
