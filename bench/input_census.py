@@ -11,7 +11,7 @@ behind an average pool, anything fed through other layers) needs two numbers fro
 
 Eagerly these are three or four passes with a bool tensor written in between (1.1 ms for
 ``count_nonzero`` of 64x16x14x14 floats, 1 thread); :func:`input_census` takes both in one
-compiled pass (0.33 ms) where the tensor is large enough to repay a compiled call's dispatch, and
+compiled pass (0.33 ms) for CPU tensors large enough to repay a compiled call's dispatch, and
 eagerly otherwise or when compilation fails (one warning). Both give the same integers.
 """
 

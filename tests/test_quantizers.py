@@ -98,28 +98,24 @@ def test_compare_form_equals_integer_form_on_normal_levels(n):
         assert equal_bits(mt_fire_bits(m, theta, n, True, lo, hi), mt_fire_compare(m, theta, n, True, lo, hi))
 
 
-def test_compiled_fire_takes_the_compare_form_and_equals_eager():
+def test_compiled_fire_takes_the_compare_form_and_equals_eager(monkeypatch):
     """Inside torch.compile, fused.fire selects levels with mt_fire_compare; its spikes equal the
     eager integer form on ties, zeros and rooms."""
     from snnbench.methods.snn import fused
 
     calls = []
-    original = fused.mt_fire_compare
 
     def spy(*args, **kwargs):
         calls.append(1)
-        return original(*args, **kwargs)
+        return mt_fire_compare(*args, **kwargs)
 
     m, theta, lo, hi = compare_cases(8)[3]
     normal = theta / 2**7 >= torch.finfo(torch.float32).tiny
     m, theta, lo, hi = m[normal], theta[normal], lo[normal], hi[normal]
-    fused.mt_fire_compare = spy
-    try:
-        step = torch.compile(lambda m, th, lo, hi: fused.fire(m, th, "mt", 8, True, lo, hi), dynamic=True,
-                             fullgraph=True)
-        compiled = step(m, theta, lo, hi)
-    finally:
-        fused.mt_fire_compare = original
+    monkeypatch.setattr(fused, "mt_fire_compare", spy)
+    step = torch.compile(lambda m, th, lo, hi: fused.fire(m, th, "mt", 8, True, lo, hi), dynamic=True, fullgraph=True)
+    compiled = step(m, theta, lo, hi)
+    monkeypatch.undo()
     assert calls, "the compiled trace did not go through mt_fire_compare"
     assert equal_bits(compiled, fused.fire(m, theta, "mt", 8, True, lo, hi))
     assert equal_bits(compiled, mt_fire_reference(m, theta, 8, True, lo, hi))

@@ -102,7 +102,8 @@ def mt_fire_compare(m: torch.Tensor, theta: torch.Tensor, n: int, signed: bool =
     level k is admissible when |m| >= 0.75·θ_k, room >= θ_k and θ_k > 0 (θ_k = θ / 2^k computed
     as the reference computes it). All three are monotone in k, so the admissible k form an
     upper set and the reference's smallest admissible k is what a ladder from k = n-1 down to
-    0 leaves behind; the sign is applied as 0 - level, so that no spike stays +0.0. Equal to
+    0 leaves behind; the sign is applied as 0 - level, so that a negative m that fires nothing
+    gives +0.0 as the reference does (not -0.0). Equal to
     the reference bit for bit (tests), without the reinterpreting casts of :func:`mt_fire_bits`,
     which inductor compiles to scalar loops: in one compiled differential step of 8 levels on
     802 816 elements this runs 2.2x faster (1.34 vs 2.97 ms, 1 thread), at the cost of the
@@ -112,14 +113,10 @@ def mt_fire_compare(m: torch.Tensor, theta: torch.Tensor, n: int, signed: bool =
     theta = torch.as_tensor(theta, dtype=m.dtype, device=m.device)
     magnitude = m.abs()
     positive = m > 0
-    if lower_room is None and upper_room is None:
-        room = None
-    elif upper_room is None:
-        room = torch.where(positive, float("inf"), lower_room)
-    elif lower_room is None:
-        room = torch.where(positive, upper_room, float("inf"))
-    else:
-        room = torch.where(positive, upper_room, lower_room)
+    room = None
+    if lower_room is not None or upper_room is not None:  # a missing side admits every level
+        room = torch.where(positive, float("inf") if upper_room is None else upper_room,
+                           float("inf") if lower_room is None else lower_room)
     level = torch.zeros_like(m)
     for k in range(n - 1, -1, -1):
         theta_k = theta / 2**k
