@@ -247,3 +247,72 @@ def test_transformer_fused_equals_eager_outputs_and_counts(method):
             results[fuse] = outs, counter.summary()
     assert all(torch.equal(a, b) for a, b in zip(results[True][0], results[False][0]))
     assert results[True][1] == results[False][1]
+
+
+# -- below MIN_ELEMENTS: the eager step with the state updated in place ------------------------
+@pytest.fixture
+def in_place_sizes(monkeypatch):
+    """Every tensor of these tests is below the compiled kernels' size: the in-place eager step."""
+    monkeypatch.setattr(graded_kernels, "MIN_ELEMENTS", 1 << 40)
+
+
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_in_place_small_step_is_bit_identical_to_eager(coding, layout, function, in_place_sizes, kernel_calls):
+    fn, extra = FUNCTIONS[function]
+    xs = _inputs((4, 5, 5), layout=LAYOUTS[layout])
+    slow = _trace(GradedUnit(fn, (0,), coding=coding), xs, *extra)
+    unit = GradedUnit(fn, (0,), coding=coding, fuse=True)
+    _assert_identical(_trace(unit, xs, *extra), slow)
+    assert not kernel_calls  # no compiled kernel ran
+    unit.reset()
+    unit(xs[0], *extra)
+    before, pointer = unit.acc[0], unit.acc[0].data_ptr()
+    unit(xs[1], *extra)
+    unit(xs[2], *extra)
+    assert unit.acc[0] is before and before.data_ptr() == pointer  # E updated in its own tensor
+
+
+def test_in_place_step_keeps_last_output_when_fn_returns_a_view(in_place_sizes):
+    fn = lambda e: e.reshape(-1)  # noqa: E731
+    xs = _inputs((3, 4))
+    _assert_identical(_trace(GradedUnit(fn, (0,), fuse=True), xs), _trace(GradedUnit(fn, (0,)), xs))
+
+
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+def test_in_place_product_unit_equals_eager_with_counts(coding, in_place_sizes):
+    """q·kᵀ below the kernels' size: outputs, decoded operands and three-term op counts equal eager."""
+    g = torch.Generator().manual_seed(4)
+    qs = [torch.randn(2, 3, 6, 4, generator=g) for _ in range(T + 1)]
+    ks = [torch.randn(2, 3, 6, 4, generator=g).transpose(-2, -1) for _ in range(T + 1)]
+    results = {}
+    for fuse in (False, True):
+        unit = ProductUnit(torch.matmul, (0, 1), coding=coding, fuse=fuse)
+        unit.counting = True
+        outs, ops = [], []
+        for q, k in zip(qs, ks):
+            outs.append(unit(q, k).clone())
+            ops.append(int(unit.last_ops))
+        results[fuse] = outs, ops, [a.clone() for a in unit.acc]
+    assert results[True][1] == results[False][1]
+    assert all(torch.equal(a, b) for a, b in zip(results[True][0], results[False][0]))
+    assert all(torch.equal(a, b) for a, b in zip(results[True][2], results[False][2]))
+
+
+def test_in_place_step_falls_back_where_shapes_or_grads_forbid_it(in_place_sizes):
+    """An input that broadcasts against its state (other shape) and inputs that require grad step
+    functionally: the same results as eager, the state tensor replaced, not overwritten."""
+    xs = _inputs((3, 4))
+    narrow = [xs[0]] + [x[:1] for x in xs[1:]]  # frame 0 fixes E's shape (3, 4); later rows broadcast
+    unit = GradedUnit(F.gelu, (0,), fuse=True)
+    fast = _trace(unit, narrow)
+    _assert_identical(fast, _trace(GradedUnit(F.gelu, (0,)), narrow))
+    with torch.enable_grad():
+        grads = [x.clone().requires_grad_() for x in xs]
+        unit = GradedUnit(F.gelu, (0,), fuse=True)
+        unit(grads[0])
+        before = unit.acc[0]
+        out = sum(unit(x).sum() for x in grads[1:])
+        out.backward()
+    assert unit.acc[0] is not before and grads[1].grad is not None

@@ -128,3 +128,52 @@ def test_product_unit_decodes_to_product_of_decoded_operands(coding):
             eb += b
             k = t + 1
             assert torch.allclose(out / k, (ea / k) @ (eb / k), atol=1e-4)
+
+
+def test_state_assignment_shortcut_matches_module_semantics():
+    """StatefulUnit.__setattr__ writes state and per-step attributes straight into the instance
+    (no registry checks), and still hands parameters, modules and registered names to nn.Module."""
+    unit = SpikingNeuron(torch.tensor(1.0), rule="mt", n=2, coding="differential")
+    state = torch.ones(3)
+    unit.v = state
+    unit.t = 5
+    assert unit.__dict__["v"] is state and unit.t == 5
+    assert "v" not in unit._buffers and "v" not in dict(unit.named_parameters())
+    unit.v = torch.nn.Parameter(torch.zeros(2))  # not a plain type: the normal path registers it
+    assert "v" in unit._parameters and "v" not in unit.__dict__
+    with pytest.raises(TypeError):
+        unit.v = torch.ones(2)  # as nn.Module: a plain tensor cannot replace a parameter
+    unit.theta = torch.tensor(2.0)  # a registered buffer keeps being a buffer
+    assert unit._buffers["theta"].item() == 2.0 and "theta" not in unit.__dict__
+    unit.reset()
+    assert unit.t == 0
+
+
+def test_step_scalar_is_one_tensor_per_value_and_mode():
+    from snnbench.methods.snn.units import step_scalar
+
+    a, b = step_scalar(3), step_scalar(3.0)
+    assert a is b and a.dtype == torch.get_default_dtype() and a.dim() == 0 and a.item() == 3.0
+    assert not a.is_inference()
+    with torch.inference_mode():
+        c = step_scalar(3)
+        assert c is not a and c.is_inference() and c.item() == 3.0
+    assert step_scalar(4).item() == 4.0
+
+
+def test_fused_step_keeps_its_state_tensors():
+    """The compiled step overwrites v, Ē_in, Ē_out in place; the neuron keeps those very tensors
+    (not new views of them) and its values equal the eager neuron's."""
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(2, 3, 4, generator=g) for _ in range(5)]
+    theta = torch.full((1, 3, 1), 0.8)
+    fast = SpikingNeuron(theta, rule="mt", n=4, coding="differential", fuse=True)
+    slow = SpikingNeuron(theta, rule="mt", n=4, coding="differential", fuse=False)
+    with torch.inference_mode():
+        fast(xs[0]), slow(xs[0])
+        state = (fast.v, fast.e_in, fast.e_out)
+        for x in xs[1:]:
+            assert torch.equal(fast(x), slow(x))
+        assert all(a is b for a, b in zip((fast.v, fast.e_in, fast.e_out), state))
+        for name in ("v", "e_in", "e_out", "b"):
+            assert torch.equal(getattr(fast, name), getattr(slow, name)) and getattr(fast, name).shape == xs[0].shape

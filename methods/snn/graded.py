@@ -17,7 +17,7 @@ from torch import nn
 
 from snnbench.methods.snn import graded_kernels
 from snnbench.methods.snn.fused import can_overwrite
-from snnbench.methods.snn.units import Coding, StatefulUnit
+from snnbench.methods.snn.units import Coding, StatefulUnit, step_scalar
 
 
 class GradedUnit(StatefulUnit):
@@ -78,14 +78,14 @@ class GradedUnit(StatefulUnit):
         overwritten (autograd, inference tensors outside inference mode)."""
         xs = [args[i] for i in self.dynamic]
         if xs[0].numel() < graded_kernels.MIN_ELEMENTS:
-            return None
+            return self._in_place_step(t, args, kwargs, xs)
         rate = self.coding == "rate"
         groups = [[x, a] for x, a in zip(xs, self.acc)] if rate else \
             [[x, b, a] for x, b, a in zip(xs, self.base, self.acc)]
         views = [graded_kernels.flat_views(group) for group in groups]
         if any(v is None for v in views) or not can_overwrite((*xs, *self.acc), tuple(range(len(xs), 2 * len(xs)))):
             return None
-        t_tensor = torch.tensor(float(t))  # a CPU scalar, as the neuron steps take it
+        t_tensor = step_scalar(t)  # a CPU scalar, as the neuron steps take it
         if rate:
             fn_inputs = []
             for (x, acc), (x_flat, acc_flat) in zip(groups, views):
@@ -98,6 +98,38 @@ class GradedUnit(StatefulUnit):
             if graded_kernels.shares_memory(now, self.acc):  # fn returned a view of E: keep its value
                 now = now.clone()
         out = self._output(now, t, t_tensor)
+        self.last = now
+        self.t += 1
+        return out
+
+    def _in_place_step(self, t: int, args: tuple, kwargs: dict, xs: list[torch.Tensor]) -> torch.Tensor | None:
+        """:meth:`step_with`'s step for tensors below the compiled kernels' size: the same eager
+        operations in the same order, the decoded inputs updated in place (E += (x - b)/t as
+        d = x - b; d /= t; E += d) and the increment built in one fresh tensor, so a step
+        allocates two tensors per unit instead of five and touches less memory (bit-identical:
+        each operation rounds as its out-of-place form; tests). None (step functionally) where
+        an input's shape or dtype differs from its state's (broadcasting, promotion) or the state
+        may not be overwritten."""
+        acc = self.acc
+        if any(x.shape != a.shape or x.dtype != a.dtype for x, a in zip(xs, acc)) \
+                or not can_overwrite((*xs, *acc), tuple(range(len(xs), 2 * len(xs)))):
+            return None
+        if self.coding == "rate":
+            for x, a in zip(xs, acc):
+                a.add_(x)
+            now = self._call(args, kwargs, [a / t for a in acc])
+            out = torch.mul(now, t)
+            out.sub_(torch.mul(self.last, t - 1))
+        else:
+            for x, b, a in zip(xs, self.base, acc):
+                d = torch.sub(x, b)
+                d.div_(t)
+                a.add_(d)
+            now = self._call(args, kwargs, acc)
+            if graded_kernels.shares_memory(now, acc):  # fn returned a view of E: keep its value
+                now = now.clone()
+            out = torch.sub(now, self.last)
+            out.mul_(t)
         self.last = now
         self.t += 1
         return out

@@ -35,10 +35,12 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: tensors with fewer elements step eagerly: a compiled call costs ~30 µs of dispatch, which the
-#: saved passes repay only from about this size on (BENCHMARKS.md §1: vit_mini's 64x17x96
-#: LayerNorm input stepped 1.2x slower compiled, its 64x17x192 GELU input 0.76-0.95x)
-MIN_ELEMENTS = 1 << 17
+#: tensors with fewer elements step eagerly, updating the state in place
+#: (``GradedUnit._in_place_step``): a compiled call costs ~30-40 µs of dispatch, which the
+#: saved passes repay only from about this size on (BENCHMARKS.md §1, 2026-12-07: a whole
+#: 64x17x96 LayerNorm step 1.34x slower compiled, a 64x17x384 GELU step 1.01x, a max-pool
+#: step on 64x32x28x28 0.93x)
+MIN_ELEMENTS = 1 << 19
 
 
 # -- the arithmetic (also the eager step: graded.GradedUnit.step_with calls these) ---------------

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from snnbench.methods.snn import fused
-from snnbench.methods.snn.units import Coding, StatefulUnit
+from snnbench.methods.snn.units import Coding, StatefulUnit, step_scalar
 
 
 class SpikingNeuron(StatefulUnit):
@@ -173,7 +173,7 @@ class SpikingNeuron(StatefulUnit):
         self.last_counts = self.last_hits = None
 
     def _use_triton(self, x: torch.Tensor) -> bool:
-        if self.kernel == "torch" or self.rule != "mt":
+        if self.kernel == "torch" or self.rule != "mt" or (self.kernel == "auto" and not x.is_cuda):
             return False
         from snnbench.methods.snn import triton_mt
 
@@ -219,16 +219,20 @@ class SpikingNeuron(StatefulUnit):
             tensors.insert(theta_position, self.theta)
             *out, counts, hits = fused.run_step(signature, False, *tensors, self._t_tensor(), positions=positions)
         else:
-            flat = [x.reshape(-1)] + [s.reshape(-1) if s is not None else None for s in state]
+            flat_state = [s.reshape(-1) if s is not None else None for s in state]
+            flat = [x.reshape(-1), *flat_state]
             flat.insert(theta_position, self._flat_theta(x))
             *out, counts, hits = fused.run_step(signature, True, *flat, self._t_tensor(), positions=positions)
-            out = [o.view(x.shape) if o is not None else None for o in out]
+            # a state the kernel overwrote comes back as the flat view of it that it was given:
+            # keep the shaped tensor itself instead of a new view
+            shaped_of = {id(f): s for f, s in zip(flat_state, state) if f is not None and s.is_contiguous()}
+            out = [_shaped(new, shaped_of, x.shape) for new in out]
         self.last_hits = hits.view(x.shape[2:]) if hits is not None else None
         return (*out, counts)
 
     def _t_tensor(self) -> torch.Tensor:
         t = self.t if self.coding == "rate" else self.t - 1
-        return torch.tensor(float(t))  # a CPU scalar: no host-to-device copy (or sync) per step
+        return step_scalar(t)  # a CPU scalar: no host-to-device copy (or sync) per step
 
     def _rate_step(self, x: torch.Tensor) -> torch.Tensor:
         self.t += 1
@@ -260,3 +264,12 @@ class SpikingNeuron(StatefulUnit):
                                                              theta_position=5)
         self.last_counts = counts
         return s
+
+
+def _shaped(flat: torch.Tensor | None, shaped_of: dict[int, torch.Tensor], shape: torch.Size) -> torch.Tensor | None:
+    """A fused step's flat output in the input's shape: the state tensor it is a view of when the
+    kernel overwrote that state (``shaped_of``: id of the flat view -> shaped tensor), else a view."""
+    if flat is None:
+        return None
+    shaped = shaped_of.get(id(flat))
+    return shaped if shaped is not None else flat.view(shape)

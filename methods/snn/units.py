@@ -25,17 +25,39 @@ from torch import nn
 Coding = Literal["rate", "differential"]
 
 
+#: attributes a unit rebinds at every step besides its state (plain values, never parameters,
+#: buffers or submodules)
+STEP_ATTRIBUTES = frozenset({"t", "last_counts", "last_hits", "last_ops", "last_dense"})
+#: the value types that may take the plain-attribute shortcut of :meth:`StatefulUnit.__setattr__`
+_PLAIN_TYPES = (torch.Tensor, int, float, bool, list, tuple, type(None))
+
+
 class StatefulUnit(nn.Module):
     """Base of units with per-batch state. ``t`` counts frames since the last reset."""
 
     def __init__(self) -> None:
         super().__init__()
         self._state_names: list[str] = []
+        self._plain_names: set[str] = set(STEP_ATTRIBUTES)
         self.t = 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """The state and the per-step attributes (:data:`STEP_ATTRIBUTES`) are plain attributes
+        rebound several times per step; they skip ``nn.Module.__setattr__``'s registry checks
+        (parameters, buffers, submodules), which cost ~1-2 µs per assignment. Anything else, and
+        any value that is not exactly a plain type (a Parameter, a Module), takes the normal path."""
+        members = self.__dict__
+        plain = members.get("_plain_names")
+        if plain is not None and name in plain and type(value) in _PLAIN_TYPES and name not in members["_parameters"] \
+                and name not in members["_buffers"] and name not in members["_modules"]:
+            members[name] = value  # exactly what nn.Module.__setattr__ does for such a value
+        else:
+            super().__setattr__(name, value)
 
     def register_state(self, name: str) -> None:
         """Declare a state tensor (``None`` until the first step creates it)."""
         self._state_names.append(name)
+        self._plain_names.add(name)
         setattr(self, name, None)
 
     def reset(self) -> None:
@@ -57,6 +79,22 @@ class StatefulUnit(nn.Module):
     def advance(self, state: tuple[torch.Tensor, ...]) -> None:
         """Store the state a :meth:`frame_step` returned and advance the clock by one frame."""
         raise NotImplementedError
+
+
+_STEP_SCALARS: dict[tuple, torch.Tensor] = {}
+
+
+def step_scalar(t: int | float) -> torch.Tensor:
+    """The time-step as the 0-dim CPU tensor the compiled steps take (``torch.tensor(float(t))``),
+    made once per value, default dtype and inference mode (an inference tensor cannot enter
+    autograd) instead of once per unit and step (~3 µs each). Never mutated by its users."""
+    key = (float(t), torch.get_default_dtype(), torch.is_inference_mode_enabled())
+    scalar = _STEP_SCALARS.get(key)
+    if scalar is None:
+        if len(_STEP_SCALARS) > 4096:
+            _STEP_SCALARS.clear()
+        scalar = _STEP_SCALARS[key] = torch.tensor(float(t))
+    return scalar
 
 
 def reset_units(model: nn.Module) -> None:
