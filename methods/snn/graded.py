@@ -73,9 +73,10 @@ class GradedUnit(StatefulUnit):
 
     def _fused_step(self, t: int, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """:meth:`step_with`'s step through the compiled kernels of graded_kernels.py, the state
-        updated in place; None (step eagerly) where they do not apply: small, non-CPU or non-dense
-        tensors, layouts that differ between an input and its state, or a state that may not be
-        overwritten (autograd, inference tensors outside inference mode)."""
+        updated in place (tensors below graded_kernels.MIN_ELEMENTS: :meth:`_in_place_step`); None
+        (step functionally) where neither applies: non-CPU or non-dense tensors, layouts that
+        differ between an input and its state, or a state that may not be overwritten (autograd,
+        inference tensors outside inference mode)."""
         xs = [args[i] for i in self.dynamic]
         if xs[0].numel() < graded_kernels.MIN_ELEMENTS:
             return self._in_place_step(t, args, kwargs, xs)
