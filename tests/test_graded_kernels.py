@@ -146,6 +146,20 @@ def test_non_dense_or_unowned_inputs_step_eagerly(kernel_calls):
     assert xs[0].grad is not None
 
 
+def _product_trace(coding, fuse, qs, ks):
+    """A counting q·kᵀ product unit stepped on ``qs``, ``ks``: its outputs, op counts, the decoded
+    operands before each step (zeros before the first) and the decoded operands at the end."""
+    unit = ProductUnit(torch.matmul, (0, 1), coding=coding, fuse=fuse)
+    unit.counting = True
+    outs, ops, prevs = [], [], []
+    for q, k in zip(qs, ks):
+        prevs.append([torch.zeros_like(q), torch.zeros_like(k)] if unit.acc is None or (
+            coding == "differential" and unit.t == 0) else [a.clone() for a in unit.acc])
+        outs.append(unit(q, k).clone())
+        ops.append(int(unit.last_ops))
+    return outs, ops, prevs, [a.clone() for a in unit.acc]
+
+
 @pytest.mark.parametrize("coding", ["differential", "rate"])
 def test_fused_product_unit_counts_and_outputs_equal_eager(coding, kernel_calls):
     """q·kᵀ with a transposed operand and spike-like sparse inputs: identical outputs, identical
@@ -158,20 +172,12 @@ def test_fused_product_unit_counts_and_outputs_equal_eager(coding, kernel_calls)
 
     qs = [spikes((2, 3, 6, 4)) for _ in range(T + 1)]
     ks = [spikes((2, 3, 6, 4)).transpose(-2, -1) for _ in range(T + 1)]
-    results = {}
-    for fuse in (False, True):
-        unit = ProductUnit(torch.matmul, (0, 1), coding=coding, fuse=fuse)
-        unit.counting = True
-        outs, ops = [], []
-        for q, k in zip(qs, ks):
-            prev = [torch.zeros_like(q), torch.zeros_like(k)] if unit.acc is None or (
-                coding == "differential" and unit.t == 0) else [a.clone() for a in unit.acc]
-            outs.append(unit(q, k).clone())
-            ops.append(int(unit.last_ops))
-            ind = lambda x: (x != 0).float()  # noqa: E731
+    results = {fuse: _product_trace(coding, fuse, qs, ks) for fuse in (False, True)}
+    ind = lambda x: (x != 0).float()  # noqa: E731
+    for outs, ops, prevs, _ in results.values():
+        for q, k, prev, counted in zip(qs, ks, prevs, ops):
             expected = (ind(q) @ ind(k) + ind(q) @ ind(prev[1]) + ind(prev[0]) @ ind(k)).sum()
-            assert ops[-1] == int(expected)
-        results[fuse] = outs, ops
+            assert counted == int(expected)
     assert results[True][1] == results[False][1]
     assert all(torch.equal(a, b) for a, b in zip(results[True][0], results[False][0]))
     assert kernel_calls.count("matmul_pair_ops") == T + 1
@@ -286,18 +292,10 @@ def test_in_place_product_unit_equals_eager_with_counts(coding, in_place_sizes):
     g = torch.Generator().manual_seed(4)
     qs = [torch.randn(2, 3, 6, 4, generator=g) for _ in range(T + 1)]
     ks = [torch.randn(2, 3, 6, 4, generator=g).transpose(-2, -1) for _ in range(T + 1)]
-    results = {}
-    for fuse in (False, True):
-        unit = ProductUnit(torch.matmul, (0, 1), coding=coding, fuse=fuse)
-        unit.counting = True
-        outs, ops = [], []
-        for q, k in zip(qs, ks):
-            outs.append(unit(q, k).clone())
-            ops.append(int(unit.last_ops))
-        results[fuse] = outs, ops, [a.clone() for a in unit.acc]
+    results = {fuse: _product_trace(coding, fuse, qs, ks) for fuse in (False, True)}
     assert results[True][1] == results[False][1]
     assert all(torch.equal(a, b) for a, b in zip(results[True][0], results[False][0]))
-    assert all(torch.equal(a, b) for a, b in zip(results[True][2], results[False][2]))
+    assert all(torch.equal(a, b) for a, b in zip(results[True][3], results[False][3]))
 
 
 def test_in_place_step_falls_back_where_shapes_or_grads_forbid_it(in_place_sizes):
