@@ -41,8 +41,8 @@ threshold but vanishing ones.
 Ē_out and θ in; s, v, Ē_in, Ē_out out), so the compiled kernel (:func:`run_step`) writes the new
 state into the state tensors it was given instead of allocating three fresh ones per step
 (whose first touch costs page faults on top); only the spikes are new. The per-position hits
-come out of the same loop (a second read of the spikes cost 0.4 of the step's 1.4 ms at
-64x16x28x28; the one loop counts them for 1.75 ms against 2.37 ms in two).
+come out of the same kernel (as a second, column-order loop: 1.75 ms against 2.37 ms for a
+separate reduction at 64x16x28x28). On one CPU thread the neuron runs :mod:`snnbench.methods.snn.native_steps` instead.
 
 The fused and eager paths compute the same expressions in the same order; the tests
 check that their spikes, states and counts agree.

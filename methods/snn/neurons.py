@@ -2,7 +2,8 @@
 
 :class:`SpikingNeuron` is ReLU-masked, clipped (ReLU6) or signed; in differential coding it is
 the differential neuron of DCGS Theorem 4.4 with the extra membrane term (Ē_in - Ē_out)
-(docs/dcgs-official-code.md §2.3). Its step runs eagerly, fused (:mod:`snnbench.methods.snn.fused`)
+(docs/dcgs-official-code.md §2.3). Its step runs eagerly, fused: in a native C loop on one CPU thread
+(:mod:`snnbench.methods.snn.native_steps`), else compiled by inductor (:mod:`snnbench.methods.snn.fused`),
 or in the Triton MT kernel (:mod:`snnbench.methods.snn.triton_mt`).
 """
 
@@ -12,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from snnbench.methods.snn import fused
+from snnbench.methods.snn import fused, native_steps
 from snnbench.methods.snn.units import Coding, StatefulUnit, step_scalar
 
 
@@ -93,7 +94,10 @@ class SpikingNeuron(StatefulUnit):
         self.register_buffer("v_init", None)
         for name in ("v", "b", "e_in", "e_out", "c_out"):
             self.register_state(name)
-        self._theta_flat: tuple[torch.Size, torch.Tensor] | None = None
+        self._theta_flat: tuple[tuple, torch.Tensor] | None = None
+        self._theta_row: tuple[tuple, tuple[torch.Tensor, int]] | None = None
+        #: b at the input's size for the inductor kernel when b is kept as one sample (id of b, full b)
+        self._b_full: tuple[int, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         shape = tuple(self.theta.shape)
@@ -200,25 +204,74 @@ class SpikingNeuron(StatefulUnit):
         return fused.StepSignature.of(self.coding, self.fire_rule, self.n, self.signed, self.floor, self.ceiling,
                                       rooms=self.c_out is not None, count=self.count_spikes, positions=positions)
 
+    def _theta_key(self, x: torch.Tensor) -> tuple:
+        """What a cached layout of θ depends on: the input's shape, dtype and device and θ itself
+        (identity and version: a threshold rule or a loaded state changes it; an inference tensor
+        keeps no version)."""
+        theta = self.theta
+        return x.shape, x.dtype, x.device, id(theta), 0 if theta.is_inference() else theta._version
+
     def _flat_theta(self, x: torch.Tensor) -> torch.Tensor:
-        """θ expanded to ``x``'s shape and flattened, cached per input shape (the fused
-        step runs on flat tensors: one compilation for every layer shape; see fused.py)."""
-        cached = self._theta_flat
-        if cached is None or cached[0] != x.shape or cached[1].device != x.device:
+        """θ expanded to ``x``'s shape and flattened, cached (the inductor step runs on flat
+        tensors: one compilation for every layer shape; see fused.py)."""
+        key, cached = self._theta_key(x), self._theta_flat
+        if cached is None or cached[0] != key:
             flat = self.theta.to(x.dtype).expand(x.shape).reshape(-1).contiguous()
-            cached = self._theta_flat = (x.shape, flat)
+            cached = self._theta_flat = (key, flat)
         return cached[1]
+
+    def _row_theta(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """θ for the native step: one sample's row with row stride 0 (θ does not vary over the
+        batch), cached like :meth:`_flat_theta` (:func:`native_steps.row_layout`)."""
+        key, cached = self._theta_key(x), self._theta_row
+        if cached is None or cached[0] != key:
+            cached = self._theta_row = (key, native_steps.row_layout(self.theta.to(x.dtype), x))
+        return cached[1]
+
+    def _full_b(self, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """b at ``x``'s size for the inductor kernel (b is kept as one sample when every sample's
+        bias-pass input is the same; the expansion is made once per bias pass)."""
+        if b.shape == x.shape:
+            return b
+        cached = self._b_full
+        if cached is None or cached[0] != id(b) or cached[1].shape != x.shape:
+            cached = self._b_full = (id(b), b.expand(x.shape).contiguous())
+        return cached[1]
+
+    def _native_run(self, signature: fused.StepSignature, x: torch.Tensor, state: tuple) -> tuple | None:
+        """The step in the native C loop (:mod:`native_steps`), state overwritten in place;
+        returns what :meth:`_run` returns, or None where the native step does not apply."""
+        if self.coding == "differential":
+            b, v, e_in, e_out = state
+        else:
+            (v, e_out), b, e_in = state, None, None
+        mutated = tuple(a for a in (v, e_in, e_out) if a is not None)
+        if not native_steps.usable(signature, [x, b, *mutated]) or any(a.shape != x.shape for a in mutated) \
+                or not fused.can_overwrite((x, b, *mutated), tuple(range(2, 2 + len(mutated)))) \
+                or native_steps.kernel(signature) is None:
+            return None
+        b_row = native_steps.row_layout(b, x) if b is not None else None
+        t = self.t if self.coding == "rate" else self.t - 1
+        s, counts, hits = native_steps.step(signature, x, b_row, v, e_in, e_out, self._row_theta(x), t)
+        self.last_hits = hits.view(x.shape[2:]) if hits is not None else None
+        return (s, *state[1:], counts) if self.coding == "differential" else (s, *state, counts)
 
     def _run(self, x: torch.Tensor, *state: torch.Tensor | None, theta_position: int) -> tuple:
         """One step through :func:`fused.run_step`: eager on ``x``-shaped tensors, fused on flat
         views of them; returns (s, *new state, counts), the tensors shaped like ``x``."""
         signature = self._signature(positions=self.count_positions and x.ndim >= 3)
         positions = x[0, 0].numel() if signature.positions else None
+        if self.fuse:
+            native = self._native_run(signature, x, state)
+            if native is not None:
+                return native
         if not self.fuse:
             tensors = [x, *state]
             tensors.insert(theta_position, self.theta)
             *out, counts, hits = fused.run_step(signature, False, *tensors, self._t_tensor(), positions=positions)
         else:
+            if self.coding == "differential":  # b may be kept as one sample (see _differential_step)
+                state = (self._full_b(state[0], x), *state[1:])
             flat_state = [s.reshape(-1) if s is not None else None for s in state]
             flat = [x.reshape(-1), *flat_state]
             flat.insert(theta_position, self._flat_theta(x))
@@ -252,7 +305,7 @@ class SpikingNeuron(StatefulUnit):
         self.t += 1
         if t == 0:  # bias pass: remember the constant part of the input, emit nothing
             self.last_counts = self.last_hits = None
-            self.b = x.clone()
+            self.b = _bias_input(x)
             self.e_in = x.clone()
             self.e_out = torch.zeros_like(x)
             self.v = self.initial_potential(x)
@@ -264,6 +317,20 @@ class SpikingNeuron(StatefulUnit):
                                                              theta_position=5)
         self.last_counts = counts
         return s
+
+
+def _bias_input(x: torch.Tensor) -> torch.Tensor:
+    """A copy of the bias pass's input, kept as one sample ``[1, ...]`` when every sample's input
+    equals the first bit for bit (frame 0 feeds the same zero image to every sample, so that is
+    the rule), else at full size. Broadcast over the batch it gives every step the same d = x - b,
+    and the native step reads it as one row (a stream less per element). CPU float32 only (the
+    Triton kernel reads b at full size)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim == 0 or x.shape[0] < 2:
+        return x.clone()
+    first = x[:1]
+    if torch.equal(x.view(torch.int32), first.view(torch.int32).expand_as(x)):
+        return first.clone()
+    return x.clone()
 
 
 def _shaped(flat: torch.Tensor | None, shaped_of: dict[int, torch.Tensor], shape: torch.Size) -> torch.Tensor | None:

@@ -1,0 +1,305 @@
+"""Neuron steps as native C loops for single-threaded CPU runs: one pass over memory per step.
+
+The compiled neuron step of :mod:`fused` (inductor) is the same arithmetic as the eager step,
+but on this workload inductor's code leaves speed behind in three places (BENCHMARKS.md §1):
+
+* it needs every operand at full size, so the per-channel threshold θ is expanded to the
+  whole activation and read as one more stream per element (and the bias-pass input b, which
+  is the same for every sample, is read at batch size);
+* the per-position spike counts that a convolution's op count needs are reduced in a second,
+  column-order loop over the spikes written by the first;
+* each call pays ~30 µs of guard and wrapper code (vit_mini makes 272 neuron calls per run).
+
+Here a step is one C function per :class:`~snnbench.methods.snn.fused.StepSignature`, generated
+from the signature's Python values (rule, n, signed, floor, ceiling, rooms, counting) and built
+once with the system C compiler into a cache directory; it walks the activation as
+``[rows, channels, positions]`` (rows = samples), reads θ and b as one sample's row (row stride
+0) when they are the same for every sample, accumulates the counts and the hits per position in
+the same pass, and overwrites the state in place. The C expressions are the ones of
+:func:`fused.differential_step` / :func:`fused.rate_step` with MT selection by comparisons
+(:func:`~snnbench.methods.snn.quantizers.mt_fire_compare`), evaluated in the same order in
+float32 with contraction to FMA switched off (``-ffp-contract=off``), so spikes, state, counts
+and hits equal the compiled and eager steps bit for bit (tests/test_native_steps.py).
+
+Used by :class:`~snnbench.methods.snn.neurons.SpikingNeuron` on the fused path when the tensors
+are contiguous float32 CPU tensors, torch runs one intra-op thread (the loops are serial;
+with more threads inductor's parallel kernels are used) and MT neurons have at most
+:data:`fused.COMPARE_MAX_LEVELS` levels; ``SNNBENCH_NATIVE=0`` switches it off. A compiler that
+is missing or fails costs one warning and the inductor path, never a result.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from snnbench.methods.snn import quantizers
+from snnbench.methods.snn.fused import COMPARE_MAX_LEVELS, StepSignature
+
+log = logging.getLogger(__name__)
+
+#: set to 0/false/off/no to run the inductor kernels instead
+NATIVE_ENV = "SNNBENCH_NATIVE"
+#: where built kernels are kept (default ``~/.cache/snnbench/native``)
+DIR_ENV = "SNNBENCH_NATIVE_DIR"
+_FALSE_WORDS = {"0", "false", "off", "no"}
+#: ``-ffp-contract=off``: no a*b+c is fused into an FMA (it would round once where the reference
+#: rounds twice); nothing here relaxes IEEE semantics (no -ffast-math)
+_SAFE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
+#: tried first: vectorise for this CPU (AVX-512 where present); dropped if the compiler refuses
+_TUNING_FLAGS = ["-march=native", "-mprefer-vector-width=512"]
+
+_P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+#: rows, channels, positions, x, b, b_stride, v, e_in, e_out (rate: c_out), theta, theta_stride, t,
+#: s, counts, hits
+_ARGTYPES = [_I64, _I64, _I64, _P, _P, _I64, _P, _P, _P, _P, _I64, _F32, _P, _P, _P]
+
+_LOADED: dict[tuple, Callable] = {}
+_FAILED: set[tuple] = set()
+
+
+def enabled() -> bool:
+    """Whether native steps may run (``$SNNBENCH_NATIVE``, default on)."""
+    return os.environ.get(NATIVE_ENV, "1").strip().lower() not in _FALSE_WORDS
+
+
+def supports(signature: StepSignature) -> bool:
+    """Whether :func:`source` implements ``signature`` (MT up to COMPARE_MAX_LEVELS levels, IF)."""
+    return signature.rule in ("if", "if_le") or (signature.rule == "mt" and 1 <= signature.n <= COMPARE_MAX_LEVELS)
+
+
+def usable(signature: StepSignature, tensors: list[torch.Tensor | None]) -> bool:
+    """Whether the native step can run on ``tensors`` here (module docstring): float32, contiguous,
+    CPU, one torch thread, no autograd, a supported signature that has not failed to build."""
+    if not enabled() or not supports(signature) or torch.get_num_threads() != 1:
+        return False
+    if _key(signature) in _FAILED:
+        return False
+    for a in tensors:
+        if a is not None and (a.device.type != "cpu" or a.dtype != torch.float32 or not a.is_contiguous()
+                              or a.requires_grad):
+            return False
+    return True
+
+
+def _float(value: float) -> str:
+    """A C float32 constant equal to ``torch.float32`` of the Python float (via double, as torch
+    converts a Python scalar)."""
+    return f"((float){float(value)!r})"
+
+
+def _fire_lines(signature: StepSignature, lower: str | None, upper: str | None) -> list[str]:
+    """C lines that set ``s`` from ``m`` and ``th`` (fused.fire in its compiled form)."""
+    lines = []
+    if signature.rule == "mt":
+        boundary = _float(quantizers.MT_BOUNDARY)
+        lines += ["const float mag = fabsf(m);", "const int positive = m > 0.0f;", "float level = 0.0f;"]
+        has_room = lower is not None or upper is not None
+        if has_room:
+            lines.append(f"const float room = positive ? {upper or 'INFINITY'} : {lower or 'INFINITY'};")
+        for k in range(signature.n - 1, -1, -1):
+            room_test = f" & (room >= th{k})" if has_room else ""
+            lines += [f"const float th{k} = th / {_float(2 ** k)};",
+                      f"level = ((mag >= {boundary} * th{k}) & (th{k} > 0.0f){room_test}) ? th{k} : level;"]
+        if not signature.signed:
+            lines.append("level = positive ? level : 0.0f;")
+        lines.append("const float s = m < 0.0f ? 0.0f - level : level;")
+        return lines
+    lines += ["const int live = th > 0.0f;",
+              f"const int fire_pos = (m >= th) & live{f' & ({upper} >= th)' if upper else ''};",
+              "float out = fire_pos ? th : 0.0f;"]
+    if signature.signed:
+        test = "m <= 0.0f" if signature.rule == "if_le" else "m < 0.0f"
+        lines += [f"const int fire_neg = ({test}) & live{f' & ({lower} >= th)' if lower else ''};",
+                  "out = fire_neg ? -th : out;"]
+    lines.append("const float s = out;")
+    return lines
+
+
+def source(signature: StepSignature) -> str:
+    """The C source of the step of ``signature`` (one function, ``snn_step``)."""
+    differential = signature.coding == "differential"
+    floor, ceiling = signature.floor, signature.ceiling
+    body = []
+    if differential:
+        body += ["const float d = x[i] - b_row[p];", "const float eo = e_out[i];", "const float ei = e_in[i];",
+                 "const float m = (v[i] + d) + (ei - eo);"]
+        lower = upper = None
+        if floor is not None and signature.signed:
+            lower = f"((eo - {_float(floor)}) * t)" if floor else "(eo * t)"
+        if ceiling is not None:
+            upper = f"(({_float(ceiling)} - eo) * t)"
+    else:
+        body.append("const float m = v[i] + x[i];")
+        lower = upper = None
+        if signature.rooms:
+            body.append("const float co = e_out[i];")
+            if floor is not None and signature.signed:
+                lower = "(co - floor_then)"
+            if ceiling is not None:
+                upper = "(ceiling_now - co)"
+    body.append("const float th = th_row[p];")
+    body += _fire_lines(signature, lower, upper)
+    body += ["s_out[i] = s;", "v[i] = m - s;"]
+    if differential:
+        body += ["e_in[i] = ei + d * inv_t;", "e_out[i] = eo + s * inv_t;"]
+    elif signature.rooms:
+        body.append("e_out[i] = co + s;")
+    if signature.count:
+        unit = "th" if signature.rule != "mt" else f"(th / {_float(2 ** (signature.n - 1))})"
+        body += ["const float a = fabsf(s);", "events += a > 0.0f;",
+                 f"const float unit_raw = {unit};",
+                 f"const float unit = unit_raw < {_float(1e-30)} ? {_float(1e-30)} : unit_raw;",
+                 "units += (int32_t)(a / unit);"]
+        if signature.positions:
+            body.append("hits[p] += s != 0.0f;")
+    prologue = ["const float inv_t = 1.0f / t;"] if differential else []
+    if not differential and signature.rooms:
+        if floor is not None and signature.signed:
+            prologue.append(f"const float floor_then = {_float(floor)} * (t - 1.0f);")
+        if ceiling is not None:
+            prologue.append(f"const float ceiling_now = {_float(ceiling)} * t;")
+    indent = " " * 16
+    return "\n".join([
+        f"/* snnbench native neuron step: {signature.tag()} (generated by methods/snn/native_steps.py) */",
+        "#include <math.h>",
+        "#include <stdint.h>",
+        "void snn_step(int64_t rows, int64_t channels, int64_t positions,",
+        "              const float *restrict x_all, const float *restrict b, int64_t b_stride,",
+        "              float *restrict v_all, float *restrict e_in_all, float *restrict e_out_all,",
+        "              const float *restrict theta, int64_t theta_stride, float t,",
+        "              float *restrict s_all, int64_t *restrict counts, int64_t *restrict hits) {",
+        *("    " + line for line in prologue),
+        "    int64_t events = 0, units = 0;",
+        "    const int64_t size = channels * positions;",
+        "    for (int64_t r = 0; r < rows; ++r) {",
+        "        for (int64_t c = 0; c < channels; ++c) {",
+        "            const int64_t offset = r * size + c * positions;",
+        "            const float *restrict x = x_all + offset;",
+        "            float *restrict v = v_all + offset;",
+        "            float *restrict e_in = e_in_all ? e_in_all + offset : 0;",
+        "            float *restrict e_out = e_out_all ? e_out_all + offset : 0;",
+        "            float *restrict s_out = s_all + offset;",
+        "            const float *restrict b_row = b ? b + r * b_stride + c * positions : 0;",
+        "            const float *restrict th_row = theta + r * theta_stride + c * positions;",
+        "            for (int64_t p = 0; p < positions; ++p) {",
+        "                const int64_t i = p;",
+        *(indent + line for line in body),
+        "            }",
+        "        }",
+        "    }",
+        "    if (counts) { counts[0] = events; counts[1] = units; }",
+        "}",
+        "",
+    ])
+
+
+def _key(signature: StepSignature) -> tuple:
+    return signature, quantizers.MT_BOUNDARY
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: ``$SNNBENCH_NATIVE_DIR`` or ``~/.cache/snnbench/native``."""
+    root = os.environ.get(DIR_ENV)
+    return Path(root) if root else Path.home() / ".cache" / "snnbench" / "native"
+
+
+def compiler() -> str | None:
+    """The C compiler: ``$CC`` when set (even if missing: then none), else cc, gcc or clang on PATH."""
+    if "CC" in os.environ:
+        return shutil.which(os.environ["CC"])
+    return next((found for name in ("cc", "gcc", "clang") if (found := shutil.which(name))), None)
+
+
+def _build(code: str) -> Path:
+    """Compile ``code`` into the cache (atomically: built under a temporary name, then renamed,
+    so concurrent workers never load a half-written library); returns the library's path."""
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (set CC or install cc/gcc/clang)")
+    digest = hashlib.sha256((code + cc).encode()).hexdigest()[:24]
+    directory = cache_dir()
+    target = directory / f"step_{digest}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as work:
+        src = Path(work) / "step.c"
+        src.write_text(code)
+        built = Path(work) / "step.so"
+        errors = ""
+        for flags in (_TUNING_FLAGS + _SAFE_FLAGS, _SAFE_FLAGS):
+            done = subprocess.run([cc, *flags, "-o", str(built), str(src), "-lm"], capture_output=True, text=True)
+            if done.returncode == 0:
+                os.replace(built, target)
+                return target
+            errors = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        raise RuntimeError(f"{cc} failed: {errors}")
+
+
+def kernel(signature: StepSignature) -> Callable | None:
+    """The loaded step of ``signature``, building it on first use; None (and one warning) when
+    it cannot be built here."""
+    key = _key(signature)
+    fn = _LOADED.get(key)
+    if fn is not None or key in _FAILED:
+        return fn
+    try:
+        library = ctypes.CDLL(str(_build(source(signature))))
+    except Exception as exc:  # no compiler, a refused flag set, an unwritable cache: run inductor instead
+        log.warning("the native %s neuron step could not be built (%s); using the inductor kernel "
+                    "(identical results). Set %s=0 to skip it.", signature.tag(), exc, NATIVE_ENV)
+        _FAILED.add(key)
+        return None
+    fn = library.snn_step
+    fn.argtypes, fn.restype = _ARGTYPES, None
+    _LOADED[key] = fn
+    return fn
+
+
+def row_layout(full: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``full`` (broadcastable to ``like``) as (contiguous tensor, row stride) for the kernel:
+    one sample's row and stride 0 when it does not vary over the batch, else ``like``'s shape."""
+    expanded = full.expand(like.shape)
+    if like.ndim == 0 or like.shape[0] == 1 or expanded.stride(0) == 0:
+        return expanded[0].contiguous() if like.ndim else expanded.reshape(1), 0
+    return expanded.contiguous(), like[0].numel()
+
+
+def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] | None, v: torch.Tensor,
+         e_in: torch.Tensor | None, e_out: torch.Tensor | None, theta: tuple[torch.Tensor, int],
+         t: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Run the step of ``signature`` in place (``v``, ``e_in``, ``e_out`` overwritten; rate coding:
+    ``e_out`` is C, ``e_in`` None); ``b`` and ``theta`` as :func:`row_layout` gives them.
+    Returns (s, counts [events, unit spikes] or None, hits per position or None); the
+    positions are ``x[0, 0].numel()`` for signatures with ``positions``."""
+    fn = kernel(signature)
+    if fn is None:
+        raise RuntimeError(f"native step {signature.tag()} unavailable")
+    rows = x.shape[0] if x.ndim else 1
+    size = x.numel() // rows if rows else 0
+    positions = x[0, 0].numel() if signature.positions else max(size, 1)
+    channels = size // positions if positions else 0
+    s = torch.empty_like(x)
+    counts = torch.empty(2, dtype=torch.int64) if signature.count else None
+    hits = torch.zeros(positions, dtype=torch.int64) if signature.positions else None
+    pointer = lambda a: a.data_ptr() if a is not None else None  # noqa: E731
+    fn(rows, channels, positions, x.data_ptr(), pointer(b[0]) if b else None, b[1] if b else 0,
+       v.data_ptr(), pointer(e_in), pointer(e_out), theta[0].data_ptr(), theta[1], float(t), s.data_ptr(),
+       pointer(counts), pointer(hits))
+    return s, counts, hits
+
+
+def clear() -> None:
+    """Forget loaded and failed kernels (tests; the libraries on disk stay)."""
+    _LOADED.clear()
+    _FAILED.clear()

@@ -1,0 +1,182 @@
+"""The native C neuron steps (methods/snn/native_steps.py): bit-identical to the eager step for every
+signature, counts equal to an independent count, b kept as one sample where the bias pass allows,
+and a missing compiler or more than one thread leave the step to inductor or eager."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import pytest
+import torch
+
+from snnbench.methods.snn import fused, native_steps
+from snnbench.methods.snn.neurons import SpikingNeuron
+
+SHAPE = (3, 4, 5, 6)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(tmp_path_factory, monkeypatch):
+    """Native steps run on one torch thread; kernels are built into a per-session directory."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv(native_steps.DIR_ENV, str(tmp_path_factory.getbasetemp() / "native"))
+    monkeypatch.delenv(native_steps.NATIVE_ENV, raising=False)
+    native_steps.clear()
+    yield
+    native_steps.clear()
+    torch.set_num_threads(threads)
+
+
+def _theta() -> torch.Tensor:
+    theta = torch.rand(1, SHAPE[1], 1, 1, generator=torch.Generator().manual_seed(3)) + 0.2
+    theta[0, 1] = 0.0  # a dead channel never fires
+    return theta
+
+
+def _inputs(theta: torch.Tensor, frames: int = 6) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(4)
+    first = torch.randn(1, *SHAPE[1:], generator=g).expand(SHAPE).contiguous()  # the same for every sample
+    xs = [first] + [torch.randn(SHAPE, generator=g) * 0.7 for _ in range(frames - 1)]
+    th = float(theta[0, 0, 0, 0])
+    # signed zeros and values on the firing boundaries 0.75·θ/2^k and θ
+    xs[1][0, 0, 0, :5] = torch.tensor([-0.0, 0.0, th, 0.75 * th, -0.75 * th / 4])
+    return xs
+
+
+def _trace(neuron: SpikingNeuron, xs: list[torch.Tensor], count: bool, positions: bool) -> list:
+    neuron.reset()
+    neuron.count_spikes, neuron.count_positions = count, positions
+    out = []
+    with torch.inference_mode():
+        for x in xs:
+            s = neuron(x.clone())
+            out.append([s.clone(), neuron.last_counts, neuron.last_hits])
+        out.append([getattr(neuron, name) for name in ("v", "e_in", "e_out", "c_out")])
+    return out
+
+
+def _bits(a: torch.Tensor | None):
+    return None if a is None else (a.shape, a.view(torch.int32).tolist() if a.dtype == torch.float32 else a.tolist())
+
+
+def _assert_identical(a: list, b: list) -> None:
+    for step_a, step_b in zip(a, b, strict=True):
+        for p, q in zip(step_a, step_b, strict=True):
+            assert _bits(p) == _bits(q)  # bit for bit: -0.0 is not +0.0
+
+
+SIGNATURES = [(coding, rule, n, signed, floor, ceiling)
+              for coding, (rule, n), signed, floor, ceiling in itertools.product(
+                  ["differential", "rate"], [("mt", 8), ("mt", 3), ("if", 1)], [True, False], [0.0, None, 0.5],
+                  [None, 6.0])]
+
+
+@pytest.mark.parametrize("coding,rule,n,signed,floor,ceiling", SIGNATURES)
+def test_native_step_equals_the_eager_step_bit_for_bit(coding, rule, n, signed, floor, ceiling, monkeypatch):
+    monkeypatch.setattr(fused, "compiled", lambda *a: pytest.fail("the inductor kernel ran instead of the native one"))
+    theta = _theta()
+    xs = _inputs(theta)
+    for count, positions in [(False, False), (True, False), (True, True)]:
+        eager, native = (SpikingNeuron(theta, rule=rule, n=n, coding=coding, signed=signed, floor=floor,
+                                       ceiling=ceiling, fuse=fuse) for fuse in (False, True))
+        _assert_identical(_trace(eager, xs, count, positions), _trace(native, xs, count, positions))
+    assert len(native_steps._LOADED) == 3 and not native_steps._FAILED
+
+
+@pytest.mark.parametrize("if_negative", ["below_zero", "at_or_below_zero"])
+def test_native_if_neuron_fires_negative_spikes_by_its_rule(if_negative):
+    theta = _theta()
+    xs = _inputs(theta)
+    xs[2] = torch.zeros(SHAPE)  # v = 0 exactly for some neurons: fires -θ only at v <= 0
+    eager, native = (SpikingNeuron(theta, rule="if", coding="differential", signed=True, floor=None, fuse=fuse,
+                                   if_negative=if_negative) for fuse in (False, True))
+    _assert_identical(_trace(eager, xs, True, True), _trace(native, xs, True, True))
+
+
+def test_native_counts_equal_an_independent_count_of_the_spikes():
+    theta = _theta()
+    neuron = SpikingNeuron(theta, rule="mt", n=8, coding="differential", floor=0.0, fuse=True)
+    neuron.count_spikes = neuron.count_positions = True
+    unit = (theta / 2**7).double()
+    with torch.inference_mode():
+        neuron(_inputs(theta)[0])
+        for x in _inputs(theta)[1:]:
+            s = neuron(x)
+            events, units = neuron.last_counts.tolist()
+            assert events == int((s != 0).sum())
+            spikes = (s.double().abs() / unit.clamp_min(1e-30)).sum()
+            assert units == spikes.item() and units > 0
+            assert neuron.last_hits.tolist() == (s != 0).sum(dim=(0, 1)).tolist()
+
+
+def test_bias_input_is_kept_as_one_sample_only_when_every_sample_has_it():
+    theta = _theta()
+    xs = _inputs(theta)
+    for first, rows in [(xs[0], 1), (torch.randn(SHAPE), SHAPE[0])]:
+        frames = [first, *xs[1:]]
+        native, eager = (SpikingNeuron(theta, coding="differential", floor=0.0, fuse=fuse) for fuse in (True, False))
+        with torch.inference_mode():
+            native(frames[0].clone())
+        assert native.b.shape[0] == rows
+        _assert_identical(_trace(eager, frames, True, True), _trace(native, frames, True, True))
+    one = torch.zeros(SHAPE)
+    one[2, 0, 0, 0] = -0.0  # a sign bit differs: the samples are not the same
+    neuron = SpikingNeuron(theta, coding="differential", floor=0.0, fuse=True)
+    with torch.inference_mode():
+        neuron(one)
+    assert neuron.b.shape[0] == SHAPE[0]
+
+
+def test_inductor_path_expands_a_one_sample_b(monkeypatch):
+    """With two threads the inductor kernel runs; it reads b at the input's size."""
+    torch.set_num_threads(2)
+    calls = []
+    monkeypatch.setattr(native_steps, "step", lambda *a, **k: calls.append(1))
+    theta = _theta()
+    xs = _inputs(theta, frames=3)
+    eager, compiled = (SpikingNeuron(theta, coding="differential", floor=0.0, fuse=fuse) for fuse in (False, True))
+    _assert_identical(_trace(eager, xs, True, False), _trace(compiled, xs, True, False))
+    assert compiled.b.shape[0] == 1 and not calls
+
+
+def test_a_missing_compiler_warns_once_and_the_step_still_runs(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv(native_steps.DIR_ENV, str(tmp_path / "empty"))
+    theta = _theta()
+    xs = _inputs(theta, frames=4)
+    eager, fallback = (SpikingNeuron(theta, coding="differential", floor=0.0, fuse=fuse) for fuse in (False, True))
+    monkeypatch.setattr(fused, "compiled", _eager_kernel)  # no inductor compilation in this test
+    with caplog.at_level(logging.WARNING, logger=native_steps.__name__):
+        _assert_identical(_trace(eager, xs, True, False), _trace(fallback, xs, True, False))
+    warnings = [r for r in caplog.records if r.name == native_steps.__name__]
+    assert len(warnings) == 1 and "could not be built" in warnings[0].getMessage()
+    assert native_steps._FAILED and not native_steps._LOADED
+
+
+def _eager_kernel(signature):
+    """The in-place kernel of ``signature`` uncompiled (stands in for inductor in the test above)."""
+    kernels = fused._HITS_KERNELS if signature.positions else fused._KERNELS
+    return kernels[signature.coding]
+
+
+def test_a_built_kernel_is_loaded_from_the_cache_without_compiling(monkeypatch, tmp_path):
+    monkeypatch.setenv(native_steps.DIR_ENV, str(tmp_path))
+    signature = fused.StepSignature.of("differential", "mt", 8, True, 0.0, None, count=True)
+    assert native_steps.kernel(signature) is not None
+    assert len(list(tmp_path.glob("step_*.so"))) == 1
+    native_steps.clear()
+    monkeypatch.setattr(native_steps.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
+    assert native_steps.kernel(signature) is not None
+
+
+def test_native_steps_switch_off_by_environment(monkeypatch):
+    monkeypatch.setenv(native_steps.NATIVE_ENV, "0")
+    signature = fused.StepSignature.of("rate", "if", 1, False, 0.0, None)
+    assert not native_steps.usable(signature, [torch.zeros(4)])
+    monkeypatch.setenv(native_steps.NATIVE_ENV, "1")
+    assert native_steps.usable(signature, [torch.zeros(4)])
+    assert not native_steps.usable(signature, [torch.zeros(4, dtype=torch.float64)])
+    assert not native_steps.usable(signature, [torch.zeros(4, 4).t()])
+    assert not native_steps.usable(fused.StepSignature.of("rate", "mt", 17, False, 0.0, None), [torch.zeros(4)])
