@@ -34,6 +34,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -220,13 +221,25 @@ def compiler() -> str | None:
     return next((found for name in ("cc", "gcc", "clang") if (found := shutil.which(name))), None)
 
 
+def _cpu_identity() -> str:
+    """What a ``-march=native`` build depends on besides the source: the architecture and the CPU's
+    feature flags (a cache directory shared between unlike machines must not hand an AVX-512
+    library to a CPU without AVX-512)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()} {platform.processor()} {flags.strip()}"
+
+
 def _build(code: str) -> Path:
     """Compile ``code`` into the cache (atomically: built under a temporary name, then renamed,
     so concurrent workers never load a half-written library); returns the library's path."""
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler (set CC or install cc/gcc/clang)")
-    digest = hashlib.sha256((code + cc).encode()).hexdigest()[:24]
+    digest = hashlib.sha256("\n".join([code, cc, _cpu_identity()]).encode()).hexdigest()[:24]
     directory = cache_dir()
     target = directory / f"step_{digest}.so"
     if target.exists():
