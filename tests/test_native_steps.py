@@ -9,8 +9,10 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from snnbench.methods.snn import fused, native_steps
+from snnbench.methods.snn.graded import GradedUnit, ProductUnit
 from snnbench.methods.snn.neurons import SpikingNeuron
 
 SHAPE = (3, 4, 5, 6)
@@ -180,3 +182,43 @@ def test_native_steps_switch_off_by_environment(monkeypatch):
     assert not native_steps.usable(signature, [torch.zeros(4, dtype=torch.float64)])
     assert not native_steps.usable(signature, [torch.zeros(4, 4).t()])
     assert not native_steps.usable(fused.StepSignature.of("rate", "mt", 17, False, 0.0, None), [torch.zeros(4)])
+
+
+def _graded_trace(unit, xs, *extra):
+    unit.reset()
+    with torch.inference_mode():
+        outs = [unit(x.clone(), *extra).clone() for x in xs]
+    return [outs, list(unit.acc), [unit.last]]
+
+
+GRADED_FUNCTIONS = {"layer_norm": lambda x: F.layer_norm(x, x.shape[-1:]), "softmax": lambda x: x.softmax(-1),
+                    "gelu": F.gelu}
+
+
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+@pytest.mark.parametrize("name", sorted(GRADED_FUNCTIONS))
+def test_native_graded_updates_equal_the_eager_step_bit_for_bit(coding, name, monkeypatch):
+    calls = []
+    for fn_name in ("differential_inputs", "graded_output"):
+        real = getattr(native_steps, fn_name)
+        monkeypatch.setattr(native_steps, fn_name, lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
+    g = torch.Generator().manual_seed(5)
+    xs = [torch.randn(4, 7, 12, generator=g) for _ in range(6)]
+    fast, slow = (GradedUnit(GRADED_FUNCTIONS[name], coding=coding, fuse=fuse) for fuse in (True, False))
+    _assert_identical(_graded_trace(fast, xs), _graded_trace(slow, xs))
+    assert len(calls) >= (len(xs) - 1) * (2 if coding == "differential" else 1)
+
+
+def test_native_product_updates_equal_the_eager_step_bit_for_bit():
+    g = torch.Generator().manual_seed(6)
+    xs = [torch.randn(3, 5, 8, generator=g) for _ in range(6)]
+    ys = [torch.randn(3, 8, 4, generator=g) for _ in range(6)]
+
+    def trace(unit):
+        unit.reset()
+        with torch.inference_mode():
+            outs = [unit(x.clone(), y.clone()).clone() for x, y in zip(xs, ys)]
+        return [outs, list(unit.acc), [unit.last]]
+
+    fast, slow = (ProductUnit(torch.matmul, coding="differential", fuse=fuse) for fuse in (True, False))
+    _assert_identical(trace(fast), trace(slow))
