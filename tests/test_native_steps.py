@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from snnbench.methods.snn import fused, native_steps
+from snnbench.methods.snn import fused, graded_kernels, native_graded, native_steps
 from snnbench.methods.snn.graded import GradedUnit, ProductUnit
 from snnbench.methods.snn.neurons import SpikingNeuron
 
@@ -26,8 +26,10 @@ def one_thread(tmp_path_factory, monkeypatch):
     monkeypatch.setenv(native_steps.DIR_ENV, str(tmp_path_factory.getbasetemp() / "native"))
     monkeypatch.delenv(native_steps.NATIVE_ENV, raising=False)
     native_steps.clear()
+    native_graded.clear()
     yield
     native_steps.clear()
+    native_graded.clear()
     torch.set_num_threads(threads)
 
 
@@ -200,8 +202,8 @@ GRADED_FUNCTIONS = {"layer_norm": lambda x: F.layer_norm(x, x.shape[-1:]), "soft
 def test_native_graded_updates_equal_the_eager_step_bit_for_bit(coding, name, monkeypatch):
     calls = []
     for fn_name in ("differential_inputs", "graded_output"):
-        real = getattr(native_steps, fn_name)
-        monkeypatch.setattr(native_steps, fn_name, lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
+        real = getattr(native_graded, fn_name)
+        monkeypatch.setattr(native_graded, fn_name, lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
     g = torch.Generator().manual_seed(5)
     xs = [torch.randn(4, 7, 12, generator=g) for _ in range(6)]
     fast, slow = (GradedUnit(GRADED_FUNCTIONS[name], coding=coding, fuse=fuse) for fuse in (True, False))
@@ -222,3 +224,21 @@ def test_native_product_updates_equal_the_eager_step_bit_for_bit():
 
     fast, slow = (ProductUnit(torch.matmul, coding="differential", fuse=fuse) for fuse in (True, False))
     _assert_identical(trace(fast), trace(slow))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "batched-2d"])
+def test_native_product_op_count_equals_the_eager_count(layout):
+    g = torch.Generator().manual_seed(7)
+    sparse = lambda *shape: torch.randn(*shape, generator=g).clamp_min(0.4) - 0.4  # noqa: E731  (~65 % zeros)
+    if layout == "batched-2d":
+        a, pa, b, pb = sparse(5, 9), sparse(5, 9), sparse(9, 4), sparse(9, 4)
+    else:
+        a, pa = sparse(2, 3, 5, 9), sparse(2, 3, 5, 9)
+        b, pb = sparse(2, 3, 9, 4), sparse(2, 3, 9, 4)
+        if layout == "transposed":  # kᵀ: a transposed view, as q·kᵀ passes it
+            b, pb = sparse(2, 3, 4, 9).transpose(-1, -2), sparse(2, 3, 4, 9).transpose(-1, -2)
+    native = native_graded.matmul_pair_ops(a, b, pa, pb)
+    eager = graded_kernels.matmul_pair_ops(a, b, pa, pb)
+    independent = sum(int(((x != 0).double() @ (y != 0).double()).sum()) for x, y in [(a, b), (a, pb), (pa, b)])
+    assert native.dtype == torch.int64 and int(native) == int(eager) == independent > 0
+    assert native_graded.matmul_pair_ops(a[..., :1, :], b, pa, pb) is None  # operand shapes differ

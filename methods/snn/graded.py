@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from snnbench.methods.snn import graded_kernels, native_steps
+from snnbench.methods.snn import graded_kernels, native_graded
 from snnbench.methods.snn.fused import can_overwrite
 from snnbench.methods.snn.units import Coding, StatefulUnit, step_scalar
 
@@ -78,7 +78,7 @@ class GradedUnit(StatefulUnit):
         differ between an input and its state, or a state that may not be overwritten (autograd,
         inference tensors outside inference mode)."""
         xs = [args[i] for i in self.dynamic]
-        if xs[0].numel() < graded_kernels.MIN_ELEMENTS or native_steps.graded_usable([*xs, *self.acc]):
+        if xs[0].numel() < graded_kernels.MIN_ELEMENTS or native_graded.graded_usable([*xs, *self.acc]):
             return self._in_place_step(t, args, kwargs, xs)
         rate = self.coding == "rate"
         groups = [[x, a] for x, a in zip(xs, self.acc)] if rate else \
@@ -115,20 +115,20 @@ class GradedUnit(StatefulUnit):
         if any(x.shape != a.shape or x.dtype != a.dtype for x, a in zip(xs, acc)) \
                 or not can_overwrite((*xs, *acc), tuple(range(len(xs), 2 * len(xs)))):
             return None
-        native = native_steps.graded_usable([*xs, *acc, *([] if self.coding == "rate" else self.base)])
+        native = native_graded.graded_usable([*xs, *acc, *([] if self.coding == "rate" else self.base)])
         if self.coding == "rate":
             for x, a in zip(xs, acc):
                 a.add_(x)
             now = self._call(args, kwargs, [a / t for a in acc])
-            if native and native_steps.graded_usable([now, self.last]):  # one pass: now·t - last·(t - 1)
-                out = native_steps.graded_output(now, self.last, t, rate=True)
+            if native and native_graded.graded_usable([now, self.last]):  # one pass: now·t - last·(t - 1)
+                out = native_graded.graded_output(now, self.last, t, rate=True)
             else:
                 out = torch.mul(now, t)
                 out.sub_(torch.mul(self.last, t - 1))
         else:
             for x, b, a in zip(xs, self.base, acc):
                 if native:  # one pass over x, b and E instead of three
-                    native_steps.differential_inputs(x, b, a, t)
+                    native_graded.differential_inputs(x, b, a, t)
                     continue
                 d = torch.sub(x, b)
                 d.div_(t)
@@ -136,8 +136,8 @@ class GradedUnit(StatefulUnit):
             now = self._call(args, kwargs, acc)
             if graded_kernels.shares_memory(now, acc):  # fn returned a view of E: keep its value
                 now = now.clone()
-            if native and native_steps.graded_usable([now, self.last]):
-                out = native_steps.graded_output(now, self.last, t, rate=False)
+            if native and native_graded.graded_usable([now, self.last]):
+                out = native_graded.graded_output(now, self.last, t, rate=False)
             else:
                 out = torch.sub(now, self.last)
                 out.mul_(t)
@@ -249,9 +249,11 @@ class ProductUnit(GradedUnit):
         else:
             def pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                 return self._call(args, kwargs, [x.to(torch.float32), y.to(torch.float32)]).sum()
-        if matmul:  # compiled: one reduction over the operands (graded_kernels.py)
-            ops = graded_kernels.run("matmul_pair_ops", a, b, prev_a, prev_b) if self.fuse else \
-                graded_kernels.matmul_pair_ops(a, b, prev_a, prev_b)
+        if matmul:  # native or compiled: one reduction over the operands (native_graded, graded_kernels)
+            ops = native_graded.matmul_pair_ops(a, b, prev_a, prev_b) if self.fuse else None
+            if ops is None:
+                ops = graded_kernels.run("matmul_pair_ops", a, b, prev_a, prev_b) if self.fuse else \
+                    graded_kernels.matmul_pair_ops(a, b, prev_a, prev_b)
         else:
             ia, ib = ind(a), ind(b)
             ops = pairs(ia, ib) + pairs(ia, ind(prev_b)) + pairs(ind(prev_a), ib)
