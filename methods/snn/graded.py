@@ -78,8 +78,10 @@ class GradedUnit(StatefulUnit):
         differ between an input and its state, or a state that may not be overwritten (autograd,
         inference tensors outside inference mode)."""
         xs = [args[i] for i in self.dynamic]
-        if xs[0].numel() < graded_kernels.MIN_ELEMENTS or native_graded.graded_usable([*xs, *self.acc]):
-            return self._in_place_step(t, args, kwargs, xs)
+        states = zip(self.acc, self.base) if self.coding == "differential" else ((a,) for a in self.acc)
+        native = native_graded.graded_usable(*([x, *state] for x, state in zip(xs, states)))
+        if native or xs[0].numel() < graded_kernels.MIN_ELEMENTS:
+            return self._in_place_step(t, args, kwargs, xs, native)
         rate = self.coding == "rate"
         groups = [[x, a] for x, a in zip(xs, self.acc)] if rate else \
             [[x, b, a] for x, b, a in zip(xs, self.base, self.acc)]
@@ -103,19 +105,20 @@ class GradedUnit(StatefulUnit):
         self.t += 1
         return out
 
-    def _in_place_step(self, t: int, args: tuple, kwargs: dict, xs: list[torch.Tensor]) -> torch.Tensor | None:
+    def _in_place_step(self, t: int, args: tuple, kwargs: dict, xs: list[torch.Tensor], native: bool
+                       ) -> torch.Tensor | None:
         """:meth:`step_with`'s step for tensors below the compiled kernels' size: the same eager
         operations in the same order, the decoded inputs updated in place (E += (x - b)/t as
         d = x - b; d /= t; E += d) and the increment built in one fresh tensor, so a step
         allocates two tensors per unit instead of five and touches less memory (bit-identical:
         each operation rounds as its out-of-place form; tests). None (step functionally) where
         an input's shape or dtype differs from its state's (broadcasting, promotion) or the state
-        may not be overwritten."""
+        may not be overwritten. With ``native`` (:func:`native_graded.graded_usable` of the inputs
+        and state) the updates run as one-pass C loops, bit-identical."""
         acc = self.acc
         if any(x.shape != a.shape or x.dtype != a.dtype for x, a in zip(xs, acc)) \
                 or not can_overwrite((*xs, *acc), tuple(range(len(xs), 2 * len(xs)))):
             return None
-        native = native_graded.graded_usable([*xs, *acc, *([] if self.coding == "rate" else self.base)])
         if self.coding == "rate":
             for x, a in zip(xs, acc):
                 a.add_(x)

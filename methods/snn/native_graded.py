@@ -90,14 +90,18 @@ def graded_library() -> ctypes.CDLL | None:
     return library
 
 
-def graded_usable(tensors: list[torch.Tensor]) -> bool:
-    """Whether the native graded updates apply: enabled, one thread, and every tensor a contiguous
-    float32 CPU tensor of the first one's shape without autograd (no broadcasting)."""
+def graded_usable(*groups: list[torch.Tensor]) -> bool:
+    """Whether the native graded updates apply: enabled, one thread, and in each group (an operand
+    with its state) every tensor a contiguous float32 CPU tensor of the group's first one's shape,
+    without autograd (no broadcasting)."""
     if not enabled() or torch.get_num_threads() != 1:
         return False
-    shape = tensors[0].shape
-    return all(a.device.type == "cpu" and a.dtype == torch.float32 and a.is_contiguous() and a.shape == shape
-               and not a.requires_grad for a in tensors) and graded_library() is not None
+    for tensors in groups:
+        shape = tensors[0].shape
+        if not all(a.device.type == "cpu" and a.dtype == torch.float32 and a.is_contiguous() and a.shape == shape
+                   and not a.requires_grad for a in tensors):
+            return False
+    return graded_library() is not None
 
 
 def differential_inputs(x: torch.Tensor, b: torch.Tensor, acc: torch.Tensor, t: int) -> None:

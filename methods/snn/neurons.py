@@ -261,10 +261,8 @@ class SpikingNeuron(StatefulUnit):
         views of them; returns (s, *new state, counts), the tensors shaped like ``x``."""
         signature = self._signature(positions=self.count_positions and x.ndim >= 3)
         positions = x[0, 0].numel() if signature.positions else None
-        if self.fuse:
-            native = self._native_run(signature, x, state)
-            if native is not None:
-                return native
+        if self.fuse and (native := self._native_run(signature, x, state)) is not None:
+            return native
         if not self.fuse:
             tensors = [x, *state]
             tensors.insert(theta_position, self.theta)
