@@ -246,3 +246,17 @@ def test_native_product_op_count_equals_the_eager_count(layout):
     independent = sum(int(((x != 0).double() @ (y != 0).double()).sum()) for x, y in [(a, b), (a, pb), (pa, b)])
     assert native.dtype == torch.int64 and int(native) == int(eager) == independent > 0
     assert native_graded.matmul_pair_ops(a[..., :1, :], b, pa, pb) is None  # operand shapes differ
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_threshold_changed_in_place_between_runs_is_the_one_the_fused_step_uses(threads):
+    """The cached layouts of θ (row for the native step, flat for inductor) follow θ's version."""
+    torch.set_num_threads(threads)
+    theta = _theta()
+    xs = _inputs(theta, frames=4)
+    eager, fused_neuron = (SpikingNeuron(theta, coding="differential", floor=0.0, fuse=fuse) for fuse in (False, True))
+    _assert_identical(_trace(eager, xs, True, False), _trace(fused_neuron, xs, True, False))
+    for neuron in (eager, fused_neuron):
+        with torch.no_grad():
+            neuron.theta.mul_(0.5)  # a threshold rule rewriting θ in place
+    _assert_identical(_trace(eager, xs, True, False), _trace(fused_neuron, xs, True, False))
