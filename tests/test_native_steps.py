@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from snnbench.methods.snn import fused, graded_kernels, native_graded, native_steps
+from snnbench.methods.snn import fused, graded_kernels, native_graded, native_layout, native_steps
 from snnbench.methods.snn.graded import GradedUnit, ProductUnit
 from snnbench.methods.snn.neurons import SpikingNeuron
 
@@ -27,9 +27,11 @@ def one_thread(tmp_path_factory, monkeypatch):
     monkeypatch.delenv(native_steps.NATIVE_ENV, raising=False)
     native_steps.clear()
     native_graded.clear()
+    native_layout.clear()
     yield
     native_steps.clear()
     native_graded.clear()
+    native_layout.clear()
     torch.set_num_threads(threads)
 
 
@@ -260,3 +262,62 @@ def test_a_threshold_changed_in_place_between_runs_is_the_one_the_fused_step_use
         with torch.no_grad():
             neuron.theta.mul_(0.5)  # a threshold rule rewriting θ in place
     _assert_identical(_trace(eager, xs, True, False), _trace(fused_neuron, xs, True, False))
+
+
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+def test_the_first_step_reads_the_initial_state_as_rows_and_writes_it_at_full_size(coding, monkeypatch):
+    """After the bias pass (rate: before step 1) v, Ē_in, Ē_out / C are broadcast views of v_0, b
+    and 0, not copies; the native first step (``v0``) writes them at full size, and every value
+    equals the eager neuron's (v_0 a calibrated per-position potential here, IF θ/2 in the
+    signature test above)."""
+    firsts = []
+    real = native_steps.step
+    monkeypatch.setattr(native_steps, "step", lambda *a: firsts.append(a[-1] is not None) or real(*a))
+    theta = _theta()
+    xs = _inputs(theta, frames=4)
+    v_init = torch.rand(1, *SHAPE[1:], generator=torch.Generator().manual_seed(8))
+    neurons = [SpikingNeuron(theta, rule="if", coding=coding, signed=True, floor=0.0, ceiling=6.0, fuse=fuse)
+               for fuse in (False, True)]
+    for neuron in neurons:
+        neuron.set_corrections(v_init=v_init)
+    eager, native = neurons
+    if coding == "differential":
+        with torch.inference_mode():
+            native(xs[0].clone())
+        assert native.initial_views and native.b.shape[0] == 1
+        assert native.v.stride(0) == native.e_in.stride(0) == native.e_out.stride(0) == 0  # no copy
+        assert torch.equal(native.v, v_init.expand(SHAPE)) and torch.equal(native.e_out, torch.zeros(SHAPE))
+    firsts.clear()
+    _assert_identical(_trace(eager, xs, True, True), _trace(native, xs, True, True))
+    assert firsts == [True] + [False] * (len(xs) - (2 if coding == "differential" else 1))
+    state = [native.v, native.e_in, native.e_out, native.c_out]
+    assert all(a is None or (a.is_contiguous() and a.shape == SHAPE) for a in state) and not native.initial_views
+
+
+def test_initial_views_another_step_reads_are_materialised_first(monkeypatch):
+    """When the native step does not run after the bias pass (here: no kernel for it), the
+    views become full tensors before the other step overwrites them; frame_state does the same."""
+    theta = _theta()
+    xs = _inputs(theta, frames=4)
+    eager, fallback = (SpikingNeuron(theta, coding="differential", floor=0.0, fuse=fuse) for fuse in (False, True))
+    with torch.inference_mode():
+        fallback(xs[0].clone())
+    assert fallback.initial_views
+    state = fallback.frame_state()
+    assert not fallback.initial_views and all(a.is_contiguous() and a.shape == SHAPE for a in state[1:])
+    monkeypatch.setattr(native_steps, "kernel", lambda signature: None)
+    monkeypatch.setattr(fused, "compiled", _eager_kernel)  # no inductor compilation in this test
+    _assert_identical(_trace(eager, xs, True, False), _trace(fallback, xs, True, False))
+
+
+@pytest.mark.parametrize("where", ["first", "last", "none"])
+def test_rows_equal_compares_every_sample_bit_for_bit(where):
+    x = torch.randn(1, 3, 37).expand(5, 3, 37).contiguous()  # 111 floats a row: a vector tail too
+    if where != "none":
+        x[2 if where == "first" else 4].view(-1)[0 if where == "first" else -1] *= -1.0 if where == "first" else 1.5
+    expected = where == "none"
+    assert native_layout.rows_equal(x) is expected
+    assert native_layout.rows_equal(x.transpose(1, 2)) is expected  # not contiguous: torch.equal
+    zeros = torch.zeros(4, 8)
+    zeros[3, 7] = -0.0
+    assert not native_layout.rows_equal(zeros)  # -0.0 is not +0.0

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from snnbench.methods.snn import fused, native_steps
+from snnbench.methods.snn import fused, native_layout, native_steps
 from snnbench.methods.snn.units import Coding, StatefulUnit, step_scalar
 
 
@@ -94,10 +94,17 @@ class SpikingNeuron(StatefulUnit):
         self.register_buffer("v_init", None)
         for name in ("v", "b", "e_in", "e_out", "c_out"):
             self.register_state(name)
+        #: whether v, Ē_in, Ē_out / C are still the broadcast views of the initial state (:meth:`_start_from_views`)
+        self._plain_names.add("initial_views")
+        self.initial_views = False
         self._theta_flat: tuple[tuple, torch.Tensor] | None = None
         self._theta_row: tuple[tuple, tuple[torch.Tensor, int]] | None = None
         #: b at the input's size for the inductor kernel when b is kept as one sample (id of b, full b)
         self._b_full: tuple[int, torch.Tensor] | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.initial_views = False
 
     def extra_repr(self) -> str:
         shape = tuple(self.theta.shape)
@@ -121,12 +128,45 @@ class SpikingNeuron(StatefulUnit):
             cached = self._unit_magnitude_cache = (key, bool((levels == 1).any()))
         return cached[1]
 
-    def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
+    def _initial_v(self, like: torch.Tensor) -> torch.Tensor:
+        """v_0 broadcastable to ``like``: the calibrated v_init, else θ/2 (IF, half) or 0."""
         if self.v_init is not None:
-            return self.v_init.to(like.dtype).expand_as(like).clone()
+            return self.v_init.to(like.dtype)
         half = self.rule == "if" and self.if_v_init == "half"
-        v0 = self.theta / 2 if half else torch.zeros_like(self.theta)
-        return v0.expand_as(like).clone()
+        return self.theta / 2 if half else torch.zeros_like(self.theta)
+
+    def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
+        return self._initial_v(like).expand_as(like).clone()
+
+    def _initial_views_apply(self, x: torch.Tensor) -> bool:
+        """Whether the initial state may be kept as broadcast views for the native first step
+        (:meth:`_start_from_views`): the native step may run here and ``x`` is a plain contiguous
+        float32 CPU tensor."""
+        return (self.fuse and x.ndim >= 1 and x.device.type == "cpu" and x.dtype == torch.float32
+                and x.is_contiguous() and not x.requires_grad and native_steps.enabled()
+                and torch.get_num_threads() == 1 and not self._use_triton(x))
+
+    def _start_from_views(self, x: torch.Tensor, e_in: torch.Tensor | None) -> None:
+        """The initial state as broadcast views, no copy: v = v_0, Ē_in = b (``e_in``), Ē_out =
+        C = 0. The native first step (native_steps.step with v0) reads them as rows and writes
+        the state at full size; any other step first materialises them (:meth:`_materialized`),
+        so the values every reader sees are those of the copies this replaces."""
+        zero = torch.zeros((), dtype=x.dtype, device=x.device).expand(x.shape)
+        self.v = self._initial_v(x).expand(x.shape)
+        if self.coding == "differential":
+            self.e_in, self.e_out = e_in.expand(x.shape), zero
+        elif self.needs_rooms:
+            self.c_out = zero
+        self.initial_views = True
+
+    def _materialized(self) -> None:
+        """The initial state views (:meth:`_start_from_views`) as the full-size tensors they stand for."""
+        if self.initial_views:
+            self.initial_views = False
+            for name in ("v", "e_in", "e_out", "c_out"):
+                value = getattr(self, name)
+                if value is not None:
+                    setattr(self, name, value.clone(memory_format=torch.contiguous_format))
 
     def set_corrections(self, input_bias: torch.Tensor | None = None, v_init: torch.Tensor | None = None) -> None:
         """Install SNN Calibration's bias (added to every input) and/or initial potential."""
@@ -147,6 +187,7 @@ class SpikingNeuron(StatefulUnit):
 
     # -- the functional step (methods/snn/frame.py) -------------------------------------------
     def frame_state(self) -> tuple[torch.Tensor, ...]:
+        self._materialized()
         if self.coding == "differential":
             return self.b, self.v, self.e_in, self.e_out
         return (self.v,) if self.c_out is None else (self.v, self.c_out)
@@ -191,6 +232,7 @@ class SpikingNeuron(StatefulUnit):
     def _triton_step(self, x: torch.Tensor, t: int) -> torch.Tensor:
         from snnbench.methods.snn import triton_mt
 
+        self._materialized()
         state = {"v": self.v, "b": self.b, "e_in": self.e_in, "e_out": self.e_out, "c_out": self.c_out}
         for name, value in state.items():
             if value is not None and not value.is_contiguous():
@@ -222,10 +264,10 @@ class SpikingNeuron(StatefulUnit):
 
     def _row_theta(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         """θ for the native step: one sample's row with row stride 0 (θ does not vary over the
-        batch), cached like :meth:`_flat_theta` (:func:`native_steps.row_layout`)."""
+        batch), cached like :meth:`_flat_theta` (:func:`native_layout.row_layout`)."""
         key, cached = self._theta_key(x), self._theta_row
         if cached is None or cached[0] != key:
-            cached = self._theta_row = (key, native_steps.row_layout(self.theta.to(x.dtype), x))
+            cached = self._theta_row = (key, native_layout.row_layout(self.theta.to(x.dtype), x))
         return cached[1]
 
     def _full_b(self, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -241,20 +283,28 @@ class SpikingNeuron(StatefulUnit):
     def _native_run(self, signature: fused.StepSignature, x: torch.Tensor, state: tuple) -> tuple | None:
         """The step in the native C loop (:mod:`native_steps`), state overwritten in place;
         returns what :meth:`_run` returns, or None where the native step does not apply."""
-        if self.coding == "differential":
+        differential = self.coding == "differential"
+        if differential:
             b, v, e_in, e_out = state
         else:
             (v, e_out), b, e_in = state, None, None
-        mutated = tuple(a for a in (v, e_in, e_out) if a is not None)
-        if not native_steps.usable(signature, [x, b, *mutated]) or any(a.shape != x.shape for a in mutated) \
+        first = self.initial_views  # the state is still the views of the initial state: written, not read
+        mutated = () if first else tuple(a for a in (v, e_in, e_out) if a is not None)
+        v0 = self._initial_v(x) if first else None
+        if not native_steps.usable(signature, [x, b, *mutated, v0]) or any(a.shape != x.shape for a in mutated) \
                 or not fused.can_overwrite((x, b, *mutated), tuple(range(2, 2 + len(mutated)))) \
                 or native_steps.kernel(signature) is None:
             return None
-        b_row = native_steps.row_layout(b, x) if b is not None else None
+        b_row = native_layout.row_layout(b, x) if b is not None else None
         t = self.t if self.coding == "rate" else self.t - 1
-        s, counts, hits = native_steps.step(signature, x, b_row, v, e_in, e_out, self._row_theta(x), t)
+        if first:
+            v0 = native_layout.row_layout(v0, x)
+            v, e_in, e_out = (torch.empty_like(x) if a is not None else None for a in (v, e_in, e_out))
+            state = (b, v, e_in, e_out) if differential else (v, e_out)
+            self.initial_views = False
+        s, counts, hits = native_steps.step(signature, x, b_row, v, e_in, e_out, self._row_theta(x), t, v0)
         self.last_hits = hits.view(x.shape[2:]) if hits is not None else None
-        return (s, *state[1:], counts) if self.coding == "differential" else (s, *state, counts)
+        return (s, *state[1:], counts) if differential else (s, *state, counts)
 
     def _run(self, x: torch.Tensor, *state: torch.Tensor | None, theta_position: int) -> tuple:
         """One step through :func:`fused.run_step`: eager on ``x``-shaped tensors, fused on flat
@@ -263,6 +313,9 @@ class SpikingNeuron(StatefulUnit):
         positions = x[0, 0].numel() if signature.positions else None
         if self.fuse and (native := self._native_run(signature, x, state)) is not None:
             return native
+        if self.initial_views:  # the initial views become tensors (this step may overwrite them)
+            self._materialized()
+            state = (self.b, self.v, self.e_in, self.e_out) if self.coding == "differential" else (self.v, self.c_out)
         if not self.fuse:
             tensors = [x, *state]
             tensors.insert(theta_position, self.theta)
@@ -288,9 +341,12 @@ class SpikingNeuron(StatefulUnit):
     def _rate_step(self, x: torch.Tensor) -> torch.Tensor:
         self.t += 1
         if self.v is None:
-            self.v = self.initial_potential(x)
-            if self.needs_rooms:
-                self.c_out = torch.zeros_like(x)
+            if self._initial_views_apply(x):
+                self._start_from_views(x, None)
+            else:
+                self.v = self.initial_potential(x)
+                if self.needs_rooms:
+                    self.c_out = torch.zeros_like(x)
         self.last_counts = self.last_hits = None
         if self._use_triton(x):
             return self._triton_step(x, self.t)
@@ -303,10 +359,13 @@ class SpikingNeuron(StatefulUnit):
         self.t += 1
         if t == 0:  # bias pass: remember the constant part of the input, emit nothing
             self.last_counts = self.last_hits = None
-            self.b = _bias_input(x)
-            self.e_in = x.clone()
-            self.e_out = torch.zeros_like(x)
-            self.v = self.initial_potential(x)
+            self.b = native_layout.bias_input(x)
+            if self._initial_views_apply(x):
+                self._start_from_views(x, self.b)  # Ē_in = b: the bias pass's input, as b keeps it
+            else:
+                self.e_in = x.clone()
+                self.e_out = torch.zeros_like(x)
+                self.v = self.initial_potential(x)
             return torch.zeros_like(x)
         self.last_counts = self.last_hits = None
         if self._use_triton(x):
@@ -315,20 +374,6 @@ class SpikingNeuron(StatefulUnit):
                                                              theta_position=5)
         self.last_counts = counts
         return s
-
-
-def _bias_input(x: torch.Tensor) -> torch.Tensor:
-    """A copy of the bias pass's input, kept as one sample ``[1, ...]`` when every sample's input
-    equals the first bit for bit (frame 0 feeds the same zero image to every sample, so that is
-    the rule), else at full size. Broadcast over the batch it gives every step the same d = x - b,
-    and the native step reads it as one row (a stream less per element). CPU float32 only (the
-    Triton kernel reads b at full size)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim == 0 or x.shape[0] < 2:
-        return x.clone()
-    first = x[:1]
-    if torch.equal(x.view(torch.int32), first.view(torch.int32).expand_as(x)):
-        return first.clone()
-    return x.clone()
 
 
 def _shaped(flat: torch.Tensor | None, shaped_of: dict[int, torch.Tensor], shape: torch.Size) -> torch.Tensor | None:
