@@ -321,3 +321,57 @@ def test_rows_equal_compares_every_sample_bit_for_bit(where):
     zeros = torch.zeros(4, 8)
     zeros[3, 7] = -0.0
     assert not native_layout.rows_equal(zeros)  # -0.0 is not +0.0
+
+
+def _attention_views(frames: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """q and kᵀ of a [batch, tokens, 3, heads, dim] projection, as attention permutes them."""
+    g = torch.Generator().manual_seed(9)
+    first = torch.randn(1, 5, 3, 2, 8, generator=g).expand(3, 5, 3, 2, 8).contiguous()
+    qkvs = [first] + [torch.randn(3, 5, 3, 2, 8, generator=g) for _ in range(frames - 1)]
+    return [(qkv.permute(2, 0, 3, 1, 4)[0], qkv.permute(2, 0, 3, 4, 1)[1]) for qkv in qkvs]
+
+
+@pytest.mark.parametrize("coding", ["differential", "rate"])
+@pytest.mark.parametrize("which", ["q", "kT", "3-d"])
+def test_a_permuted_input_is_read_where_it_lies_bit_for_bit(coding, which, monkeypatch):
+    """q (last dimension dense) goes to the native step uncopied; kᵀ is copied first; a 3-D
+    transposed view too (its last dimension is not dense). Every output, count, hit and state
+    equals the eager neuron's on the same views."""
+    seen = []
+    real = native_steps.step
+    monkeypatch.setattr(native_steps, "step", lambda sig, x, *a: seen.append(x.is_contiguous()) or real(sig, x, *a))
+    views = _attention_views(6)
+    xs = [q if which == "q" else kt for q, kt in views]
+    if which == "3-d":
+        xs = [x.reshape(3, 2, 40).transpose(1, 2) for x in (q.contiguous() for q, _ in views)]
+    theta = torch.full((1, xs[0].shape[1], 1, 1)[:xs[0].ndim], 0.6)
+    eager, native = (SpikingNeuron(theta, coding=coding, rule="mt", n=4, signed=True, floor=None, fuse=fuse)
+                     for fuse in (False, True))
+
+    def trace(neuron):
+        neuron.reset()
+        neuron.count_spikes = neuron.count_positions = True
+        with torch.inference_mode():
+            out = [[neuron(x), neuron.last_counts, neuron.last_hits] for x in xs]
+        return out + [[neuron.v, neuron.e_in, neuron.e_out]]
+
+    _assert_identical(trace(eager), trace(native))
+    copied = which != "q"
+    if coding == "rate":  # the first step creates the state from a contiguous copy
+        assert seen == [True] + [copied] * (len(xs) - 1)
+    else:  # the bias pass runs no step
+        assert seen == [copied] * (len(xs) - 1)
+
+
+def test_the_native_step_reads_any_strides_of_four_dimensions():
+    """The kernel's gathering loop (a last dimension that is not dense) equals the contiguous loop."""
+    signature = fused.StepSignature.of("differential", "mt", 8, True, None, None, count=True, positions=True)
+    _, kt = _attention_views(2)[1]
+    theta = native_layout.row_layout(torch.full((1, 2, 1, 1), 0.4), kt)
+    b = native_layout.row_layout(torch.randn(1, *kt.shape[1:]), kt)
+    results = []
+    for x in (kt, kt.contiguous()):
+        state = [torch.full(kt.shape, 0.1), torch.full(kt.shape, 0.2), torch.zeros(kt.shape)]
+        results.append([*native_steps.step(signature, x, b, *state, theta, 2.0), *state])
+    assert not kt.is_contiguous() and kt.stride(-1) != 1
+    _assert_identical([results[0]], [results[1]])

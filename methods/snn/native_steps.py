@@ -62,11 +62,11 @@ _SAFE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-mat
 _TUNING_FLAGS = ["-march=native", "-mprefer-vector-width=512"]
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-#: rows, channels, positions, x, b, b_stride, v, e_in, e_out (rate: c_out), theta, theta_stride, t,
-#: s, counts, hits
-_ARGTYPES = [_I64, _I64, _I64, _P, _P, _I64, _P, _P, _P, _P, _I64, _F32, _P, _P, _P]
+#: rows, channels, outer, inner, x, its four strides, b, b_stride, v, e_in, e_out (rate: c_out), theta,
+#: theta_stride, t, s, counts, hits
+_ARGTYPES = [_I64] * 4 + [_P] + [_I64] * 4 + [_P, _I64, _P, _P, _P, _P, _I64, _F32, _P, _P, _P]
 #: snn_first: the same with v0, v0_stride after b_stride (the state arrays are written only)
-_FIRST_ARGTYPES = _ARGTYPES[:6] + [_P, _I64] + _ARGTYPES[6:]
+_FIRST_ARGTYPES = _ARGTYPES[:11] + [_P, _I64] + _ARGTYPES[11:]
 
 _LOADED: dict[tuple, Callable] = {}
 #: the loaded ``snn_first`` of each signature in _LOADED
@@ -96,6 +96,15 @@ def usable(signature: StepSignature, tensors: list[torch.Tensor | None]) -> bool
                               or a.requires_grad):
             return False
     return True
+
+
+def reads_in_place(x: torch.Tensor) -> bool:
+    """Whether a non-contiguous input ``x`` is read where it lies by the native step rather than
+    copied first: native steps enabled on one thread, a float32 CPU tensor of two to four
+    dimensions (:func:`index_space`) without autograd, its last dimension dense (q, k, v of
+    attention; kᵀ is copied: a gathering read costs more than the copy, BENCHMARKS.md §1)."""
+    return (2 <= x.ndim <= 4 and x.stride(-1) == 1 and x.device.type == "cpu" and x.dtype == torch.float32
+            and not x.requires_grad and enabled() and torch.get_num_threads() == 1)
 
 
 def _float(value: float) -> str:
@@ -172,7 +181,7 @@ def _body(signature: StepSignature, first: bool) -> tuple[list[str], list[str]]:
                  f"const float unit = unit_raw < {_float(1e-30)} ? {_float(1e-30)} : unit_raw;",
                  "units += (int32_t)(a / unit);"]
         if signature.positions:
-            body.append("hits[p] += s != 0.0f;")
+            body.append("hits_row[p] += s != 0.0f;")
     prologue = ["const float inv_t = 1.0f / t;"] if differential else []
     if not differential and signature.rooms:
         if floor is not None and signature.signed:
@@ -184,37 +193,46 @@ def _body(signature: StepSignature, first: bool) -> tuple[list[str], list[str]]:
 
 def _function(signature: StepSignature, first: bool) -> list[str]:
     """One step function: ``snn_step`` (state overwritten in place) or ``snn_first`` (the first
-    step: the state read from its initial rows, written to fresh arrays)."""
+    step: the state read from its initial rows, written to fresh arrays). It walks the index
+    space [rows, channels, outer, inner] (positions = outer·inner) in which every array but x is
+    contiguous; x has its own four strides (a permuted attention view is read where it lies),
+    with a unit inner stride as its own loop, which the compiler vectorises."""
     body, prologue = _body(signature, first)
-    indent = " " * 16
-    state = "float *restrict v_all, float *restrict e_in_all, float *restrict e_out_all,"
+    unit = [" " * 16 + line for line in body]
+    strided = [line.replace("x[i]", "x[i * x3]") for line in unit]
+    loop = "for (int64_t i = 0; i < inner; ++i) {"
     return [
-        f"void {'snn_first' if first else 'snn_step'}(int64_t rows, int64_t channels, int64_t positions,",
-        "              const float *restrict x_all, const float *restrict b, int64_t b_stride,",
+        f"void {'snn_first' if first else 'snn_step'}(int64_t rows, int64_t channels, int64_t outer, int64_t inner,",
+        "              const float *restrict x_all, int64_t x0, int64_t x1, int64_t x2, int64_t x3,",
+        "              const float *restrict b, int64_t b_stride,",
         *(["              const float *restrict v0, int64_t v0_stride,"] if first else []),
-        f"              {state}",
+        "              float *restrict v_all, float *restrict e_in_all, float *restrict e_out_all,",
         "              const float *restrict theta, int64_t theta_stride, float t,",
         "              float *restrict s_all, int64_t *restrict counts, int64_t *restrict hits) {",
         *("    " + line for line in prologue),
         "    int64_t events = 0, units = 0;",
-        "    const int64_t size = channels * positions;",
-        "    for (int64_t r = 0; r < rows; ++r) {",
-        "        for (int64_t c = 0; c < channels; ++c) {",
-        "            const int64_t offset = r * size + c * positions;",
-        "            const float *restrict x = x_all + offset;",
+        "    const int64_t positions = outer * inner, size = channels * positions;",
+        "    for (int64_t r = 0; r < rows; ++r)",
+        "    for (int64_t c = 0; c < channels; ++c)",
+        "        for (int64_t o = 0; o < outer; ++o) {",
+        "            const int64_t within = c * positions + o * inner, offset = r * size + within;",
+        "            const float *restrict x = x_all + r * x0 + c * x1 + o * x2;",
         "            float *restrict v = v_all + offset;",
         "            float *restrict e_in = e_in_all ? e_in_all + offset : 0;",
         "            float *restrict e_out = e_out_all ? e_out_all + offset : 0;",
         "            float *restrict s_out = s_all + offset;",
-        "            const float *restrict b_row = b ? b + r * b_stride + c * positions : 0;",
-        *(["            const float *restrict v0_row = v0 + r * v0_stride + c * positions;"] if first else []),
-        "            const float *restrict th_row = theta + r * theta_stride + c * positions;",
-        "            for (int64_t p = 0; p < positions; ++p) {",
-        "                const int64_t i = p;",
-        *(indent + line for line in body),
-        "            }",
+        "            const float *restrict b_row = b ? b + r * b_stride + within : 0;",
+        *(["            const float *restrict v0_row = v0 + r * v0_stride + within;"] if first else []),
+        "            const float *restrict th_row = theta + r * theta_stride + within;",
+        "            int64_t *restrict hits_row = hits ? hits + o * inner : 0;",
+        f"            if (x3 == 1) {{ {loop}",
+        "                const int64_t p = i;",
+        *unit,
+        f"            }} }} else {{ {loop}",
+        "                const int64_t p = i;",
+        *strided,
+        "            } }",
         "        }",
-        "    }",
         "    if (counts) { counts[0] = events; counts[1] = units; }",
         "}",
     ]
@@ -309,28 +327,47 @@ def kernel(signature: StepSignature) -> Callable | None:
     return fn
 
 
+def index_space(x: torch.Tensor, positions: bool) -> tuple[list[int], list[int]] | None:
+    """The kernel's index space [rows, channels, outer, inner] of ``x`` and x's strides in it
+    (the state arrays are contiguous in it); None for a non-contiguous ``x`` of other than two to
+    four dimensions (it is copied first). With ``positions`` outer·inner is ``x[0, 0].numel()``."""
+    if x.is_contiguous():
+        rows = x.shape[0] if x.ndim else 1
+        size = x.numel() // rows if rows else 0
+        inner = x[0, 0].numel() if positions else max(size, 1)
+        channels = size // inner if inner else 0
+        return [rows, channels, 1, inner], [size, inner, 0, 1]
+    if not 2 <= x.ndim <= 4:
+        return None
+    shape, strides = list(x.shape), list(x.stride())
+    while len(shape) < 4:  # [R, L] -> [R, 1, 1, L]; [R, C, L] -> [R, C, 1, L]
+        shape.insert(len(shape) - 1, 1)
+        strides.insert(len(strides) - 1, 0)
+    return shape, strides
+
+
 def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] | None, v: torch.Tensor,
          e_in: torch.Tensor | None, e_out: torch.Tensor | None, theta: tuple[torch.Tensor, int],
          t: float, v0: tuple[torch.Tensor, int] | None = None
          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run the step of ``signature`` in place (``v``, ``e_in``, ``e_out`` overwritten; rate coding:
-    ``e_out`` is C, ``e_in`` None); ``b`` and ``theta`` as :func:`~snnbench.methods.snn.native_layout.row_layout` gives them.
-    With ``v0`` (the initial potential, in the same layout) it is the first step
-    from the initial state (v = v0, Ē_in = b, Ē_out = C = 0): ``v``, ``e_in``, ``e_out`` are
-    only written. Returns (s, counts [events, unit spikes] or None, hits per position or None);
-    the positions are ``x[0, 0].numel()`` for signatures with ``positions``."""
+    ``e_out`` is C, ``e_in`` None); ``b`` and ``theta`` as
+    :func:`~snnbench.methods.snn.native_layout.row_layout` gives them; ``x`` contiguous, or any
+    strides up to four dimensions (:func:`index_space`), the state contiguous at x's shape.
+    With ``v0`` (the initial potential, in the same layout) it is the first step from the
+    initial state (v = v0, Ē_in = b, Ē_out = C = 0): ``v``, ``e_in``, ``e_out`` are only
+    written. Returns (s, counts [events, unit spikes] or None, hits per position or None); the
+    positions are ``x[0, 0].numel()`` for signatures with ``positions``."""
     fn = kernel(signature)
-    if fn is None:
-        raise RuntimeError(f"native step {signature.tag()} unavailable")
-    rows = x.shape[0] if x.ndim else 1
-    size = x.numel() // rows if rows else 0
-    positions = x[0, 0].numel() if signature.positions else max(size, 1)
-    channels = size // positions if positions else 0
-    s = torch.empty_like(x)
+    space = index_space(x, signature.positions)
+    if fn is None or space is None:
+        raise RuntimeError(f"native step {signature.tag()} unavailable for this input")
+    shape, strides = space
+    s = torch.empty(x.shape, dtype=x.dtype)
     counts = torch.empty(2, dtype=torch.int64) if signature.count else None
-    hits = torch.zeros(positions, dtype=torch.int64) if signature.positions else None
+    hits = torch.zeros(shape[2] * shape[3], dtype=torch.int64) if signature.positions else None
     pointer = lambda a: a.data_ptr() if a is not None else None  # noqa: E731
-    head = [rows, channels, positions, x.data_ptr(), pointer(b[0]) if b else None, b[1] if b else 0]
+    head = [*shape, x.data_ptr(), *strides, pointer(b[0]) if b else None, b[1] if b else 0]
     if v0 is not None:
         fn = _FIRST[_key(signature)]
         head += [v0[0].data_ptr(), v0[1]]

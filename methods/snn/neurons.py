@@ -178,8 +178,9 @@ class SpikingNeuron(StatefulUnit):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_bias is not None:
             x = x + self.input_bias
-        if self.fuse and not x.is_contiguous():
-            # the fused step runs on a flat view (permuted attention views of q, k, v are copied)
+        if self.fuse and not x.is_contiguous() and not (self.v is not None and native_steps.reads_in_place(x)):
+            # the inductor step runs on a flat view: permuted attention views of q, k, v are
+            # copied, except where the native step reads them in place (after the first frame)
             x = x.contiguous()
         if self.coding == "rate":
             return self._rate_step(x)
@@ -291,7 +292,9 @@ class SpikingNeuron(StatefulUnit):
         first = self.initial_views  # the state is still the views of the initial state: written, not read
         mutated = () if first else tuple(a for a in (v, e_in, e_out) if a is not None)
         v0 = self._initial_v(x) if first else None
-        if not native_steps.usable(signature, [x, b, *mutated, v0]) or any(a.shape != x.shape for a in mutated) \
+        strided = not x.is_contiguous()  # read in place (forward: native_steps.reads_in_place)
+        if not native_steps.usable(signature, [None if strided else x, b, *mutated, v0]) \
+                or (strided and not native_steps.reads_in_place(x)) or any(a.shape != x.shape for a in mutated) \
                 or not fused.can_overwrite((x, b, *mutated), tuple(range(2, 2 + len(mutated)))) \
                 or native_steps.kernel(signature) is None:
             return None
@@ -299,7 +302,7 @@ class SpikingNeuron(StatefulUnit):
         t = self.t if self.coding == "rate" else self.t - 1
         if first:
             v0 = native_layout.row_layout(v0, x)
-            v, e_in, e_out = (torch.empty_like(x) if a is not None else None for a in (v, e_in, e_out))
+            v, e_in, e_out = (torch.empty(x.shape, dtype=x.dtype) if a is not None else None for a in (v, e_in, e_out))
             state = (b, v, e_in, e_out) if differential else (v, e_out)
             self.initial_views = False
         s, counts, hits = native_steps.step(signature, x, b_row, v, e_in, e_out, self._row_theta(x), t, v0)
