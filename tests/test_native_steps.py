@@ -203,20 +203,24 @@ GRADED_FUNCTIONS = {"layer_norm": lambda x: F.layer_norm(x, x.shape[-1:]), "soft
 @pytest.mark.parametrize("name", sorted(GRADED_FUNCTIONS))
 def test_native_graded_updates_equal_the_eager_step_bit_for_bit(coding, name, monkeypatch):
     calls = []
-    for fn_name in ("differential_inputs", "graded_output"):
+    for fn_name in ("differential_inputs", "graded_output", "first_inputs"):
         real = getattr(native_graded, fn_name)
-        monkeypatch.setattr(native_graded, fn_name, lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
+        monkeypatch.setattr(native_graded, fn_name, lambda *a, real=real, n=fn_name, **k: calls.append(n) or real(*a, **k))
     g = torch.Generator().manual_seed(5)
     xs = [torch.randn(4, 7, 12, generator=g) for _ in range(6)]
     fast, slow = (GradedUnit(GRADED_FUNCTIONS[name], coding=coding, fuse=fuse) for fuse in (True, False))
     _assert_identical(_graded_trace(fast, xs), _graded_trace(slow, xs))
-    assert len(calls) >= (len(xs) - 1) * (2 if coding == "differential" else 1)
+    if coding == "differential":  # step 1 from the bias pass's views, then one-pass updates and increments
+        assert calls == ["first_inputs"] + ["differential_inputs", "graded_output"] * (len(xs) - 2)
+    else:
+        assert calls == ["graded_output"] * (len(xs) - 1)
 
 
 def test_native_product_updates_equal_the_eager_step_bit_for_bit(monkeypatch):
     calls = []
-    real = native_graded.differential_inputs
-    monkeypatch.setattr(native_graded, "differential_inputs", lambda *a: calls.append(1) or real(*a))
+    for fn_name in ("differential_inputs", "first_inputs"):
+        real = getattr(native_graded, fn_name)
+        monkeypatch.setattr(native_graded, fn_name, lambda *a, real=real, n=fn_name: calls.append(n) or real(*a))
     g = torch.Generator().manual_seed(6)
     xs = [torch.randn(3, 5, 8, generator=g) for _ in range(6)]
     ys = [torch.randn(3, 8, 4, generator=g) for _ in range(6)]
@@ -229,7 +233,8 @@ def test_native_product_updates_equal_the_eager_step_bit_for_bit(monkeypatch):
 
     fast, slow = (ProductUnit(torch.matmul, coding="differential", fuse=fuse) for fuse in (True, False))
     _assert_identical(trace(fast), trace(slow))
-    assert len(calls) == 2 * (len(xs) - 1)  # both operands of every step after the bias pass
+    # both operands of every step after the bias pass (step 1: from the bias pass's views)
+    assert calls == ["first_inputs"] * 2 + ["differential_inputs"] * 2 * (len(xs) - 2)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "batched-2d"])
@@ -375,3 +380,67 @@ def test_the_native_step_reads_any_strides_of_four_dimensions():
         results.append([*native_steps.step(signature, x, b, *state, theta, 2.0), *state])
     assert not kt.is_contiguous() and kt.stride(-1) != 1
     _assert_identical([results[0]], [results[1]])
+
+
+def _counted_product_trace(unit, xs, ys):
+    unit.reset()
+    unit.counting = True
+    with torch.inference_mode():
+        out = [[unit(x, y).clone(), unit.last_ops.clone()] for x, y in zip(xs, ys)]
+    return out + [[*unit.acc, *(b.expand(a.shape) for b, a in zip(unit.base, unit.acc)), unit.last]]
+
+
+def _same_sample_frames(shape, frames, seed):
+    g = torch.Generator().manual_seed(seed)
+    first = torch.randn(1, *shape[1:], generator=g).expand(shape).contiguous()
+    return [first] + [torch.randn(shape, generator=g).clamp_min(0.2) - 0.2 for _ in range(frames - 1)]
+
+
+def test_a_graded_bias_pass_keeps_b_as_one_sample_and_its_state_as_views():
+    """Every sample's frame 0 the same: b is one sample, E and last are broadcast views, fn runs
+    at the bias pass only until its output layout is known, and outputs, op counts and state
+    equal the eager product unit's (which copies)."""
+    xs, ys = _same_sample_frames((3, 5, 8), 6, 10), _same_sample_frames((3, 8, 4), 6, 11)
+    fast, slow = (ProductUnit(torch.matmul, coding="differential", fuse=fuse) for fuse in (True, False))
+    with torch.inference_mode():
+        zeros = fast(xs[0], ys[0])
+    assert torch.equal(zeros, torch.zeros(3, 5, 4)) and fast.initial_views
+    assert [b.shape[0] for b in fast.base] == [1, 1] and all(a.stride(0) == 0 for a in [*fast.acc, fast.last])
+    for _ in range(2):
+        _assert_identical(_counted_product_trace(fast, xs, ys), _counted_product_trace(slow, xs, ys))
+    shapes = []
+    unit = GradedUnit(lambda a: shapes.append(a.shape) or F.gelu(a), coding="differential", fuse=True)
+    for run in range(2):
+        _graded_trace(unit, xs)
+        assert len(shapes) == len(xs) - run  # the second run's bias pass did not evaluate fn
+        shapes.clear()
+
+
+@pytest.mark.parametrize("after", ["two threads", "frame_state"])
+def test_graded_views_are_materialised_where_the_native_updates_do_not_run(after):
+    xs = _same_sample_frames((3, 7, 12), 5, 12)
+    fast, slow = (GradedUnit(GRADED_FUNCTIONS["layer_norm"], coding="differential", fuse=fuse) for fuse in (True, False))
+    for unit in (fast, slow):
+        with torch.inference_mode():
+            unit(xs[0].clone())
+    assert fast.initial_views and fast.base[0].shape[0] == 1
+    if after == "two threads":
+        torch.set_num_threads(2)
+    else:
+        state = fast.frame_state()
+        assert all(a.is_contiguous() and a.shape == xs[0].shape for a in state)
+    assert not fast.initial_views or after == "two threads"
+    with torch.inference_mode():
+        for x in xs[1:]:
+            _assert_identical([[fast(x.clone())]], [[slow(x.clone())]])
+    _assert_identical([[*fast.acc, *fast.base, fast.last]], [[*slow.acc, *slow.base, slow.last]])
+
+
+def test_an_input_narrower_than_the_bias_pass_steps_from_materialised_views():
+    """Frame 0 fixes the state's shape; a later input that broadcasts against it (one row) is not
+    the native first step's case: the graded unit materialises its views and steps as eager."""
+    xs = _same_sample_frames((3, 7, 12), 4, 13)
+    narrow = [xs[0]] + [x[:1] for x in xs[1:]]
+    fast, slow = (GradedUnit(F.gelu, coding="differential", fuse=fuse) for fuse in (True, False))
+    _assert_identical(_graded_trace(fast, narrow), _graded_trace(slow, narrow))
+    assert fast.acc[0].shape == xs[0].shape and not fast.initial_views

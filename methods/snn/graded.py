@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from snnbench.methods.snn import graded_kernels, native_graded
+from snnbench.methods.snn import graded_kernels, native_graded, native_layout
 from snnbench.methods.snn.fused import can_overwrite
 from snnbench.methods.snn.units import Coding, StatefulUnit, step_scalar
 
@@ -46,6 +46,16 @@ class GradedUnit(StatefulUnit):
         self.fuse = fuse
         for name in ("base", "acc", "last"):
             self.register_state(name)
+        #: differential coding after a native bias pass: E and last are still broadcast views of
+        #: b and 0 (:meth:`_start_from_views`), b may be one sample
+        self._plain_names.add("initial_views")
+        self.initial_views = False
+        #: output (shape, dtype, device) of fn per input layout: the bias pass emits zeros of it
+        self._output_meta: dict[tuple, tuple] = {}
+
+    def reset(self) -> None:
+        super().reset()
+        self.initial_views = False
 
     def extra_repr(self) -> str:
         return f"{self.label}, dynamic={self.dynamic}, coding={self.coding}"
@@ -63,6 +73,11 @@ class GradedUnit(StatefulUnit):
         if self.t == 0:
             return self._first_frame(args, kwargs)
         t = self.t + 1 if self.coding == "rate" else self.t
+        if self.initial_views:
+            out = self._first_step(t, args, kwargs)
+            if out is not None:
+                return out
+            self._materialized()
         if self.fuse:
             out = self._fused_step(t, args, kwargs)
             if out is not None:
@@ -78,8 +93,11 @@ class GradedUnit(StatefulUnit):
         differ between an input and its state, or a state that may not be overwritten (autograd,
         inference tensors outside inference mode)."""
         xs = [args[i] for i in self.dynamic]
-        states = zip(self.acc, self.base) if self.coding == "differential" else ((a,) for a in self.acc)
-        native = native_graded.graded_usable(*([x, *state] for x, state in zip(xs, states)))
+        native = native_graded.graded_usable(*([x, a] for x, a in zip(xs, self.acc)))
+        if self.coding == "differential":
+            native = native and all(native_graded.base_fits(b, x) for b, x in zip(self.base, xs))
+            if not native and any(b.shape != a.shape for b, a in zip(self.base, self.acc)):  # b kept as one sample
+                self.base = [b.expand(a.shape).contiguous() for b, a in zip(self.base, self.acc)]
         if native or xs[0].numel() < graded_kernels.MIN_ELEMENTS:
             return self._in_place_step(t, args, kwargs, xs, native)
         rate = self.coding == "rate"
@@ -161,6 +179,10 @@ class GradedUnit(StatefulUnit):
         emit 0): creates the state."""
         xs = [args[i] for i in self.dynamic]
         self.t = 1
+        if self.coding == "differential" and self.fuse and native_graded.graded_usable(*([x] for x in xs)):
+            zeros = self._start_from_views(args, kwargs, xs)
+            if zeros is not None:
+                return zeros
         self.acc = [x.clone() for x in xs]
         if self.coding == "rate":
             now = self._call(args, kwargs, [a / 1 for a in self.acc])  # S/t at t = 1 (a copy, as every step)
@@ -171,8 +193,58 @@ class GradedUnit(StatefulUnit):
         self.last = torch.zeros_like(now)
         return torch.zeros_like(now)
 
+    def _start_from_views(self, args: tuple, kwargs: dict, xs: list[torch.Tensor]) -> torch.Tensor | None:
+        """Differential coding's bias pass without copies (native updates on one thread): b kept
+        as one sample where every sample's input is the same (:func:`native_layout.bias_input`),
+        E = b and last = 0 as broadcast views, and fn(E), whose value the pass does not use, not
+        evaluated once its output layout is known for this input layout. Returns the emitted
+        zeros, or None (the copying pass) where fn's output is not a contiguous tensor."""
+        key = _layout_key(args, kwargs)
+        meta = self._output_meta.get(key) if key is not None else None
+        if meta is None:
+            now = self._call(args, kwargs, xs)
+            if not isinstance(now, torch.Tensor) or not now.is_contiguous():
+                return None
+            meta = (now.shape, now.dtype, now.device)
+            if key is not None:
+                self._output_meta[key] = meta
+        shape, dtype, device = meta
+        self.base = [native_layout.bias_input(x) for x in xs]
+        self.acc = [b.expand(x.shape) for b, x in zip(self.base, xs)]
+        self.last = torch.zeros((), dtype=dtype, device=device).expand(shape)
+        self.initial_views = True
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    def _first_step(self, t: int, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """Step 1 from the views of :meth:`_start_from_views`: E = b + (x - b)/t written fresh
+        (:func:`native_graded.first_inputs`), the increment (now - 0)·t as the eager step forms
+        it; None where the native updates do not apply (the views are then materialised)."""
+        xs = [args[i] for i in self.dynamic]
+        if not native_graded.graded_usable(*([x] for x in xs)) or any(x.shape != a.shape for x, a in zip(xs, self.acc)) \
+                or not all(native_graded.base_fits(b, x) for b, x in zip(self.base, xs)):
+            return None
+        self.acc = [native_graded.first_inputs(x, b, t) for x, b in zip(xs, self.base)]
+        self.initial_views = False
+        now = self._call(args, kwargs, self.acc)
+        if graded_kernels.shares_memory(now, self.acc):  # fn returned a view of E: keep its value
+            now = now.clone()
+        out = torch.sub(now, self.last)
+        out.mul_(t)
+        self.last = now
+        self.t += 1
+        return out
+
+    def _materialized(self) -> None:
+        """The views of :meth:`_start_from_views` as the full-size tensors they stand for."""
+        if self.initial_views:
+            self.initial_views = False
+            self.base = [b.expand(a.shape).contiguous() for b, a in zip(self.base, self.acc)]
+            self.acc = [a.clone(memory_format=torch.contiguous_format) for a in self.acc]
+            self.last = self.last.clone(memory_format=torch.contiguous_format)
+
     # -- the functional step (methods/snn/frame.py) -------------------------------------------
     def frame_state(self) -> tuple[torch.Tensor, ...]:
+        self._materialized()
         if self.coding == "rate":
             return (*self.acc, self.last)
         return (*self.base, *self.acc, self.last)
@@ -243,6 +315,8 @@ class ProductUnit(GradedUnit):
         ind = lambda x: x != 0  # noqa: E731  (bool: summed directly, no float copy)
         first_step = self.acc is None or (self.coding == "differential" and self.t == 0)
         prev_a, prev_b = (torch.zeros_like(a), torch.zeros_like(b)) if first_step else self.acc
+        if self.initial_views:  # E_0 = b as broadcast views: counted on dense copies
+            prev_a, prev_b = prev_a.contiguous(), prev_b.contiguous()
         matmul = self._is_matmul() and a.ndim >= 2 and b.ndim >= 2
         if matmul:
             # Σ_ij Σ_k 1[x_ik]·1[y_kj] = Σ_k (non-zeros of column k of x)·(non-zeros of row k of y):
@@ -288,3 +362,17 @@ class AnalogOp(nn.Module):
             self.last_dense = dense
             self.last_ops = torch.tensor(dense, dtype=torch.int64, device=out.device)
         return out
+
+
+def _layout_key(args: tuple, kwargs: dict) -> tuple | None:
+    """What fn's output layout depends on: each tensor argument's shape, strides, dtype and
+    device and every other argument's value; None when one is not hashable."""
+    def part(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return ("tensor", value.shape, value.stride(), value.dtype, value.device)
+        hash(value)
+        return value
+    try:
+        return tuple(part(a) for a in args), tuple((k, part(v)) for k, v in sorted(kwargs.items()))
+    except TypeError:
+        return None

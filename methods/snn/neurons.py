@@ -294,7 +294,8 @@ class SpikingNeuron(StatefulUnit):
         v0 = self._initial_v(x) if first else None
         strided = not x.is_contiguous()  # read in place (forward: native_steps.reads_in_place)
         if not native_steps.usable(signature, [None if strided else x, b, *mutated, v0]) \
-                or (strided and not native_steps.reads_in_place(x)) or any(a.shape != x.shape for a in mutated) \
+                or (strided and not native_steps.reads_in_place(x)) \
+                or any(a is not None and a.shape != x.shape for a in (v, e_in, e_out)) \
                 or not fused.can_overwrite((x, b, *mutated), tuple(range(2, 2 + len(mutated)))) \
                 or native_steps.kernel(signature) is None:
             return None
