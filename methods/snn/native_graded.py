@@ -57,6 +57,22 @@ void rate_output(int64_t n, const float *restrict now, const float *restrict las
                  float *restrict out) {
     for (int64_t i = 0; i < n; ++i) out[i] = now[i] * t - last[i] * t_before;
 }
+/* non-zeros along one axis: out[k] = sum_i 1[x[i*s1 + k*s2] != 0] for k < inner, reading x in
+   memory order (the axis with unit stride innermost, where there is one) */
+static void count_nonzero_lines(int64_t lines, int64_t inner, const float *restrict x, int64_t s1, int64_t s2,
+                                int32_t *restrict out) {
+    for (int64_t k = 0; k < inner; ++k) out[k] = 0;
+    if (s1 == 1 && s2 != 1) {
+        for (int64_t k = 0; k < inner; ++k) {
+            int32_t count = 0;
+            for (int64_t i = 0; i < lines; ++i) count += x[k * s2 + i] != 0.0f;
+            out[k] = count;
+        }
+        return;
+    }
+    for (int64_t i = 0; i < lines; ++i)
+        for (int64_t k = 0; k < inner; ++k) out[k] += x[i * s1 + k * s2] != 0.0f;
+}
 /* a product a @ b's op count (graded_kernels.matmul_pair_ops): per batch element and k,
    (non-zeros of column k of a)(non-zeros of row k of b and B) + (column k of A)(row k of b) */
 void matmul_pair_ops(int64_t batch, int64_t rows, int64_t inner, int64_t cols,
@@ -64,23 +80,16 @@ void matmul_pair_ops(int64_t batch, int64_t rows, int64_t inner, int64_t cols,
                      const float *pa, int64_t pa0, int64_t pa1, int64_t pa2,
                      const float *b, int64_t b0, int64_t b1, int64_t b2,
                      const float *pb, int64_t pb0, int64_t pb1, int64_t pb2,
-                     int64_t *restrict col_a, int64_t *restrict col_pa, int64_t *restrict total) {
+                     int32_t *restrict scratch, int64_t *restrict total) {
+    int32_t *col_a = scratch, *col_pa = scratch + inner, *row_b = scratch + 2 * inner, *row_pb = scratch + 3 * inner;
     int64_t sum = 0;
     for (int64_t n = 0; n < batch; ++n) {
-        for (int64_t k = 0; k < inner; ++k) { col_a[k] = 0; col_pa[k] = 0; }
-        for (int64_t i = 0; i < rows; ++i)
-            for (int64_t k = 0; k < inner; ++k) {
-                col_a[k] += a[n * a0 + i * a1 + k * a2] != 0.0f;
-                col_pa[k] += pa[n * pa0 + i * pa1 + k * pa2] != 0.0f;
-            }
-        for (int64_t k = 0; k < inner; ++k) {
-            int64_t row_b = 0, row_pb = 0;
-            for (int64_t j = 0; j < cols; ++j) {
-                row_b += b[n * b0 + k * b1 + j * b2] != 0.0f;
-                row_pb += pb[n * pb0 + k * pb1 + j * pb2] != 0.0f;
-            }
-            sum += col_a[k] * (row_b + row_pb) + col_pa[k] * row_b;
-        }
+        count_nonzero_lines(rows, inner, a + n * a0, a1, a2, col_a);
+        count_nonzero_lines(rows, inner, pa + n * pa0, pa1, pa2, col_pa);
+        count_nonzero_lines(cols, inner, b + n * b0, b2, b1, row_b);
+        count_nonzero_lines(cols, inner, pb + n * pb0, pb2, pb1, row_pb);
+        for (int64_t k = 0; k < inner; ++k)
+            sum += (int64_t)col_a[k] * (row_b[k] + row_pb[k]) + (int64_t)col_pa[k] * row_b[k];
     }
     *total = sum;
 }
@@ -97,7 +106,7 @@ def graded_library() -> ctypes.CDLL | None:
         library.differential_inputs.argtypes = library.first_inputs.argtypes = [_I64, _I64, _P, _P, _I64, _P, _F32]
         library.differential_output.argtypes = [_I64, _P, _P, _F32, _P]
         library.rate_output.argtypes = [_I64, _P, _P, _F32, _F32, _P]
-        library.matmul_pair_ops.argtypes = [_I64] * 4 + [_P, _I64, _I64, _I64] * 4 + [_P, _P, _P]
+        library.matmul_pair_ops.argtypes = [_I64] * 4 + [_P, _I64, _I64, _I64] * 4 + [_P, _P]
     except Exception as exc:  # as native_steps.kernel()
         log.warning("the native graded-unit updates could not be built (%s); stepping them with torch "
                     "(identical results). Set %s=0 to skip them.", exc, NATIVE_ENV)
@@ -181,11 +190,12 @@ def matmul_pair_ops(a: torch.Tensor, b: torch.Tensor, prev_a: torch.Tensor, prev
     if library is None:
         return None
     rows, inner = a.shape[-2:]
-    scratch = torch.empty(2, inner, dtype=torch.int64)
+    if max(rows, b.shape[-1]) >= 2**31:  # the per-line counts are int32
+        return None
+    scratch = torch.empty(4, inner, dtype=torch.int32)
     total = torch.zeros((), dtype=torch.int64)
     strided = [value for v in views for value in (v.data_ptr(), *v.stride())]
-    library.matmul_pair_ops(views[0].shape[0], rows, inner, b.shape[-1], *strided, scratch[0].data_ptr(),
-                            scratch[1].data_ptr(), total.data_ptr())
+    library.matmul_pair_ops(views[0].shape[0], rows, inner, b.shape[-1], *strided, scratch.data_ptr(), total.data_ptr())
     return total
 
 
