@@ -17,6 +17,13 @@ SHAPES = [(4, 8, 16, 16), (4, 8, 1, 1), (4, 8, 2, 2), (1, 16, 8, 8), (4, 16, 1, 
           (4, 5, 7), (4, 8, 3, 3), (3, 8, 5, 5), (2, 3, 1, 1, 4)]
 
 
+@pytest.fixture(autouse=True)
+def inductor_steps(monkeypatch):
+    """These are the inductor steps: the native loops, which one torch thread would take, have
+    their own tests (test_native_steps.py), so a one-core machine runs these too."""
+    monkeypatch.setenv("SNNBENCH_NATIVE", "0")
+
+
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)

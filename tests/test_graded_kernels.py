@@ -18,8 +18,11 @@ T = 7
 
 @pytest.fixture(autouse=True)
 def small_tensors_compiled(monkeypatch):
-    """The tests' tensors are small: compile them anyway (the size rule has its own test)."""
+    """The tests' tensors are small: compile them anyway (the size rule has its own test). These
+    are the compiled and in-place torch paths: the native loops, which one torch thread would
+    take, have their own tests (test_native_steps.py), so a one-core machine runs these too."""
     monkeypatch.setattr(graded_kernels, "MIN_ELEMENTS", 0)
+    monkeypatch.setenv("SNNBENCH_NATIVE", "0")
 
 
 @pytest.fixture

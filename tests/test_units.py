@@ -161,12 +161,13 @@ def test_step_scalar_is_one_tensor_per_value_and_mode():
     assert step_scalar(4).item() == 4.0
 
 
-def test_fused_step_keeps_its_state_tensors():
+def test_fused_step_keeps_its_state_tensors(monkeypatch):
     """The compiled step overwrites v, Ē_in, Ē_out in place; the neuron keeps those very tensors
     (not new views of them) and its values equal the eager neuron's."""
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(2, 3, 4, generator=g) for _ in range(5)]
     theta = torch.full((1, 3, 1), 0.8)
+    monkeypatch.setenv("SNNBENCH_NATIVE", "0")  # the inductor step (the native one: test_native_steps.py)
     fast = SpikingNeuron(theta, rule="mt", n=4, coding="differential", fuse=True)
     slow = SpikingNeuron(theta, rule="mt", n=4, coding="differential", fuse=False)
     with torch.inference_mode():
