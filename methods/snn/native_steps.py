@@ -352,9 +352,9 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run the step of ``signature`` in place (``v``, ``e_in``, ``e_out`` overwritten; rate coding:
     ``e_out`` is C, ``e_in`` None); ``b`` and ``theta`` as
-    :func:`~snnbench.methods.snn.native_layout.row_layout` gives them; ``x`` contiguous, or any
-    strides up to four dimensions (:func:`index_space`), the state contiguous at x's shape.
-    With ``v0`` (the initial potential, in the same layout) it is the first step from the
+    :func:`~snnbench.methods.snn.native_layout.row_layout` gives them; ``x`` contiguous, or of
+    two to four dimensions with any strides (:func:`index_space`), the state contiguous at x's
+    shape. With ``v0`` (the initial potential, in the same layout) it is the first step from the
     initial state (v = v0, Ē_in = b, Ē_out = C = 0): ``v``, ``e_in``, ``e_out`` are only
     written. Returns (s, counts [events, unit spikes] or None, hits per position or None); the
     positions are ``x[0, 0].numel()`` for signatures with ``positions``."""
