@@ -46,16 +46,8 @@ class GradedUnit(StatefulUnit):
         self.fuse = fuse
         for name in ("base", "acc", "last"):
             self.register_state(name)
-        #: differential coding after a native bias pass: E and last are still broadcast views of
-        #: b and 0 (:meth:`_start_from_views`), b may be one sample
-        self._plain_names.add("initial_views")
-        self.initial_views = False
         #: output (shape, dtype, device) of fn per input layout: the bias pass emits zeros of it
         self._output_meta: dict[tuple, tuple] = {}
-
-    def reset(self) -> None:
-        super().reset()
-        self.initial_views = False
 
     def extra_repr(self) -> str:
         return f"{self.label}, dynamic={self.dynamic}, coding={self.coding}"

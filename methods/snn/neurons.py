@@ -94,17 +94,10 @@ class SpikingNeuron(StatefulUnit):
         self.register_buffer("v_init", None)
         for name in ("v", "b", "e_in", "e_out", "c_out"):
             self.register_state(name)
-        #: whether v, Ē_in, Ē_out / C are still the broadcast views of the initial state (:meth:`_start_from_views`)
-        self._plain_names.add("initial_views")
-        self.initial_views = False
         self._theta_flat: tuple[tuple, torch.Tensor] | None = None
         self._theta_row: tuple[tuple, tuple[torch.Tensor, int]] | None = None
         #: b at the input's size for the inductor kernel when b is kept as one sample (id of b, full b)
         self._b_full: tuple[int, torch.Tensor] | None = None
-
-    def reset(self) -> None:
-        super().reset()
-        self.initial_views = False
 
     def extra_repr(self) -> str:
         shape = tuple(self.theta.shape)

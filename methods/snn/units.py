@@ -38,8 +38,11 @@ class StatefulUnit(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._state_names: list[str] = []
-        self._plain_names: set[str] = set(STEP_ATTRIBUTES)
+        self._plain_names: set[str] = set(STEP_ATTRIBUTES) | {"initial_views"}
         self.t = 0
+        #: whether the state is still broadcast views of its initial values, which the unit's
+        #: first native step reads and replaces (neurons.py, graded.py); cleared by :meth:`reset`
+        self.initial_views = False
 
     def __setattr__(self, name: str, value: Any) -> None:
         """The state and the per-step attributes (:data:`STEP_ATTRIBUTES`) are plain attributes
@@ -64,6 +67,7 @@ class StatefulUnit(nn.Module):
         for name in self._state_names:
             setattr(self, name, None)
         self.t = 0
+        self.initial_views = False
 
     # -- the functional step (frames after the first; methods/snn/frame.py) ----------------
     def frame_state(self) -> tuple[torch.Tensor, ...]:
