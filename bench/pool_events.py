@@ -33,6 +33,11 @@ _POOL_DIMS = {nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1, nn.AvgPool2d: 2, nn.Adap
 _UNSEEN = object()
 
 
+def _pool_dims(pool: nn.Module) -> int:
+    """The spatial dimensions of an average pool (its subclasses too, e.g. the native 2-D pool), -1 if none."""
+    return next((dims for kind, dims in _POOL_DIMS.items() if isinstance(pool, kind)), -1)
+
+
 class PoolEvents:
     """The pooled spike counts of one frame, from each pool's forward hook to the layer after it.
 
@@ -73,7 +78,7 @@ class PoolEvents:
         hits = None
         if events_of is None and mask is None and self.from_hits:
             hits = self._source_hits(pool, x)
-            if hits is None and x.ndim == _POOL_DIMS.get(type(pool), -1) + 2:
+            if hits is None and x.ndim == _pool_dims(pool) + 2:
                 # no hit map from a neuron (yet: the first frame finds it): take the map from x in
                 # one pass and pool that, instead of sum-pooling the whole per-element mask
                 hits = input_census(x, per_position=True, compiled=self.compiled)[0]
@@ -113,7 +118,7 @@ class PoolEvents:
             self._sources[id(pool)] = source
             if source is not None:
                 source.count_positions = True
-        if source is None or not self._is_output_of(source, x) or x.ndim != _POOL_DIMS.get(type(pool), -1) + 2:
+        if source is None or not self._is_output_of(source, x) or x.ndim != _pool_dims(pool) + 2:
             return None
         hits = getattr(source, "last_hits", None)
         return hits if hits is not None and tuple(hits.shape) == tuple(x.shape[2:]) else None

@@ -8,11 +8,17 @@ as a column). Differential coding runs T + 1 frames (the bias pass included in i
 Per model, the ANN and every SNN variant are warmed first (fused steps compiled, heap
 grown), then timed in interleaved rounds; the overheads are the per-round ratios SNN / ANN
 (median, min-max). Targets (BENCHMARKS.md §1): <= 1.3 with counting off, <= 1.5 with counting on.
+
+The SNN's average pools run the native loop of methods/snn/native_pool.py (bit-identical to
+torch's kernel, faster on one CPU thread); the ANN runs the model as given. For a model with
+average pools, ``off_pooled_ann`` also gives the counting-off ratio against the ANN with the
+same native pools (an equal-footing figure: how much of the gain is the pool alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     env = environment(device, args.threads)
     from snnbench.counting import OpCounter
+    from snnbench.methods.snn import native_pool
     from snnbench.methods.settings import parse_assignments
 
     settings = parse_assignments(args.sets)
@@ -53,6 +60,14 @@ def main(argv: list[str] | None = None) -> dict:
                     model(x)
 
         candidates = {"ann": ann}
+        pooled_model = copy.deepcopy(model)
+        if native_pool.install(pooled_model):
+            def pooled_ann() -> None:
+                with torch.inference_mode():
+                    for _ in range(args.T):
+                        pooled_model(x)
+
+            candidates["ann+native_pool"] = pooled_ann
         for method in args.methods.split(","):
             snn = convert(model, x, method, args.T, settings).to(device)
 
@@ -79,14 +94,17 @@ def main(argv: list[str] | None = None) -> dict:
             off = paired_ratio(times, method, "ann")
             on = paired_ratio(times, f"{method}+count", "ann")
             framed = paired_ratio(times, f"{method}+frame", "ann") if args.frame else None
+            pooled = paired_ratio(times, method, "ann+native_pool") if "ann+native_pool" in times else None
             rows.append({"model": name, "method": method, "ann_s": median(times["ann"]),
                          "snn_s": median(times[method]), "snn_count_s": median(times[f"{method}+count"]),
                          "overhead": off["median"], "overhead_range": [off["min"], off["max"]],
                          "overhead_counting": on["median"], "overhead_counting_range": [on["min"], on["max"]],
                          "off": ratio_text(off), "on": ratio_text(on),
                          "frame_off": ratio_text(framed) if framed else "",
-                         "overhead_frame": framed["median"] if framed else None})
-    print_table(rows, ["model", "method", "ann_s", "snn_s", "snn_count_s", "off", "on"]
+                         "overhead_frame": framed["median"] if framed else None,
+                         "off_pooled_ann": ratio_text(pooled) if pooled else "",
+                         "overhead_vs_pooled_ann": pooled["median"] if pooled else None})
+    print_table(rows, ["model", "method", "ann_s", "snn_s", "snn_count_s", "off", "on", "off_pooled_ann"]
                 + (["frame_off"] if args.frame else []))
     payload = {"benchmark": "simulation", "T": args.T, "batch": args.batch, "settings": settings, "clock": args.clock,
                "repeats": args.repeats, "environment": finish_environment(env), "rows": rows,

@@ -30,6 +30,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from snnbench.methods.snn.frame import FUNCTIONAL_UNITS
 from snnbench.methods.snn.graded import AnalogOp
+from snnbench.methods.snn.native_pool import NativeAvgPool2d
 from snnbench.methods.snn.units import StatefulUnit
 
 #: packages whose layers are stateless in eval mode
@@ -62,7 +63,7 @@ def replayable(net: nn.Module, blind_hooks: int) -> bool:
     for module in net.modules():
         hooks += len(module._forward_hooks) + len(module._forward_pre_hooks)
         kind = type(module)
-        if kind in FUNCTIONAL_UNITS or kind is AnalogOp:
+        if kind in FUNCTIONAL_UNITS or kind is AnalogOp or kind is NativeAvgPool2d:
             continue
         if isinstance(module, StatefulUnit) or not kind.__module__.startswith(LIBRARY_PACKAGES):
             return False
