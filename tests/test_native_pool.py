@@ -118,50 +118,108 @@ def test_a_failed_build_warns_once_and_gives_torch_values(monkeypatch, caplog):
     assert sum("could not be built" in r.getMessage() for r in caplog.records) == 1
 
 
+def _max_adversarial(shape: tuple[int, ...]) -> torch.Tensor:
+    """Ties of -0.0 and +0.0 in both orders (torch keeps the first in row-major order), NaNs,
+    -inf, repeated maxima and windows clipped by padding."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randint(-2, 3, shape, generator=g).float() * 0.5  # many exact ties
+    flat = x.view(-1, *shape[-2:])
+    zeros = torch.randint(0, 2, flat[0].shape, generator=g).bool()
+    flat[0] = torch.where(zeros, torch.tensor(-0.0), torch.tensor(0.0)) - (torch.rand(flat[0].shape, generator=g) < 0.3) * 1.0
+    flat[1, 1, 1] = float("nan")
+    flat[1, -1, -1] = float("-inf")
+    flat[-1] = float("-inf")
+    return x
+
+
+MAX_CASES = [((3, 2, 1), (2, 4, 12, 12)), ((3, 2, 1), (2, 3, 11, 9)), ((2, 2, 0), (2, 3, 8, 8)),
+             ((3, 1, 1), (1, 3, 7, 6)), (((3, 2), (2, 1), (1, 0)), (2, 3, 9, 8)), ((3, 2, 0), (2, 3, 9, 9)),
+             ((3, 2, 1, 1, False, True), (2, 3, 10, 11)), ((2, 2, 0, 1, False, True), (2, 3, 7, 9)),
+             ((5, 3, 2), (1, 2, 5, 4)), ((3, 2, 1), (3, 6, 6))]
+
+
+@pytest.mark.parametrize("args,shape", MAX_CASES)
+def test_native_max_pool_equals_torch_bit_for_bit(args, shape, monkeypatch):
+    pool = nn.MaxPool2d(*args)
+    native = native_pool.NativeMaxPool2d.of(pool)
+    x = _max_adversarial(shape)
+    with torch.inference_mode():
+        assert native_pool.max_pool2d(native, x) is not None, "the native loop does not apply"
+        got, want = native(x), pool(x)
+    assert got.shape == want.shape
+    assert torch.equal(_bits(got), _bits(want))
+
+
+def test_max_pool_tie_of_signed_zeros_keeps_the_first_by_hand():
+    x = torch.tensor([[[[-0.0, 0.0], [0.0, -1.0]]], [[[0.0, -0.0], [-0.0, -1.0]]]])
+    with torch.inference_mode():
+        got = native_pool.NativeMaxPool2d(2)(x)
+    assert torch.equal(_bits(got.reshape(-1)), _bits(torch.tensor([-0.0, 0.0])))
+
+
+def test_torch_max_pool_runs_for_indices_and_dilation(monkeypatch):
+    monkeypatch.setattr(native_pool, "_loop", lambda *a: pytest.fail("native loop used"))
+    x = torch.randn(2, 3, 8, 8)
+    for pool in (nn.MaxPool2d(2, return_indices=True), nn.MaxPool2d(3, 1, dilation=2)):
+        native = native_pool.NativeMaxPool2d.of(pool)
+        got, want = native(x), pool(x)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)) if isinstance(want, tuple) else torch.equal(got, want)
+
+
 def test_install_swaps_only_plain_avg_pools_and_keeps_their_settings():
     class Custom(nn.AvgPool2d):
         pass
 
+    shared = nn.MaxPool2d(3, 2, 1, ceil_mode=True)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(3, 2, divisor_override=5),
-                          nn.Sequential(nn.ReLU(), nn.AvgPool2d(2)), Custom(2), nn.AdaptiveAvgPool2d(1))
+                          nn.Sequential(nn.ReLU(), nn.AvgPool2d(2)), Custom(2), nn.AdaptiveAvgPool2d(1), shared)
+    model.holder = nn.Module()
+    model.holder.fn = shared  # one module at two paths (as a graded unit holds its max pool)
     model[1].eval()
-    assert native_pool.install(model) == 2
+    assert native_pool.install(model) == 3
     assert type(model[1]) is native_pool.NativeAvgPool2d and type(model[2][1]) is native_pool.NativeAvgPool2d
     assert type(model[3]) is Custom and type(model[4]) is nn.AdaptiveAvgPool2d
     assert (model[1].kernel_size, model[1].stride, model[1].divisor_override) == (3, 2, 5)
     assert isinstance(model[1], nn.AvgPool2d) and not model[1].training
+    assert type(model[5]) is native_pool.NativeMaxPool2d and model.holder.fn is model[5]
+    assert (model[5].kernel_size, model[5].stride, model[5].padding, model[5].ceil_mode) == (3, 2, 1, True)
 
 
 def test_conversion_swaps_the_snn_pools_and_leaves_the_ann_alone(monkeypatch):
     from snnbench.methods.base import ConversionContext
+    from snnbench.methods.snn.graded import GradedUnit
     from snnbench.methods.snn.network import SimulatedNetwork
     from snnbench.methods.snn.stats import collect_stats
     from snnbench.plugins import create_method
 
     torch.manual_seed(0)
-    ann = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(4, 4, 3, padding=1),
+    ann = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(4, 4, 3, padding=1),
                         nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
     x = torch.rand(4, 1, 16, 16)
     method = create_method("dcgs", {})
     ctx = ConversionContext(T=4, example=x, device=x.device, calib_batches=lambda: iter([x]))
     snn = method.convert(ann, collect_stats(ann, [x], method.stat_kinds(ann, ctx)), ctx)
     assert isinstance(snn, SimulatedNetwork)
-    kinds = [type(m) for m in snn.net.modules() if isinstance(m, nn.AvgPool2d)]
-    assert kinds == [native_pool.NativeAvgPool2d] * 2
-    assert all(type(m) is nn.AvgPool2d for m in ann.modules() if isinstance(m, nn.AvgPool2d))
-    native_loop = native_pool.avg_pool2d
+    assert [type(m) for m in snn.net.modules() if isinstance(m, nn.AvgPool2d)] == [native_pool.NativeAvgPool2d]
+    graded = [m for m in snn.net.modules() if isinstance(m, GradedUnit)]
+    assert [type(m.fn) for m in graded] == [native_pool.NativeMaxPool2d]  # the max pool is a graded unit's function
+    assert all(type(m) in (nn.AvgPool2d, nn.MaxPool2d) for m in ann.modules() if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)))
+    loops = {"avg_pool2d": native_pool.avg_pool2d, "max_pool2d": native_pool.max_pool2d}
     ran = []
 
-    def counted(module, x):
-        y = native_loop(module, x)
-        ran.append(y is not None)
-        return y
+    def counted(name):
+        def run(module, x):
+            y = loops[name](module, x)
+            ran.append((name, y is not None))
+            return y
+        return run
 
     outputs = {}
-    for mode, loop in (("native", counted), ("torch", lambda module, x: None)):  # the same estimates bit for bit
-        monkeypatch.setattr(native_pool, "avg_pool2d", loop)
+    for mode in ("native", "torch"):  # the native loops on and off: the same estimates bit for bit
+        for name in loops:
+            monkeypatch.setattr(native_pool, name, counted(name) if mode == "native" else (lambda module, x: None))
         with torch.inference_mode():
             snn.reset()
             outputs[mode] = [y.clone() for y in snn.simulate(x, 4)]
-    assert ran and all(ran)
+    assert {name for name, used in ran if used} == set(loops) and all(used for _, used in ran)
     assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(outputs["native"], outputs["torch"]))

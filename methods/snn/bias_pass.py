@@ -11,8 +11,8 @@ state initialisation.
 
 The cache is used only where that argument holds: every stateful module is an engine neuron,
 graded or product unit (their frame 0 is a function of their input alone), every other module
-is a library layer (torch, torchvision, timm) in eval mode, and nothing watches single modules
-but the op counter, which declares its hooks (``frame_zero_blind_hooks``) because it ignores
+is a library layer (torch, torchvision, timm; or a native pool of native_pool.py) in eval mode,
+and nothing watches single modules but the op counter, which declares its hooks (``frame_zero_blind_hooks``) because it ignores
 frame 0. It is keyed by the input's shape, dtype and device, the autograd mode and the
 identity and version of every parameter and buffer outside the units (a unit's own buffers,
 such as its threshold, do not change its frame-0 output, zeros, and the replay runs the unit
@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from snnbench.methods.snn.frame import FUNCTIONAL_UNITS
 from snnbench.methods.snn.graded import AnalogOp
-from snnbench.methods.snn.native_pool import NativeAvgPool2d
+from snnbench.methods.snn.native_pool import NATIVE_MODULES
 from snnbench.methods.snn.units import StatefulUnit
 
 #: packages whose layers are stateless in eval mode
@@ -63,7 +63,7 @@ def replayable(net: nn.Module, blind_hooks: int) -> bool:
     for module in net.modules():
         hooks += len(module._forward_hooks) + len(module._forward_pre_hooks)
         kind = type(module)
-        if kind in FUNCTIONAL_UNITS or kind is AnalogOp or kind is NativeAvgPool2d:
+        if kind in FUNCTIONAL_UNITS or kind is AnalogOp or kind in NATIVE_MODULES:
             continue
         if isinstance(module, StatefulUnit) or not kind.__module__.startswith(LIBRARY_PACKAGES):
             return False
