@@ -444,3 +444,48 @@ def test_an_input_narrower_than_the_bias_pass_steps_from_materialised_views():
     fast, slow = (GradedUnit(F.gelu, coding="differential", fuse=fuse) for fuse in (True, False))
     _assert_identical(_graded_trace(fast, narrow), _graded_trace(slow, narrow))
     assert fast.acc[0].shape == xs[0].shape and not fast.initial_views
+
+
+def test_theta_layout_per_channel_only_where_it_varies_along_the_channels():
+    x = torch.zeros(SHAPE)
+    per_channel = native_layout.channel_layout(_theta(), x)
+    assert per_channel is not None and per_channel[1:] == (0, True)
+    assert torch.equal(per_channel[0], _theta().reshape(-1))
+    assert native_layout.channel_layout(_theta()[0], x) is not None  # [C, 1, 1]
+    assert native_layout.channel_layout(torch.tensor(0.5), x)[0].tolist() == [0.5] * SHAPE[1]
+    assert native_layout.channel_layout(torch.rand(1, *SHAPE[1:]), x) is None  # varies per position
+    assert native_layout.channel_layout(torch.rand(SHAPE[0], SHAPE[1], 1, 1), x) is None  # varies per sample
+    assert native_layout.channel_layout(torch.rand(1, 5), torch.zeros(3, 5)) is None  # two dimensions: rows
+
+
+@pytest.mark.parametrize("coding,rule,n,signed,floor,ceiling", [s for s in SIGNATURES if s[3] and s[5] is None])
+def test_per_position_theta_steps_bit_for_bit_by_the_row_loop(coding, rule, n, signed, floor, ceiling, monkeypatch):
+    """θ that varies per position (not per channel) takes the row loop, θ per channel the hoisted
+    one (a spy on the flag the kernel gets): both equal the eager step."""
+    flags = []
+    step = native_steps.step
+    monkeypatch.setattr(native_steps, "step", lambda sig, x, b, v, ei, eo, theta, *a: flags.append(len(theta) > 2)
+                        or step(sig, x, b, v, ei, eo, theta, *a))
+    for theta, hoisted in ((_theta() * (1 + torch.rand(1, 1, *SHAPE[2:], generator=torch.Generator().manual_seed(5))),
+                            False), (_theta(), True)):
+        xs = _inputs(theta)
+        flags.clear()
+        eager, native = (SpikingNeuron(theta, rule=rule, n=n, coding=coding, signed=signed, floor=floor,
+                                       ceiling=ceiling, fuse=fuse) for fuse in (False, True))
+        _assert_identical(_trace(eager, xs, True, True), _trace(native, xs, True, True))
+        assert flags and set(flags) == {hoisted}
+
+
+def test_per_channel_theta_on_a_strided_input_equals_the_contiguous_one():
+    """The gathering loop with θ per channel (kᵀ of attention, one θ per head) equals the
+    contiguous loop with the same θ as a row."""
+    signature = fused.StepSignature.of("differential", "mt", 8, True, None, None, count=True, positions=True)
+    _, kt = _attention_views(2)[1]
+    theta = torch.tensor([0.4, 0.7]).view(1, 2, 1, 1)
+    b = native_layout.row_layout(torch.randn(1, *kt.shape[1:]), kt)
+    results = []
+    for x, layout in ((kt, native_layout.channel_layout(theta, kt)), (kt.contiguous(), native_layout.row_layout(theta, kt))):
+        state = [torch.full(kt.shape, 0.1), torch.full(kt.shape, 0.2), torch.zeros(kt.shape)]
+        results.append([*native_steps.step(signature, x, b, *state, layout, 2.0), *state])
+    assert len(native_layout.channel_layout(theta, kt)) == 3
+    _assert_identical([results[0]], [results[1]])

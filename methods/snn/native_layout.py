@@ -66,6 +66,19 @@ def row_layout(full: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, in
     return expanded.contiguous(), like[0].numel()
 
 
+def channel_layout(full: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, int, bool] | None:
+    """``full`` (broadcastable to ``like``) as (one value per channel, 0, True) for the native step
+    when it varies along dimension 1 only (a per-channel θ of a conv layer) and ``like`` has three
+    or more dimensions; else None (:func:`row_layout` applies)."""
+    if like.ndim < 3:
+        return None
+    expanded = full.expand(like.shape)
+    varies_over_batch = like.shape[0] > 1 and expanded.stride(0) != 0
+    if varies_over_batch or any(expanded.stride(d) != 0 for d in range(2, like.ndim) if like.shape[d] > 1):
+        return None
+    return expanded[(0, slice(None)) + (0,) * (like.ndim - 2)].contiguous(), 0, True
+
+
 def clear() -> None:
     """Forget the loaded row check (tests; the library on disk stays)."""
     _ROWS.clear()

@@ -14,7 +14,8 @@ Here a step is one C function per :class:`~snnbench.methods.snn.fused.StepSignat
 from the signature's Python values (rule, n, signed, floor, ceiling, rooms, counting) and built
 once with the system C compiler into a cache directory; it walks the activation as
 ``[rows, channels, positions]`` (rows = samples), reads θ and b as one sample's row (row stride
-0) when they are the same for every sample, accumulates the counts and the hits per position in
+0) when they are the same for every sample (θ once per channel row where it is per channel),
+accumulates the counts and the hits per position in
 the same pass, and overwrites the state in place. The C expressions are the ones of
 :func:`fused.differential_step` / :func:`fused.rate_step` with MT selection by comparisons
 (:func:`~snnbench.methods.snn.quantizers.mt_fire_compare`), evaluated in the same order in
@@ -63,8 +64,8 @@ _TUNING_FLAGS = ["-march=native", "-mprefer-vector-width=512"]
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 #: rows, channels, outer, inner, x, its four strides, b, b_stride, v, e_in, e_out (rate: c_out), theta,
-#: theta_stride, t, s, counts, hits
-_ARGTYPES = [_I64] * 4 + [_P] + [_I64] * 4 + [_P, _I64, _P, _P, _P, _P, _I64, _F32, _P, _P, _P]
+#: theta_stride, theta_channel (θ is one value per channel: theta[c]), t, s, counts, hits
+_ARGTYPES = [_I64] * 4 + [_P] + [_I64] * 4 + [_P, _I64, _P, _P, _P, _P, _I64, _I64, _F32, _P, _P, _P]
 #: snn_first: the same with v0, v0_stride after b_stride (the state arrays are written only)
 _FIRST_ARGTYPES = _ARGTYPES[:11] + [_P, _I64] + _ARGTYPES[11:]
 
@@ -199,7 +200,10 @@ def _function(signature: StepSignature, first: bool) -> list[str]:
     with a unit inner stride as its own loop, which the compiler vectorises."""
     body, prologue = _body(signature, first)
     unit = [" " * 16 + line for line in body]
-    strided = [line.replace("x[i]", "x[i * x3]") for line in unit]
+    strided = [line.replace("x[i]", "x[i * x3]").replace("th_row[p]", "th_row[theta_channel ? 0 : p]") for line in unit]
+    # θ per channel (theta_channel): one value for the channel's whole row, so the thresholds it
+    # implies are computed once per row, not per element (a stream and ~2n ops less per element)
+    hoisted = [line.replace("th_row[p]", "th_c") for line in unit]
     loop = "for (int64_t i = 0; i < inner; ++i) {"
     return [
         f"void {'snn_first' if first else 'snn_step'}(int64_t rows, int64_t channels, int64_t outer, int64_t inner,",
@@ -207,7 +211,7 @@ def _function(signature: StepSignature, first: bool) -> list[str]:
         "              const float *restrict b, int64_t b_stride,",
         *(["              const float *restrict v0, int64_t v0_stride,"] if first else []),
         "              float *restrict v_all, float *restrict e_in_all, float *restrict e_out_all,",
-        "              const float *restrict theta, int64_t theta_stride, float t,",
+        "              const float *restrict theta, int64_t theta_stride, int64_t theta_channel, float t,",
         "              float *restrict s_all, int64_t *restrict counts, int64_t *restrict hits) {",
         *("    " + line for line in prologue),
         "    int64_t events = 0, units = 0;",
@@ -223,9 +227,14 @@ def _function(signature: StepSignature, first: bool) -> list[str]:
         "            float *restrict s_out = s_all + offset;",
         "            const float *restrict b_row = b ? b + r * b_stride + within : 0;",
         *(["            const float *restrict v0_row = v0 + r * v0_stride + within;"] if first else []),
-        "            const float *restrict th_row = theta + r * theta_stride + within;",
+        "            const float *restrict th_row = theta_channel ? theta + c : theta + r * theta_stride + within;",
         "            int64_t *restrict hits_row = hits ? hits + o * inner : 0;",
-        f"            if (x3 == 1) {{ {loop}",
+        "            if (x3 == 1 && theta_channel) {",
+        "                const float th_c = th_row[0];",
+        f"                {loop}",
+        "                const int64_t p = i;",
+        *hoisted,
+        f"            }} }} else if (x3 == 1) {{ {loop}",
         "                const int64_t p = i;",
         *unit,
         f"            }} }} else {{ {loop}",
@@ -347,7 +356,7 @@ def index_space(x: torch.Tensor, positions: bool) -> tuple[list[int], list[int]]
 
 
 def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] | None, v: torch.Tensor,
-         e_in: torch.Tensor | None, e_out: torch.Tensor | None, theta: tuple[torch.Tensor, int],
+         e_in: torch.Tensor | None, e_out: torch.Tensor | None, theta: tuple[torch.Tensor, int] | tuple[torch.Tensor, int, bool],
          t: float, v0: tuple[torch.Tensor, int] | None = None
          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run the step of ``signature`` in place (``v``, ``e_in``, ``e_out`` overwritten; rate coding:
@@ -356,10 +365,15 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
     two to four dimensions with any strides (:func:`index_space`), the state contiguous at x's
     shape. With ``v0`` (the initial potential, in the same layout) it is the first step from the
     initial state (v = v0, Ē_in = b, Ē_out = C = 0): ``v``, ``e_in``, ``e_out`` are only
-    written. Returns (s, counts [events, unit spikes] or None, hits per position or None); the
-    positions are ``x[0, 0].numel()`` for signatures with ``positions``."""
+    written. ``theta`` may be (θ per channel, 0, True) for an ``x`` of three or more dimensions
+    (:func:`~snnbench.methods.snn.native_layout.channel_layout`): the loop then walks channels
+    and reads θ once per channel row. Returns (s, counts [events, unit spikes] or None, hits per
+    position or None); the positions are ``x[0, 0].numel()`` for signatures with ``positions``."""
     fn = kernel(signature)
-    space = index_space(x, signature.positions)
+    per_channel = len(theta) > 2 and bool(theta[2])
+    if per_channel and x.ndim < 3:
+        raise ValueError("θ per channel needs an input of three or more dimensions")
+    space = index_space(x, signature.positions or per_channel)
     if fn is None or space is None:
         raise RuntimeError(f"native step {signature.tag()} unavailable for this input")
     shape, strides = space
@@ -371,7 +385,7 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
     if v0 is not None:
         fn = _FIRST[_key(signature)]
         head += [v0[0].data_ptr(), v0[1]]
-    fn(*head, v.data_ptr(), pointer(e_in), pointer(e_out), theta[0].data_ptr(), theta[1], float(t), s.data_ptr(),
+    fn(*head, v.data_ptr(), pointer(e_in), pointer(e_out), theta[0].data_ptr(), theta[1], int(per_channel), float(t), s.data_ptr(),
        pointer(counts), pointer(hits))
     return s, counts, hits
 

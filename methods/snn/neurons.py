@@ -256,12 +256,14 @@ class SpikingNeuron(StatefulUnit):
             cached = self._theta_flat = (key, flat)
         return cached[1]
 
-    def _row_theta(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """θ for the native step: one sample's row with row stride 0 (θ does not vary over the
-        batch), cached like :meth:`_flat_theta` (:func:`native_layout.row_layout`)."""
+    def _row_theta(self, x: torch.Tensor) -> tuple:
+        """θ for the native step: one value per channel where θ varies along the channels only
+        (:func:`native_layout.channel_layout`), else one sample's row with row stride 0 (θ does
+        not vary over the batch; :func:`native_layout.row_layout`), cached like :meth:`_flat_theta`."""
         key, cached = self._theta_key(x), self._theta_row
         if cached is None or cached[0] != key:
-            cached = self._theta_row = (key, native_layout.row_layout(self.theta.to(x.dtype), x))
+            theta = self.theta.to(x.dtype)
+            cached = self._theta_row = (key, native_layout.channel_layout(theta, x) or native_layout.row_layout(theta, x))
         return cached[1]
 
     def _full_b(self, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
