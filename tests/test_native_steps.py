@@ -484,8 +484,9 @@ def test_per_channel_theta_on_a_strided_input_equals_the_contiguous_one():
     theta = torch.tensor([0.4, 0.7]).view(1, 2, 1, 1)
     b = native_layout.row_layout(torch.randn(1, *kt.shape[1:]), kt)
     results = []
-    for x, layout in ((kt, native_layout.channel_layout(theta, kt)), (kt.contiguous(), native_layout.row_layout(theta, kt))):
+    per_head = (theta.reshape(-1).contiguous(), 0, True)  # channel_layout keeps strided inputs on rows
+    assert native_layout.channel_layout(theta, kt) is None and native_layout.channel_layout(theta, kt.contiguous())
+    for x, layout in ((kt, per_head), (kt.contiguous(), native_layout.row_layout(theta, kt))):
         state = [torch.full(kt.shape, 0.1), torch.full(kt.shape, 0.2), torch.zeros(kt.shape)]
         results.append([*native_steps.step(signature, x, b, *state, layout, 2.0), *state])
-    assert len(native_layout.channel_layout(theta, kt)) == 3
     _assert_identical([results[0]], [results[1]])

@@ -68,9 +68,11 @@ def row_layout(full: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, in
 
 def channel_layout(full: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, int, bool] | None:
     """``full`` (broadcastable to ``like``) as (one value per channel, 0, True) for the native step
-    when it varies along dimension 1 only (a per-channel θ of a conv layer) and ``like`` has three
-    or more dimensions; else None (:func:`row_layout` applies)."""
-    if like.ndim < 3:
+    when it varies along dimension 1 only (a per-channel θ of a conv layer) and ``like`` is a
+    contiguous tensor of three or more dimensions; else None (:func:`row_layout` applies). A
+    strided ``like`` keeps the row layout: attention's q read in place (64x4x17x24, 24-wide rows)
+    stepped 2x slower with θ per head than with θ as a row (BENCHMARKS.md §1)."""
+    if like.ndim < 3 or not like.is_contiguous():
         return None
     expanded = full.expand(like.shape)
     varies_over_batch = like.shape[0] > 1 and expanded.stride(0) != 0

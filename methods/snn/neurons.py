@@ -260,7 +260,7 @@ class SpikingNeuron(StatefulUnit):
         """θ for the native step: one value per channel where θ varies along the channels only
         (:func:`native_layout.channel_layout`), else one sample's row with row stride 0 (θ does
         not vary over the batch; :func:`native_layout.row_layout`), cached like :meth:`_flat_theta`."""
-        key, cached = self._theta_key(x), self._theta_row
+        key, cached = (*self._theta_key(x), x.is_contiguous()), self._theta_row
         if cached is None or cached[0] != key:
             theta = self.theta.to(x.dtype)
             cached = self._theta_row = (key, native_layout.channel_layout(theta, x) or native_layout.row_layout(theta, x))
