@@ -461,7 +461,8 @@ def test_theta_layout_per_channel_only_where_it_varies_along_the_channels():
 @pytest.mark.parametrize("coding,rule,n,signed,floor,ceiling", [s for s in SIGNATURES if s[3] and s[5] is None])
 def test_per_position_theta_steps_bit_for_bit_by_the_row_loop(coding, rule, n, signed, floor, ceiling, monkeypatch):
     """θ that varies per position (not per channel) takes the row loop, θ per channel the hoisted
-    one (a spy on the flag the kernel gets): both equal the eager step."""
+    one where the step counts positions (a spy on the flag the kernel gets): both equal the eager
+    step, and without positions θ per channel stays a row."""
     flags = []
     step = native_steps.step
     monkeypatch.setattr(native_steps, "step", lambda sig, x, b, v, ei, eo, theta, *a: flags.append(len(theta) > 2)
@@ -474,6 +475,9 @@ def test_per_position_theta_steps_bit_for_bit_by_the_row_loop(coding, rule, n, s
                                        ceiling=ceiling, fuse=fuse) for fuse in (False, True))
         _assert_identical(_trace(eager, xs, True, True), _trace(native, xs, True, True))
         assert flags and set(flags) == {hoisted}
+        flags.clear()
+        _assert_identical(_trace(eager, xs, True, False), _trace(native, xs, True, False))
+        assert flags and set(flags) == {False}
 
 
 def test_per_channel_theta_on_a_strided_input_equals_the_contiguous_one():

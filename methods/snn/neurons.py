@@ -256,14 +256,17 @@ class SpikingNeuron(StatefulUnit):
             cached = self._theta_flat = (key, flat)
         return cached[1]
 
-    def _row_theta(self, x: torch.Tensor) -> tuple:
-        """θ for the native step: one value per channel where θ varies along the channels only
-        (:func:`native_layout.channel_layout`), else one sample's row with row stride 0 (θ does
-        not vary over the batch; :func:`native_layout.row_layout`), cached like :meth:`_flat_theta`."""
-        key, cached = (*self._theta_key(x), x.is_contiguous()), self._theta_row
+    def _row_theta(self, x: torch.Tensor, positions: bool) -> tuple:
+        """θ for the native step: with ``positions`` (the loop walks channel rows anyway) one value
+        per channel where θ varies along the channels only (:func:`native_layout.channel_layout`),
+        else one sample's row with row stride 0 (θ does not vary over the batch;
+        :func:`native_layout.row_layout`), cached like :meth:`_flat_theta`. Without positions
+        the flat loop is faster (64x4x24x17: 130 vs 157 µs; BENCHMARKS.md §1)."""
+        key, cached = (*self._theta_key(x), x.is_contiguous(), positions), self._theta_row
         if cached is None or cached[0] != key:
             theta = self.theta.to(x.dtype)
-            cached = self._theta_row = (key, native_layout.channel_layout(theta, x) or native_layout.row_layout(theta, x))
+            per_channel = native_layout.channel_layout(theta, x) if positions else None
+            cached = self._theta_row = (key, per_channel or native_layout.row_layout(theta, x))
         return cached[1]
 
     def _full_b(self, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -301,7 +304,7 @@ class SpikingNeuron(StatefulUnit):
             v, e_in, e_out = (torch.empty(x.shape, dtype=x.dtype) if a is not None else None for a in (v, e_in, e_out))
             state = (b, v, e_in, e_out) if differential else (v, e_out)
             self.initial_views = False
-        s, counts, hits = native_steps.step(signature, x, b_row, v, e_in, e_out, self._row_theta(x), t, v0)
+        s, counts, hits = native_steps.step(signature, x, b_row, v, e_in, e_out, self._row_theta(x, signature.positions), t, v0)
         self.last_hits = hits.view(x.shape[2:]) if hits is not None else None
         return (s, *state[1:], counts) if differential else (s, *state, counts)
 
