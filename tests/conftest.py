@@ -75,6 +75,25 @@ def _restore_logging():
 
 
 @pytest.fixture
+def native_loops(tmp_path_factory, monkeypatch):
+    """One torch thread (the native C loops run only there), the loops built into a per-session
+    directory, and every loaded or failed loop forgotten before and after the test."""
+    from snnbench.methods.snn import native_graded, native_layout, native_pool, native_steps
+
+    modules = (native_steps, native_graded, native_layout, native_pool)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv(native_steps.DIR_ENV, str(tmp_path_factory.getbasetemp() / "native"))
+    monkeypatch.delenv(native_steps.NATIVE_ENV, raising=False)
+    for module in modules:
+        module.clear()
+    yield
+    for module in modules:
+        module.clear()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def plugin_site(tmp_path_factory, monkeypatch):
     """The faulty test methods (tests/plugins/faulty_methods.py: broken, sleepy, dies_once,
     swallower) registered through an entry-point dist-info, as a third party would; the site

@@ -14,16 +14,9 @@ from snnbench.methods.snn import native_pool, native_steps
 
 
 @pytest.fixture(autouse=True)
-def one_thread(tmp_path_factory, monkeypatch):
-    """The native pool runs on one torch thread; loops are built into a per-session directory."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv(native_steps.DIR_ENV, str(tmp_path_factory.getbasetemp() / "native"))
-    monkeypatch.delenv(native_steps.NATIVE_ENV, raising=False)
-    native_pool.clear()
+def one_thread(native_loops):
+    """Every test here runs with the native loops on one torch thread (conftest.native_loops)."""
     yield
-    native_pool.clear()
-    torch.set_num_threads(threads)
 
 
 def _bits(a: torch.Tensor) -> torch.Tensor:

@@ -19,20 +19,9 @@ SHAPE = (3, 4, 5, 6)
 
 
 @pytest.fixture(autouse=True)
-def one_thread(tmp_path_factory, monkeypatch):
-    """Native steps run on one torch thread; kernels are built into a per-session directory."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv(native_steps.DIR_ENV, str(tmp_path_factory.getbasetemp() / "native"))
-    monkeypatch.delenv(native_steps.NATIVE_ENV, raising=False)
-    native_steps.clear()
-    native_graded.clear()
-    native_layout.clear()
+def one_thread(native_loops):
+    """Every test here runs with the native loops on one torch thread (conftest.native_loops)."""
     yield
-    native_steps.clear()
-    native_graded.clear()
-    native_layout.clear()
-    torch.set_num_threads(threads)
 
 
 def _theta() -> torch.Tensor:

@@ -170,6 +170,15 @@ def pool_usable(module: nn.AvgPool2d, x: torch.Tensor) -> bool:
     return x.shape[-2] >= kernel[0] and x.shape[-1] >= kernel[1] and x.numel() > 0
 
 
+def _output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """torch's pooling output size (dilation 1): floor or ceil, the last window starting inside
+    the input or its left padding."""
+    out = -(-(size + 2 * padding - kernel) // stride) + 1 if ceil_mode else (size + 2 * padding - kernel) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
 def avg_pool2d(module: nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor | None:
     """``module(x)`` by the native loop, or None where it does not apply (:func:`pool_usable`)."""
     if not pool_usable(module, x):
@@ -179,34 +188,33 @@ def avg_pool2d(module: nn.AvgPool2d, x: torch.Tensor) -> torch.Tensor | None:
     if fn is None:
         return None
     height, width = x.shape[-2:]
-    out_h, out_w = (height - kernel[0]) // stride[0] + 1, (width - kernel[1]) // stride[1] + 1
+    out_h, out_w = (_output_size(n, k, s, 0, False) for n, k, s in zip((height, width), kernel, stride))
     y = torch.empty((*x.shape[:-2], out_h, out_w), dtype=x.dtype)
     divisor = module.divisor_override or kernel[0] * kernel[1]
     fn(x.numel() // (height * width), height, width, out_h, out_w, x.data_ptr(), y.data_ptr(), float(divisor))
     return y
 
 
-class NativeAvgPool2d(nn.AvgPool2d):
-    """``nn.AvgPool2d`` that runs the native loop where it applies (module docstring), torch's
-    kernel everywhere else; the same values either way."""
+class _NativeForward:
+    """The forward of a native pool: its loop (``native``) where it applies, else the torch
+    module's own forward (the next class in the MRO); the same values either way."""
+
+    native: Callable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = avg_pool2d(self, x)
+        y = type(self).native(self, x)
         return y if y is not None else super().forward(x)
+
+
+class NativeAvgPool2d(_NativeForward, nn.AvgPool2d):
+    """``nn.AvgPool2d`` that runs the native loop where it applies (module docstring)."""
+
+    native = staticmethod(lambda module, x: avg_pool2d(module, x))  # looked up per call (tests replace it)
 
     @classmethod
     def of(cls, pool: nn.AvgPool2d) -> "NativeAvgPool2d":
         return cls(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, pool.count_include_pad,
                    pool.divisor_override)
-
-
-def _output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
-    """torch's pooling output size (dilation 1): floor or ceil, the last window starting inside
-    the input or its left padding."""
-    out = -(-(size + 2 * padding - kernel) // stride) + 1 if ceil_mode else (size + 2 * padding - kernel) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
 
 
 def max_pool2d(module: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor | None:
@@ -230,13 +238,10 @@ def max_pool2d(module: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor | None:
     return y
 
 
-class NativeMaxPool2d(nn.MaxPool2d):
-    """``nn.MaxPool2d`` that runs the native loop where it applies (module docstring), torch's
-    kernel everywhere else; the same values either way."""
+class NativeMaxPool2d(_NativeForward, nn.MaxPool2d):
+    """``nn.MaxPool2d`` that runs the native loop where it applies (module docstring)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = max_pool2d(self, x)
-        return y if y is not None else super().forward(x)
+    native = staticmethod(lambda module, x: max_pool2d(module, x))
 
     @classmethod
     def of(cls, pool: nn.MaxPool2d) -> "NativeMaxPool2d":
