@@ -192,7 +192,7 @@ GRADED_FUNCTIONS = {"layer_norm": lambda x: F.layer_norm(x, x.shape[-1:]), "soft
 @pytest.mark.parametrize("name", sorted(GRADED_FUNCTIONS))
 def test_native_graded_updates_equal_the_eager_step_bit_for_bit(coding, name, monkeypatch):
     calls = []
-    for fn_name in ("differential_inputs", "graded_output", "first_inputs"):
+    for fn_name in ("differential_inputs", "graded_output", "first_inputs", "rate_inputs"):
         real = getattr(native_graded, fn_name)
         monkeypatch.setattr(native_graded, fn_name, lambda *a, real=real, n=fn_name, **k: calls.append(n) or real(*a, **k))
     g = torch.Generator().manual_seed(5)
@@ -201,13 +201,13 @@ def test_native_graded_updates_equal_the_eager_step_bit_for_bit(coding, name, mo
     _assert_identical(_graded_trace(fast, xs), _graded_trace(slow, xs))
     if coding == "differential":  # step 1 from the bias pass's views, then one-pass updates and increments
         assert calls == ["first_inputs"] + ["differential_inputs", "graded_output"] * (len(xs) - 2)
-    else:
-        assert calls == ["graded_output"] * (len(xs) - 1)
+    else:  # S += x with S/t in one pass, then the increment, every step after the first
+        assert calls == ["rate_inputs", "graded_output"] * (len(xs) - 1)
 
 
 def test_native_product_updates_equal_the_eager_step_bit_for_bit(monkeypatch):
     calls = []
-    for fn_name in ("differential_inputs", "first_inputs"):
+    for fn_name in ("differential_inputs", "first_inputs", "rate_inputs"):
         real = getattr(native_graded, fn_name)
         monkeypatch.setattr(native_graded, fn_name, lambda *a, real=real, n=fn_name: calls.append(n) or real(*a))
     g = torch.Generator().manual_seed(6)
@@ -220,10 +220,14 @@ def test_native_product_updates_equal_the_eager_step_bit_for_bit(monkeypatch):
             outs = [unit(x.clone(), y.clone()).clone() for x, y in zip(xs, ys)]
         return [outs, list(unit.acc), [unit.last]]
 
-    fast, slow = (ProductUnit(torch.matmul, coding="differential", fuse=fuse) for fuse in (True, False))
-    _assert_identical(trace(fast), trace(slow))
-    # both operands of every step after the bias pass (step 1: from the bias pass's views)
-    assert calls == ["first_inputs"] * 2 + ["differential_inputs"] * 2 * (len(xs) - 2)
+    for coding in ("differential", "rate"):
+        calls.clear()
+        fast, slow = (ProductUnit(torch.matmul, coding=coding, fuse=fuse) for fuse in (True, False))
+        _assert_identical(trace(fast), trace(slow))
+        if coding == "differential":  # both operands of every step after the bias pass (step 1: from its views)
+            assert calls == ["first_inputs"] * 2 + ["differential_inputs"] * 2 * (len(xs) - 2)
+        else:  # both operands of every step after the first
+            assert calls == ["rate_inputs"] * 2 * (len(xs) - 1)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "batched-2d"])

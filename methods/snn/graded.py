@@ -130,9 +130,13 @@ class GradedUnit(StatefulUnit):
                 or not can_overwrite((*xs, *acc), tuple(range(len(xs), 2 * len(xs)))):
             return None
         if self.coding == "rate":
-            for x, a in zip(xs, acc):
-                a.add_(x)
-            now = self._call(args, kwargs, [a / t for a in acc])
+            if native:  # S += x and S/t in one pass per operand
+                means = [native_graded.rate_inputs(x, a, t) for x, a in zip(xs, acc)]
+            else:
+                for x, a in zip(xs, acc):
+                    a.add_(x)
+                means = [a / t for a in acc]
+            now = self._call(args, kwargs, means)
             if native and native_graded.graded_usable([now, self.last]):  # one pass: now·t - last·(t - 1)
                 out = native_graded.graded_output(now, self.last, t, rate=True)
             else:

@@ -5,7 +5,8 @@ compiler, flags and cache directory, ``SNNBENCH_NATIVE=0`` switches them off), u
 :meth:`~snnbench.methods.snn.graded.GradedUnit._in_place_step` and the product units' op count:
 
 * E += (x - b)/t in one pass over x, b and E (the eager in-place form takes three: d = x - b;
-  d /= t; E += d) and the emitted increment (now - last)·t, or now·t - last·(t - 1) for rate
+  d /= t; E += d), rate coding's S += x with the decoded input S/t in one pass instead of two,
+  and the emitted increment (now - last)·t, or now·t - last·(t - 1) for rate
   coding, in one pass instead of two or three; the same float32 operations in the same order,
   so bit-identical (tests/test_native_steps.py);
 * a product's op count (:func:`~snnbench.methods.snn.graded_kernels.matmul_pair_ops`, exact
@@ -48,6 +49,14 @@ void first_inputs(int64_t rows, int64_t size, const float *restrict x, const flo
             const float d = (x[j] - base) / t;
             acc[j] = base + d;
         }
+}
+/* rate coding's inputs: S += x, and the decoded input S/t written to a fresh array */
+void rate_inputs(int64_t n, const float *restrict x, float *restrict acc, float *restrict mean, float t) {
+    for (int64_t i = 0; i < n; ++i) {
+        const float sum = acc[i] + x[i];
+        acc[i] = sum;
+        mean[i] = sum / t;
+    }
 }
 void differential_output(int64_t n, const float *restrict now, const float *restrict last, float t,
                          float *restrict out) {
@@ -104,6 +113,7 @@ def graded_library() -> ctypes.CDLL | None:
     try:
         library = ctypes.CDLL(str(_build(GRADED_SOURCE)))
         library.differential_inputs.argtypes = library.first_inputs.argtypes = [_I64, _I64, _P, _P, _I64, _P, _F32]
+        library.rate_inputs.argtypes = [_I64, _P, _P, _P, _F32]
         library.differential_output.argtypes = [_I64, _P, _P, _F32, _P]
         library.rate_output.argtypes = [_I64, _P, _P, _F32, _F32, _P]
         library.matmul_pair_ops.argtypes = [_I64] * 4 + [_P, _I64, _I64, _I64] * 4 + [_P, _P]
@@ -156,6 +166,14 @@ def first_inputs(x: torch.Tensor, b: torch.Tensor, t: int) -> torch.Tensor:
     rows, size, b_stride = rows_of(x, b)
     graded_library().first_inputs(rows, size, x.data_ptr(), b.data_ptr(), b_stride, acc.data_ptr(), float(t))
     return acc
+
+
+def rate_inputs(x: torch.Tensor, acc: torch.Tensor, t: int) -> torch.Tensor:
+    """Rate coding's S += x in place and S/t in a fresh tensor, one pass (the eager form's
+    ``S.add_(x)`` then ``S / t``; :func:`graded_usable` x and S)."""
+    mean = torch.empty_like(acc)
+    graded_library().rate_inputs(acc.numel(), x.data_ptr(), acc.data_ptr(), mean.data_ptr(), float(t))
+    return mean
 
 
 def graded_output(now: torch.Tensor, last: torch.Tensor, t: int, rate: bool) -> torch.Tensor:
