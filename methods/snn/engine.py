@@ -15,6 +15,7 @@ from torch import nn
 
 from snnbench.methods.base import ConversionContext, ConversionMethod, SpikingModel
 from snnbench.methods.settings import SettingsError
+from snnbench.methods.snn import input_norm
 from snnbench.methods.snn.fused import resolve_fuse
 from snnbench.methods.snn.generalized_thresholds import generalized_threshold_iteration
 from snnbench.methods.snn.graded import GradedUnit, ProductUnit
@@ -232,6 +233,8 @@ class EngineMethod(ConversionMethod[EngineSettings]):
                        "statistic": statistic,
                        "theta_mean": float(torch.stack([t.float().mean() for t in thetas.values()]).mean())
                        if thetas else 0.0}
+        if fuse and not self.compile_frame():  # conv -> BatchNorm -> neuron: the neuron's native step normalises
+            input_norm.install(net)
         snn = self.make_network(net.eval(), coding, description).to(ctx.device)
         snn.compile_frame = self.compile_frame()
         return snn, graph, unit_paths

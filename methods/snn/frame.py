@@ -223,6 +223,8 @@ def structural_obstacle(gm: fx.GraphModule) -> str | None:
             return f"{node.target} ({type(unit).__name__}) has no functional step"
         if isinstance(unit, SpikingNeuron) and unit.kernel == "triton":
             return f"{node.target} asks for the Triton kernel (kernel=triton)"
+        if isinstance(unit, SpikingNeuron) and unit.input_norm:
+            return f"{node.target} applies a folded BatchNorm itself (methods/snn/input_norm.py)"
         if node.target in seen:
             return f"{node.target} is called more than once per frame"
         seen.add(node.target)

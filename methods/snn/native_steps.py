@@ -65,8 +65,9 @@ _TUNING_FLAGS = ["-march=native", "-mprefer-vector-width=512"]
 
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 #: rows, channels, outer, inner, x, its four strides, b, b_stride, v, e_in, e_out (rate: c_out), theta,
-#: theta_stride, theta_channel (θ is one value per channel: theta[c]), t, s, counts, hits
-_ARGTYPES = [_I64] * 4 + [_P] + [_I64] * 4 + [_P, _I64, _P, _P, _P, _P, _I64, _I64, _F32, _P, _P, _P]
+#: theta_stride, theta_channel (θ is one value per channel: theta[c]), t, s, counts, hits, and the
+#: input's per-channel affine terms alpha, beta (read by the ``affine`` variant only)
+_ARGTYPES = [_I64] * 4 + [_P] + [_I64] * 4 + [_P, _I64, _P, _P, _P, _P, _I64, _I64, _F32, _P, _P, _P, _P, _P]
 #: snn_first: the same with v0, v0_stride after b_stride (the state arrays are written only)
 _FIRST_ARGTYPES = _ARGTYPES[:11] + [_P, _I64] + _ARGTYPES[11:]
 
@@ -109,8 +110,8 @@ def reads_in_place(x: torch.Tensor) -> bool:
             and not x.requires_grad and enabled() and torch.get_num_threads() == 1)
 
 
-def _key(signature: StepSignature) -> tuple:
-    return signature, quantizers.MT_BOUNDARY
+def _key(signature: StepSignature, affine: bool = False) -> tuple:
+    return signature, quantizers.MT_BOUNDARY, affine
 
 
 def cache_dir() -> Path:
@@ -165,15 +166,16 @@ def _build(code: str) -> Path:
         raise RuntimeError(f"{cc} failed: {errors}")
 
 
-def kernel(signature: StepSignature) -> Callable | None:
-    """The loaded step of ``signature``, building it on first use; None (and one warning) when
-    it cannot be built here."""
-    key = _key(signature)
+def kernel(signature: StepSignature, affine: bool = False) -> Callable | None:
+    """The loaded step of ``signature`` (``affine``: the variant that reads its input through a
+    per-channel affine map, methods/snn/input_norm.py), building it on first use; None (and one
+    warning) when it cannot be built here."""
+    key = _key(signature, affine)
     fn = _LOADED.get(key)
     if fn is not None or key in _FAILED:
         return fn
     try:
-        library = ctypes.CDLL(str(_build(source(signature))))
+        library = ctypes.CDLL(str(_build(source(signature, affine))))
     except Exception as exc:  # no compiler, a refused flag set, an unwritable cache: run inductor instead
         log.warning("the native %s neuron step could not be built (%s); using the inductor kernel "
                     "(identical results). Set %s=0 to skip it.", signature.tag(), exc, NATIVE_ENV)
@@ -207,7 +209,8 @@ def index_space(x: torch.Tensor, positions: bool) -> tuple[list[int], list[int]]
 
 def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] | None, v: torch.Tensor,
          e_in: torch.Tensor | None, e_out: torch.Tensor | None, theta: tuple[torch.Tensor, int] | tuple[torch.Tensor, int, bool],
-         t: float, v0: tuple[torch.Tensor, int] | None = None
+         t: float, v0: tuple[torch.Tensor, int] | None = None,
+         affine: tuple[torch.Tensor, torch.Tensor] | None = None
          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run the step of ``signature`` in place (``v``, ``e_in``, ``e_out`` overwritten; rate coding:
     ``e_out`` is C, ``e_in`` None); ``b`` and ``theta`` as
@@ -217,13 +220,18 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
     initial state (v = v0, Ē_in = b, Ē_out = C = 0): ``v``, ``e_in``, ``e_out`` are only
     written. ``theta`` may be (θ per channel, 0, True) for an ``x`` of three or more dimensions
     (:func:`~snnbench.methods.snn.native_layout.channel_layout`): the loop then walks channels
-    and reads θ once per channel row. Returns (s, counts [events, unit spikes] or None, hits per
-    position or None); the positions are ``x[0, 0].numel()`` for signatures with ``positions``."""
-    fn = kernel(signature)
+    and reads θ once per channel row. With ``affine`` = (alpha, beta), one float32 value per channel
+    each, the step's input is ``fmaf(x, alpha[c], beta[c])`` (an eval-mode BatchNorm folded in,
+    methods/snn/input_norm.py; ``x`` contiguous, of three or more dimensions). Returns (s, counts
+    [events, unit spikes] or None, hits per position or None); the positions are ``x[0, 0].numel()``
+    for signatures with ``positions``."""
+    fn = kernel(signature, affine is not None)
     per_channel = len(theta) > 2 and bool(theta[2])
-    if per_channel and x.ndim < 3:
-        raise ValueError("θ per channel needs an input of three or more dimensions")
-    space = index_space(x, signature.positions or per_channel)
+    if (per_channel or affine is not None) and x.ndim < 3:
+        raise ValueError("θ per channel and an input affine map need an input of three or more dimensions")
+    if affine is not None and not x.is_contiguous():
+        raise ValueError("an input affine map needs a contiguous input")
+    space = index_space(x, signature.positions or per_channel or affine is not None)
     if fn is None or space is None:
         raise RuntimeError(f"native step {signature.tag()} unavailable for this input")
     shape, strides = space
@@ -233,10 +241,10 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
     pointer = lambda a: a.data_ptr() if a is not None else None  # noqa: E731
     head = [*shape, x.data_ptr(), *strides, pointer(b[0]) if b else None, b[1] if b else 0]
     if v0 is not None:
-        fn = _FIRST[_key(signature)]
+        fn = _FIRST[_key(signature, affine is not None)]
         head += [v0[0].data_ptr(), v0[1]]
     fn(*head, v.data_ptr(), pointer(e_in), pointer(e_out), theta[0].data_ptr(), theta[1], int(per_channel), float(t), s.data_ptr(),
-       pointer(counts), pointer(hits))
+       pointer(counts), pointer(hits), *(pointer(a) for a in (affine or (None, None))))
     return s, counts, hits
 
 

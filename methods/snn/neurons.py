@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from snnbench.methods.snn import fused, native_layout, native_steps
+from snnbench.methods.snn import fused, input_norm, native_layout, native_steps
 from snnbench.methods.snn.units import Coding, StatefulUnit, step_scalar
 
 
@@ -92,6 +92,8 @@ class SpikingNeuron(StatefulUnit):
         #: every step (bias correction) and a replacement initial potential (potential correction)
         self.register_buffer("input_bias", None)
         self.register_buffer("v_init", None)
+        #: (the BatchNorm2d feeding this neuron,) once input_norm.install folded it in, else ()
+        self.input_norm: tuple[nn.Module, ...] = ()
         for name in ("v", "b", "e_in", "e_out", "c_out"):
             self.register_state(name)
         self._theta_flat: tuple[tuple, torch.Tensor] | None = None
@@ -169,6 +171,9 @@ class SpikingNeuron(StatefulUnit):
             self.v_init = v_init.detach().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        affine = input_norm.pending(self, x) if self.input_norm else None  # folded into the native step
+        if self.input_norm and affine is None:
+            x = self.input_norm[0](x)
         if self.input_bias is not None:
             x = x + self.input_bias
         if self.fuse and not x.is_contiguous() and not (self.v is not None and native_steps.reads_in_place(x)):
@@ -176,8 +181,8 @@ class SpikingNeuron(StatefulUnit):
             # copied, except where the native step reads them in place (after the first frame)
             x = x.contiguous()
         if self.coding == "rate":
-            return self._rate_step(x)
-        return self._differential_step(x)
+            return self._rate_step(x, affine)
+        return self._differential_step(x, affine)
 
     # -- the functional step (methods/snn/frame.py) -------------------------------------------
     def frame_state(self) -> tuple[torch.Tensor, ...]:
@@ -191,6 +196,7 @@ class SpikingNeuron(StatefulUnit):
         """A step t >= 1 (after differential coding's bias pass / rate coding's first step) through
         the same step function of fused.py that :meth:`forward` runs (here on shaped tensors and
         without counts): inside a compiled network frame, inductor fuses it with its neighbours."""
+        x = self.input_norm[0](x) if self.input_norm else x
         if self.input_bias is not None:
             x = x + self.input_bias
         step = fused.step_function(self.coding)
@@ -279,7 +285,8 @@ class SpikingNeuron(StatefulUnit):
             cached = self._b_full = (id(b), b.expand(x.shape).contiguous())
         return cached[1]
 
-    def _native_run(self, signature: fused.StepSignature, x: torch.Tensor, state: tuple) -> tuple | None:
+    def _native_run(self, signature: fused.StepSignature, x: torch.Tensor, state: tuple, affine: tuple | None = None
+                    ) -> tuple | None:
         """The step in the native C loop (:mod:`native_steps`), state overwritten in place;
         returns what :meth:`_run` returns, or None where the native step does not apply."""
         differential = self.coding == "differential"
@@ -295,7 +302,7 @@ class SpikingNeuron(StatefulUnit):
                 or (strided and not native_steps.reads_in_place(x)) \
                 or any(a is not None and a.shape != x.shape for a in (v, e_in, e_out)) \
                 or not fused.can_overwrite((x, b, *mutated), tuple(range(2, 2 + len(mutated)))) \
-                or native_steps.kernel(signature) is None:
+                or native_steps.kernel(signature, affine is not None) is None:
             return None
         b_row = native_layout.row_layout(b, x) if b is not None else None
         t = self.t if self.coding == "rate" else self.t - 1
@@ -304,17 +311,19 @@ class SpikingNeuron(StatefulUnit):
             v, e_in, e_out = (torch.empty(x.shape, dtype=x.dtype) if a is not None else None for a in (v, e_in, e_out))
             state = (b, v, e_in, e_out) if differential else (v, e_out)
             self.initial_views = False
-        s, counts, hits = native_steps.step(signature, x, b_row, v, e_in, e_out, self._row_theta(x, signature.positions), t, v0)
+        s, counts, hits = native_steps.step(signature, x, b_row, v, e_in, e_out, self._row_theta(x, signature.positions), t, v0,
+                                            affine)
         self.last_hits = hits.view(x.shape[2:]) if hits is not None else None
         return (s, *state[1:], counts) if differential else (s, *state, counts)
 
-    def _run(self, x: torch.Tensor, *state: torch.Tensor | None, theta_position: int) -> tuple:
+    def _run(self, x: torch.Tensor, *state: torch.Tensor | None, theta_position: int, affine: tuple | None = None) -> tuple:
         """One step through :func:`fused.run_step`: eager on ``x``-shaped tensors, fused on flat
         views of them; returns (s, *new state, counts), the tensors shaped like ``x``."""
         signature = self._signature(positions=self.count_positions and x.ndim >= 3)
         positions = x[0, 0].numel() if signature.positions else None
-        if self.fuse and (native := self._native_run(signature, x, state)) is not None:
+        if self.fuse and (native := self._native_run(signature, x, state, affine)) is not None:
             return native
+        x = self.input_norm[0](x) if affine is not None else x  # not folded after all: torch's kernel
         if self.initial_views:  # the initial views become tensors (this step may overwrite them)
             self._materialized()
             state = (self.b, self.v, self.e_in, self.e_out) if self.coding == "differential" else (self.v, self.c_out)
@@ -340,7 +349,7 @@ class SpikingNeuron(StatefulUnit):
         t = self.t if self.coding == "rate" else self.t - 1
         return step_scalar(t)  # a CPU scalar: no host-to-device copy (or sync) per step
 
-    def _rate_step(self, x: torch.Tensor) -> torch.Tensor:
+    def _rate_step(self, x: torch.Tensor, affine: tuple | None = None) -> torch.Tensor:
         self.t += 1
         if self.v is None:
             if self._initial_views_apply(x):
@@ -352,11 +361,11 @@ class SpikingNeuron(StatefulUnit):
         self.last_counts = self.last_hits = None
         if self._use_triton(x):
             return self._triton_step(x, self.t)
-        s, self.v, self.c_out, counts = self._run(x, self.v, self.c_out, theta_position=3)
+        s, self.v, self.c_out, counts = self._run(x, self.v, self.c_out, theta_position=3, affine=affine)
         self.last_counts = counts
         return s
 
-    def _differential_step(self, x: torch.Tensor) -> torch.Tensor:
+    def _differential_step(self, x: torch.Tensor, affine: tuple | None = None) -> torch.Tensor:
         t = self.t
         self.t += 1
         if t == 0:  # bias pass: remember the constant part of the input, emit nothing
@@ -373,7 +382,7 @@ class SpikingNeuron(StatefulUnit):
         if self._use_triton(x):
             return self._triton_step(x, t)
         s, self.v, self.e_in, self.e_out, counts = self._run(x, self.b, self.v, self.e_in, self.e_out,
-                                                             theta_position=5)
+                                                             theta_position=5, affine=affine)
         self.last_counts = counts
         return s
 
