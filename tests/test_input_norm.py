@@ -168,7 +168,7 @@ def test_a_folded_network_gives_the_unfolded_outputs_and_counts(method, monkeypa
     monkeypatch.setattr(native_steps, "step", lambda *a, **k: steps.append(a[9] is not None) or real(*a, **k))
     result = _simulate(folded, x)
     assert sum(steps) == 2 * 2 * 4  # two folded neurons, 4 steps, both runs (the bias pass runs torch's kernel)
-    monkeypatch.setattr(input_norm, "install", lambda gm: 0)
+    monkeypatch.setattr(input_norm, "install", lambda gm, neuron_type: 0)
     reference = _simulate(_convert(_ann(), x, method, {"fuse": True}), x)
     eager = _simulate(_convert(_ann(), x, method, {"fuse": False}), x)
     for other in (reference, eager):

@@ -270,7 +270,7 @@ def test_the_first_step_reads_the_initial_state_as_rows_and_writes_it_at_full_si
     signature test above)."""
     firsts = []
     real = native_steps.step
-    monkeypatch.setattr(native_steps, "step", lambda *a: firsts.append(a[-1] is not None) or real(*a))
+    monkeypatch.setattr(native_steps, "step", lambda *a: firsts.append(a[8] is not None) or real(*a))  # a[8]: v0
     theta = _theta()
     xs = _inputs(theta, frames=4)
     v_init = torch.rand(1, *SHAPE[1:], generator=torch.Generator().manual_seed(8))
@@ -303,7 +303,7 @@ def test_initial_views_another_step_reads_are_materialised_first(monkeypatch):
     assert fallback.initial_views
     state = fallback.frame_state()
     assert not fallback.initial_views and all(a.is_contiguous() and a.shape == SHAPE for a in state[1:])
-    monkeypatch.setattr(native_steps, "kernel", lambda signature: None)
+    monkeypatch.setattr(native_steps, "kernel", lambda signature, affine=False: None)
     monkeypatch.setattr(fused, "compiled", _eager_kernel)  # no inductor compilation in this test
     _assert_identical(_trace(eager, xs, True, False), _trace(fallback, xs, True, False))
 

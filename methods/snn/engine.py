@@ -234,7 +234,7 @@ class EngineMethod(ConversionMethod[EngineSettings]):
                        "theta_mean": float(torch.stack([t.float().mean() for t in thetas.values()]).mean())
                        if thetas else 0.0}
         if fuse and not self.compile_frame():  # conv -> BatchNorm -> neuron: the neuron's native step normalises
-            input_norm.install(net)
+            input_norm.install(net, SpikingNeuron)
         snn = self.make_network(net.eval(), coding, description).to(ctx.device)
         snn.compile_frame = self.compile_frame()
         return snn, graph, unit_paths

@@ -151,12 +151,11 @@ def pending(neuron: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return affine_of(bn)
 
 
-def install(gm: fx.GraphModule) -> int:
-    """Fold every eval-mode ``BatchNorm2d`` node whose only user is a fused-path neuron (module
-    docstring) into that neuron; returns how many were folded. Modules called at more than one
-    node are left alone."""
-    from snnbench.methods.snn.neurons import SpikingNeuron
-
+def install(gm: fx.GraphModule, neuron_type: type[nn.Module]) -> int:
+    """Fold every eval-mode ``BatchNorm2d`` node whose only user is a fused-path neuron of exactly
+    ``neuron_type`` (:class:`~snnbench.methods.snn.neurons.SpikingNeuron`: subclasses step
+    differently; module docstring) into that neuron; returns how many were folded. Modules called
+    at more than one node are left alone."""
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -172,7 +171,7 @@ def install(gm: fx.GraphModule) -> int:
                 or user.args != (node,) or user.kwargs:
             continue
         neuron = gm.get_submodule(user.target)
-        if type(neuron) is not SpikingNeuron or neuron.fuse is not True or neuron.input_norm:
+        if type(neuron) is not neuron_type or neuron.fuse is not True or neuron.input_norm:
             continue
         user.replace_input_with(node, node.args[0])
         gm.graph.erase_node(node)

@@ -180,9 +180,8 @@ class SpikingNeuron(StatefulUnit):
             # the inductor step runs on a flat view: permuted attention views of q, k, v are
             # copied, except where the native step reads them in place (after the first frame)
             x = x.contiguous()
-        if self.coding == "rate":
-            return self._rate_step(x, affine)
-        return self._differential_step(x, affine)
+        step = self._rate_step if self.coding == "rate" else self._differential_step
+        return step(x) if affine is None else step(x, affine)  # subclasses' steps take no affine (never folded)
 
     # -- the functional step (methods/snn/frame.py) -------------------------------------------
     def frame_state(self) -> tuple[torch.Tensor, ...]:
