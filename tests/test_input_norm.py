@@ -196,6 +196,8 @@ def test_where_the_fold_does_not_run_the_neuron_normalises_with_torch():
         neuron.input_bias = None
         assert input_norm.pending(neuron, probe.transpose(2, 3)) is None
         assert input_norm.pending(neuron, probe[:, :3]) is None
+        assert input_norm.pending(neuron, torch.rand(5, 4, 2, 2)) is None  # channel rows of 4: torch's kernel
+        assert input_norm.pending(neuron, torch.rand(5, 4, 3, 3)) is not None
 
 
 def test_install_folds_only_the_safe_pattern():

@@ -63,6 +63,10 @@ _LIBRARY: list = []
 #: per module: (key of its tensors' identities and versions, (alpha, beta) or None where the check failed)
 _TERMS: dict[int, tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None]] = {}
 _WARNED: set[str] = set()
+#: fold only maps of at least this many positions: the step then walks channel rows, which for
+#: 2x2 or 1x1 maps costs more than the BatchNorm it saves (16x960x2x2: 371 µs folded, 89 µs torch's
+#: BatchNorm and the flat step; 16x576x3x3: 99 against 130 µs; BENCHMARKS.md §1)
+MIN_POSITIONS = 9
 
 
 def _library() -> ctypes.CDLL | None:
@@ -139,11 +143,12 @@ def pending(neuron: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """The (alpha, beta) the neuron's native step may fold in for this step, or None: then the
     neuron applies its ``input_norm`` with torch first. Folded only after differential coding's
     bias pass, without a calibration bias, on a contiguous float32 CPU input of the module's
-    channels with native steps on one thread."""
+    channels and at least :data:`MIN_POSITIONS` positions, with native steps on one thread."""
     bn = neuron.input_norm[0]
     if neuron.input_bias is not None or (neuron.coding == "differential" and neuron.t == 0):
         return None
-    if x.ndim != 4 or x.shape[1] != bn.num_features or x.device.type != "cpu" or x.dtype != torch.float32 \
+    if x.ndim != 4 or x.shape[1] != bn.num_features or x.shape[2] * x.shape[3] < MIN_POSITIONS \
+            or x.device.type != "cpu" or x.dtype != torch.float32 \
             or not x.is_contiguous() or (x.requires_grad and torch.is_grad_enabled()):
         return None
     if not native_steps.enabled() or torch.get_num_threads() != 1:
