@@ -93,7 +93,7 @@ class SpikingNeuron(StatefulUnit):
         self.register_buffer("input_bias", None)
         self.register_buffer("v_init", None)
         #: (the BatchNorm2d feeding this neuron,) once input_norm.install folded it in, else ()
-        self.input_norm: tuple[nn.Module, ...] = ()
+        self.input_norm: tuple[torch.nn.Module, ...] = ()
         for name in ("v", "b", "e_in", "e_out", "c_out"):
             self.register_state(name)
         self._theta_flat: tuple[tuple, torch.Tensor] | None = None
