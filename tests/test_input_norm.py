@@ -37,11 +37,21 @@ def _batch_norm(channels: int, seed: int, affine: bool = True, eps: float = 1e-5
     return bn.eval().requires_grad_(False)  # as in a converted network's simulation (no autograd)
 
 
-def _apply(terms: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    alpha, beta = terms
+def _frozen(channels: int, seed: int) -> nn.Module:
+    """torchvision's FrozenBatchNorm2d (detection backbones) with the statistics of _batch_norm."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    frozen, bn = FrozenBatchNorm2d(channels), _batch_norm(channels, seed)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(frozen, name).copy_(getattr(bn, name).detach())
+    return frozen
+
+
+def _apply(terms: tuple[torch.Tensor, torch.Tensor, str], x: torch.Tensor) -> torch.Tensor:
+    alpha, beta, kind = terms
     y = torch.empty_like(x)
     input_norm._library().bn_apply(x.shape[0], x.shape[1], x[0, 0].numel(), x.data_ptr(), alpha.data_ptr(),
-                                   beta.data_ptr(), y.data_ptr())
+                                   beta.data_ptr(), int(kind == "fma"), y.data_ptr())
     return y
 
 
@@ -52,9 +62,21 @@ def test_folded_terms_give_torchs_batch_norm_bit_for_bit(channels, shape, affine
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 10
     x.view(-1)[:4] = torch.tensor([0.0, -0.0, 1e-30, -3e20])
     terms = input_norm.affine_of(bn)
-    assert terms is not None
+    assert terms is not None and terms[2] == "fma"
     with torch.no_grad():
         assert torch.equal(_bits(_apply(terms, x)), _bits(bn(x)))
+
+
+@pytest.mark.parametrize("channels,shape", [(16, (64, 16, 28, 28)), (96, (4, 96, 8, 8)), (10, (4, 10, 1, 1))])
+def test_folded_terms_give_frozen_batch_norm_bit_for_bit(channels, shape):
+    frozen = _frozen(channels, seed=channels)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2)) * 10
+    x.view(-1)[:4] = torch.tensor([0.0, -0.0, 1e-30, -3e20])
+    terms = input_norm.affine_of(frozen)
+    assert terms is not None and terms[2] == "mul_add"
+    assert torch.equal(_bits(_apply(terms, x)), _bits(frozen(x)))
+    fused_rule = (terms[0], terms[1], "fma")  # one rounding where FrozenBatchNorm2d rounds twice: differs
+    assert not torch.equal(_bits(_apply(fused_rule, x)), _bits(frozen(x)))
 
 
 def test_folded_terms_by_hand():
@@ -64,9 +86,9 @@ def test_folded_terms_by_hand():
     bn.weight.data.fill_(3.0)
     bn.bias.data.fill_(0.5)
     bn.requires_grad_(False)
-    alpha, beta = input_norm.affine_of(bn)
-    assert alpha.tolist() == [1.5] and beta.tolist() == [-1.0]
-    assert _apply((alpha, beta), torch.tensor([[[[0.0, 1.0, 3.0]]]])).tolist() == [[[[-1.0, 0.5, 3.5]]]]
+    alpha, beta, kind = input_norm.affine_of(bn)
+    assert alpha.tolist() == [1.5] and beta.tolist() == [-1.0] and kind == "fma"
+    assert _apply((alpha, beta, kind), torch.tensor([[[[0.0, 1.0, 3.0]]]])).tolist() == [[[[-1.0, 0.5, 3.5]]]]
 
 
 def test_terms_that_do_not_round_as_torch_are_refused_with_one_warning(monkeypatch, caplog):
@@ -76,7 +98,7 @@ def test_terms_that_do_not_round_as_torch_are_refused_with_one_warning(monkeypat
     with caplog.at_level("WARNING", logger="snnbench.methods.snn.input_norm"):
         assert input_norm.affine_of(_batch_norm(16, seed=2)) is None
         assert input_norm.affine_of(_batch_norm(8, seed=3)) is None
-    assert sum("does not round as fmaf" in r.message for r in caplog.records) == 1
+    assert sum("does not round as the folded step would" in r.message for r in caplog.records) == 1
 
 
 def test_terms_follow_the_module_and_refuse_what_is_not_eval_float32():
@@ -91,14 +113,15 @@ def test_terms_follow_the_module_and_refuse_what_is_not_eval_float32():
     assert input_norm.affine_of(nn.BatchNorm2d(4, track_running_stats=False).eval()) is None
 
 
-STEP_CASES = list(itertools.product(["differential", "rate"], [("mt", 4), ("if", 1)], [True, False]))
+STEP_CASES = list(itertools.product(["differential", "rate"], [("mt", 4), ("if", 1)], [True, False],
+                                    ["BatchNorm2d", "FrozenBatchNorm2d"]))
 
 
-@pytest.mark.parametrize("coding,rule_n,first", STEP_CASES)
-def test_the_affine_step_equals_the_step_of_the_normalised_input(coding, rule_n, first):
+@pytest.mark.parametrize("coding,rule_n,first,norm", STEP_CASES)
+def test_the_affine_step_equals_the_step_of_the_normalised_input(coding, rule_n, first, norm):
     rule, n = rule_n
     g = torch.Generator().manual_seed(9)
-    bn = _batch_norm(6, seed=6)
+    bn = _batch_norm(6, seed=6) if norm == "BatchNorm2d" else _frozen(6, seed=6)
     x = torch.randn(3, 6, 5, 7, generator=g)
     theta = (torch.rand(1, 6, 1, 1, generator=g) + 0.5).expand(3, 6, 5, 7).contiguous()
     signature = fused.StepSignature.of(coding, rule, n, True, None, None)
@@ -220,3 +243,25 @@ def test_install_folds_only_the_safe_pattern():
     assert not any(m.input_norm for m in eager.net.modules() if isinstance(m, SpikingNeuron))
     framed = _convert(_ann(), x, "dcgs", {"fuse": True, "compile_frame": True})
     assert not any(m.input_norm for m in framed.net.modules() if isinstance(m, SpikingNeuron))
+
+
+def test_a_network_with_frozen_batch_norms_folds_them_and_gives_the_same_outputs(monkeypatch):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    x = torch.rand(4, 1, 12, 12)
+
+    def ann() -> nn.Module:
+        model = _ann()
+        for index in (1, 4):
+            model[index] = _frozen(4, seed=index)
+        return model
+
+    folded = _convert(ann(), x, "dcgs", {"fuse": True})
+    norms = [m.input_norm[0] for m in folded.net.modules() if isinstance(m, SpikingNeuron) and m.input_norm]
+    assert len(norms) == 2 and all(type(m) is FrozenBatchNorm2d for m in norms)
+    result = _simulate(folded, x)
+    monkeypatch.setattr(input_norm, "install", lambda gm, neuron_type: 0)
+    reference = _simulate(_convert(ann(), x, "dcgs", {"fuse": True}), x)
+    for a, b in zip(result[0] + result[1], reference[0] + reference[1], strict=True):
+        assert torch.equal(_bits(a), _bits(b))
+    assert result[2] == reference[2]

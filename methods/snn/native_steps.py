@@ -110,7 +110,7 @@ def reads_in_place(x: torch.Tensor) -> bool:
             and not x.requires_grad and enabled() and torch.get_num_threads() == 1)
 
 
-def _key(signature: StepSignature, affine: bool = False) -> tuple:
+def _key(signature: StepSignature, affine: str = "") -> tuple:
     return signature, quantizers.MT_BOUNDARY, affine
 
 
@@ -166,10 +166,10 @@ def _build(code: str) -> Path:
         raise RuntimeError(f"{cc} failed: {errors}")
 
 
-def kernel(signature: StepSignature, affine: bool = False) -> Callable | None:
-    """The loaded step of ``signature`` (``affine``: the variant that reads its input through a
-    per-channel affine map, methods/snn/input_norm.py), building it on first use; None (and one
-    warning) when it cannot be built here."""
+def kernel(signature: StepSignature, affine: str = "") -> Callable | None:
+    """The loaded step of ``signature`` (``affine`` "fma" / "mul_add": the variant that reads its
+    input through a per-channel affine map, methods/snn/input_norm.py), building it on first use;
+    None (and one warning) when it cannot be built here."""
     key = _key(signature, affine)
     fn = _LOADED.get(key)
     if fn is not None or key in _FAILED:
@@ -210,7 +210,7 @@ def index_space(x: torch.Tensor, positions: bool) -> tuple[list[int], list[int]]
 def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] | None, v: torch.Tensor,
          e_in: torch.Tensor | None, e_out: torch.Tensor | None, theta: tuple[torch.Tensor, int] | tuple[torch.Tensor, int, bool],
          t: float, v0: tuple[torch.Tensor, int] | None = None,
-         affine: tuple[torch.Tensor, torch.Tensor] | None = None
+         affine: tuple[torch.Tensor, torch.Tensor, str] | None = None
          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run the step of ``signature`` in place (``v``, ``e_in``, ``e_out`` overwritten; rate coding:
     ``e_out`` is C, ``e_in`` None); ``b`` and ``theta`` as
@@ -220,12 +220,14 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
     initial state (v = v0, Ē_in = b, Ē_out = C = 0): ``v``, ``e_in``, ``e_out`` are only
     written. ``theta`` may be (θ per channel, 0, True) for an ``x`` of three or more dimensions
     (:func:`~snnbench.methods.snn.native_layout.channel_layout`): the loop then walks channels
-    and reads θ once per channel row. With ``affine`` = (alpha, beta), one float32 value per channel
-    each, the step's input is ``fmaf(x, alpha[c], beta[c])`` (an eval-mode BatchNorm folded in,
+    and reads θ once per channel row. With ``affine`` = (alpha, beta, kind), one float32 value per
+    channel each, the step's input is ``fmaf(x, alpha[c], beta[c])`` (kind "fma") or ``x * alpha[c]
+    + beta[c]`` ("mul_add") (a BatchNorm folded in,
     methods/snn/input_norm.py; ``x`` contiguous, of three or more dimensions). Returns (s, counts
     [events, unit spikes] or None, hits per position or None); the positions are ``x[0, 0].numel()``
     for signatures with ``positions``."""
-    fn = kernel(signature, affine is not None)
+    affine_kind = affine[2] if affine is not None else ""
+    fn = kernel(signature, affine_kind)
     per_channel = len(theta) > 2 and bool(theta[2])
     if (per_channel or affine is not None) and x.ndim < 3:
         raise ValueError("θ per channel and an input affine map need an input of three or more dimensions")
@@ -241,10 +243,10 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
     pointer = lambda a: a.data_ptr() if a is not None else None  # noqa: E731
     head = [*shape, x.data_ptr(), *strides, pointer(b[0]) if b else None, b[1] if b else 0]
     if v0 is not None:
-        fn = _FIRST[_key(signature, affine is not None)]
+        fn = _FIRST[_key(signature, affine_kind)]
         head += [v0[0].data_ptr(), v0[1]]
     fn(*head, v.data_ptr(), pointer(e_in), pointer(e_out), theta[0].data_ptr(), theta[1], int(per_channel), float(t), s.data_ptr(),
-       pointer(counts), pointer(hits), *(pointer(a) for a in (affine or (None, None))))
+       pointer(counts), pointer(hits), *(pointer(a) for a in (affine[:2] if affine else (None, None))))
     return s, counts, hits
 
 

@@ -301,7 +301,7 @@ class SpikingNeuron(StatefulUnit):
                 or (strided and not native_steps.reads_in_place(x)) \
                 or any(a is not None and a.shape != x.shape for a in (v, e_in, e_out)) \
                 or not fused.can_overwrite((x, b, *mutated), tuple(range(2, 2 + len(mutated)))) \
-                or native_steps.kernel(signature, affine is not None) is None:
+                or native_steps.kernel(signature, affine[2] if affine is not None else "") is None:
             return None
         b_row = native_layout.row_layout(b, x) if b is not None else None
         t = self.t if self.coding == "rate" else self.t - 1
