@@ -16,7 +16,11 @@ alpha, beta)``. Since that contraction is a property of the torch build, not of 
 the module's channel count (values of many magnitudes, signed zeros, a vector tail) must give
 torch's output bit for bit, else the module keeps running torch's kernel (one warning).
 
-:func:`install` rewires a converted graph: a ``BatchNorm2d`` node whose only user is a
+torchvision's ``FrozenBatchNorm2d`` (the detection backbones) computes the same terms with eager
+ops, each rounded: ``scale = weight * rsqrt(var + eps)``, ``shift = bias - mean * scale``, ``y = x *
+scale + shift``; the folded step then reads ``x * alpha + beta`` (two roundings), checked alike.
+
+:func:`install` rewires a converted graph: a ``BatchNorm2d`` or ``FrozenBatchNorm2d`` node whose only user is a
 :class:`~snnbench.methods.snn.neurons.SpikingNeuron` on the fused path (its only input) is taken
 out of the graph and handed to the neuron (``input_norm``, a plain reference: the module stays
 at its own path, so state dicts, ``.to()`` and the bias-pass cache see it as before). The neuron
@@ -105,7 +109,7 @@ def foldable(bn: nn.Module) -> bool:
         not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def _key(bn: nn.BatchNorm2d) -> tuple:
+def _key(bn: nn.Module) -> tuple:
     tensors = (bn.running_mean, bn.running_var, bn.weight, bn.bias)
     return (bn.eps, *((id(t), 0 if t.is_inference() else t._version) if t is not None else None for t in tensors))
 
@@ -149,6 +153,8 @@ def affine_of(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor, str] | None:
             log.warning("torch's batch norm does not round as the folded step would on this machine (%s); "
                         "BatchNorm layers keep running as torch's kernel before the native neuron steps "
                         "(identical results)", type(bn).__name__)
+    if len(_TERMS) > 4096:  # modules of earlier conversions in a long-lived worker: start over
+        _TERMS.clear()
     _TERMS[id(bn)] = (key, terms)
     return terms
 
