@@ -82,16 +82,10 @@ _NATIVE: list = []
 def _native_library() -> ctypes.CDLL | None:
     """The loaded native census, built on first use; None (one warning) where it cannot be."""
     if not _NATIVE:
-        try:
-            library = ctypes.CDLL(str(native_steps._build(NATIVE_SOURCE)))
-            library.census_per_position.argtypes = [native_steps._I64] * 2 + [native_steps._P] * 3
-            library.census_total.argtypes = [native_steps._I64, native_steps._P, native_steps._P]
-            library.census_per_position.restype = library.census_total.restype = None
-        except Exception as exc:  # no compiler: the compiled or eager census, the same integers
-            log.warning("the native input census could not be built (%s); counting with torch (identical "
-                        "counts). Set %s=0 to skip it.", exc, native_steps.NATIVE_ENV)
-            library = None
-        _NATIVE.append(library)
+        I64, P = native_steps._I64, native_steps._P
+        _NATIVE.append(native_steps.load_library(
+            NATIVE_SOURCE, {"census_per_position": [I64, I64, P, P, P], "census_total": [I64, P, P]},
+            "input census", "counting with torch (identical counts)"))
     return _NATIVE[0]
 
 

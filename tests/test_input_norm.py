@@ -265,3 +265,14 @@ def test_a_network_with_frozen_batch_norms_folds_them_and_gives_the_same_outputs
     for a, b in zip(result[0] + result[1], reference[0] + reference[1], strict=True):
         assert torch.equal(_bits(a), _bits(b))
     assert result[2] == reference[2]
+
+
+def test_terms_that_cannot_be_built_leave_torchs_kernel_with_one_warning(monkeypatch, caplog):
+    def no_compiler(code):
+        raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr(native_steps, "_build", no_compiler)
+    with caplog.at_level("WARNING"):
+        assert input_norm.affine_of(_batch_norm(4, seed=1)) is None
+        assert input_norm.affine_of(_batch_norm(4, seed=2)) is None
+    assert sum("native batch-norm terms could not be built" in r.getMessage() for r in caplog.records) == 1

@@ -78,16 +78,10 @@ MIN_POSITIONS = 9
 
 def _library() -> ctypes.CDLL | None:
     if not _LIBRARY:
-        try:
-            library = ctypes.CDLL(str(native_steps._build(SOURCE)))
-            _P, _I64 = native_steps._P, native_steps._I64
-            library.bn_terms.argtypes = [_I64, _P, _P, _P, _P, native_steps._F32, _I64, _P, _P]
-            library.bn_apply.argtypes = [_I64, _I64, _I64, _P, _P, _P, _I64, _P]
-            library.bn_terms.restype = library.bn_apply.restype = None
-        except Exception as exc:  # no compiler: torch's kernel, the same values
-            log.warning("the native batch-norm terms could not be built (%s); BatchNorm runs as torch's kernel", exc)
-            library = None
-        _LIBRARY.append(library)
+        I64, P, F32 = native_steps._I64, native_steps._P, native_steps._F32
+        _LIBRARY.append(native_steps.load_library(
+            SOURCE, {"bn_terms": [I64, P, P, P, P, F32, I64, P, P], "bn_apply": [I64, I64, I64, P, P, P, I64, P]},
+            "batch-norm terms", "BatchNorm runs as torch's kernel"))
     return _LIBRARY[0]
 
 

@@ -17,13 +17,10 @@ compiler, flags and cache directory, ``SNNBENCH_NATIVE=0`` switches them off), u
 from __future__ import annotations
 
 import ctypes
-import logging
 
 import torch
 
-from snnbench.methods.snn.native_steps import _F32, _I64, _P, NATIVE_ENV, _build, enabled
-
-log = logging.getLogger(__name__)
+from snnbench.methods.snn.native_steps import _F32, _I64, _P, enabled, load_library
 
 
 #: the graded units' element-wise updates (methods/snn/graded.py), in the order of their in-place
@@ -108,21 +105,14 @@ _GRADED: list = []
 
 def graded_library() -> ctypes.CDLL | None:
     """The loaded graded-unit updates, built on first use; None (one warning) when they cannot be."""
-    if _GRADED:
-        return _GRADED[0]
-    try:
-        library = ctypes.CDLL(str(_build(GRADED_SOURCE)))
-        library.differential_inputs.argtypes = library.first_inputs.argtypes = [_I64, _I64, _P, _P, _I64, _P, _F32]
-        library.rate_inputs.argtypes = [_I64, _P, _P, _P, _F32]
-        library.differential_output.argtypes = [_I64, _P, _P, _F32, _P]
-        library.rate_output.argtypes = [_I64, _P, _P, _F32, _F32, _P]
-        library.matmul_pair_ops.argtypes = [_I64] * 4 + [_P, _I64, _I64, _I64] * 4 + [_P, _P]
-    except Exception as exc:  # as native_steps.kernel()
-        log.warning("the native graded-unit updates could not be built (%s); stepping them with torch "
-                    "(identical results). Set %s=0 to skip them.", exc, NATIVE_ENV)
-        library = None
-    _GRADED.append(library)
-    return library
+    if not _GRADED:
+        inputs = [_I64, _I64, _P, _P, _I64, _P, _F32]
+        _GRADED.append(load_library(GRADED_SOURCE, {
+            "differential_inputs": inputs, "first_inputs": inputs, "rate_inputs": [_I64, _P, _P, _P, _F32],
+            "differential_output": [_I64, _P, _P, _F32, _P], "rate_output": [_I64, _P, _P, _F32, _F32, _P],
+            "matmul_pair_ops": [_I64] * 4 + [_P, _I64, _I64, _I64] * 4 + [_P, _P]},
+            "graded-unit updates", "stepping them with torch (identical results)"))
+    return _GRADED[0]
 
 
 def graded_usable(*groups: list[torch.Tensor]) -> bool:

@@ -166,6 +166,21 @@ def _build(code: str) -> Path:
         raise RuntimeError(f"{cc} failed: {errors}")
 
 
+def load_library(code: str, argtypes: dict[str, list], what: str, fallback: str) -> ctypes.CDLL | None:
+    """``code`` built (:func:`_build`) and loaded, each function in ``argtypes`` given its argument
+    types and no result; None where it cannot be built here, after one warning naming ``what``
+    and the ``fallback`` that runs instead (the callers cache the result)."""
+    try:
+        library = ctypes.CDLL(str(_build(code)))
+        for name, types in argtypes.items():
+            function = getattr(library, name)
+            function.argtypes, function.restype = types, None
+        return library
+    except Exception as exc:  # no compiler, a refused flag set, an unwritable cache
+        log.warning("the native %s could not be built (%s); %s. Set %s=0 to skip it.", what, exc, fallback, NATIVE_ENV)
+        return None
+
+
 def kernel(signature: StepSignature, affine: str = "") -> Callable | None:
     """The loaded step of ``signature`` (``affine`` "fma" / "mul_add": the variant that reads its
     input through a per-channel affine map, methods/snn/input_norm.py), building it on first use;
