@@ -5,7 +5,9 @@ frame 0 (a neuron or graded unit only records its input as its bias b), so each 
 input, and the network's frame-0 output y_0, depend on the connection layers' parameters and the
 input's shape alone, never on the batch's values. The first batch of a shape runs the pass and
 records each unit's input; a later batch replays only the units' first frames on the recorded
-inputs (the same calls on the same values: the same state, bit for bit) and reuses y_0. Every
+inputs (the same calls on the same values: the same state, bit for bit) and reuses y_0. A
+replayed unit does not form its (zero) output, and derives its bias b from a recorded input once
+(``StatefulUnit.replay_first_frame``). Every
 convolution, linear layer and norm of frame 0 is skipped: T + 1 frames cost T frames plus the
 state initialisation.
 
@@ -117,7 +119,7 @@ class BiasPassCache:
         entry = self._entry
         if entry is not None and entry.matches(key, tensors, modules):
             for unit, args, kwargs in entry.calls:
-                unit(*args, **kwargs)
+                unit.replay_first_frame(*args, **kwargs)
             self.last = "replayed"
             return entry.output
         calls: list[tuple[StatefulUnit, tuple, dict]] = []

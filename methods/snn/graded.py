@@ -204,12 +204,30 @@ class GradedUnit(StatefulUnit):
             meta = (now.shape, now.dtype, now.device)
             if key is not None:
                 self._output_meta[key] = meta
+        self._set_first_views([native_layout.bias_input(x) for x in xs], xs, meta)
         shape, dtype, device = meta
-        self.base = [native_layout.bias_input(x) for x in xs]
-        self.acc = [b.expand(x.shape) for b, x in zip(self.base, xs)]
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    def _set_first_views(self, base: list[torch.Tensor], xs: list[torch.Tensor], meta: tuple) -> None:
+        """The bias pass's state as views: b = ``base``, E = b and last = 0 broadcast to the
+        inputs ``xs`` and to fn's output layout ``meta`` (shape, dtype, device)."""
+        shape, dtype, device = meta
+        self.base = base
+        self.acc = [b.expand(x.shape) for b, x in zip(base, xs)]
         self.last = torch.zeros((), dtype=dtype, device=device).expand(shape)
         self.initial_views = True
-        return torch.zeros(shape, dtype=dtype, device=device)
+
+    def replay_first_frame(self, *args: Any, **kwargs: Any) -> None:
+        """The bias pass's state as :meth:`_start_from_views` sets it, b derived once per
+        recorded input and no zeros formed; the full frame where the views do not apply."""
+        xs = [args[i] for i in self.dynamic]
+        key = _layout_key(args, kwargs)
+        meta = self._output_meta.get(key) if key is not None else None
+        if self.coding != "differential" or self.t != 0 or not self.fuse or meta is None \
+                or not native_graded.graded_usable(*([x] for x in xs)):
+            return super().replay_first_frame(*args, **kwargs)
+        self.t = 1
+        self._set_first_views(self._recorded(xs, lambda: [native_layout.bias_input(x) for x in xs]), xs, meta)
 
     def _first_step(self, t: int, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """Step 1 from the views of :meth:`_start_from_views`: E = b + (x - b)/t written fresh

@@ -133,12 +133,12 @@ class SpikingNeuron(StatefulUnit):
     def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
         return self._initial_v(like).expand_as(like).clone()
 
-    def _initial_views_apply(self, x: torch.Tensor) -> bool:
+    def _initial_views_apply(self, x: torch.Tensor, copied: bool = False) -> bool:
         """Whether the initial state may be kept as broadcast views for the native first step
         (:meth:`_start_from_views`): the native step may run here and ``x`` is a plain contiguous
-        float32 CPU tensor."""
+        (or, ``copied``, to be made contiguous) float32 CPU tensor."""
         return (self.fuse and x.ndim >= 1 and x.device.type == "cpu" and x.dtype == torch.float32
-                and x.is_contiguous() and not x.requires_grad and native_steps.enabled()
+                and (copied or x.is_contiguous()) and not x.requires_grad and native_steps.enabled()
                 and torch.get_num_threads() == 1 and not self._use_triton(x))
 
     def _start_from_views(self, x: torch.Tensor, e_in: torch.Tensor | None) -> None:
@@ -182,6 +182,17 @@ class SpikingNeuron(StatefulUnit):
             x = x.contiguous()
         step = self._rate_step if self.coding == "rate" else self._differential_step
         return step(x) if affine is None else step(x, affine)  # subclasses' steps take no affine (never folded)
+
+    def replay_first_frame(self, x: torch.Tensor) -> None:
+        """The bias pass's state as :meth:`_differential_step` sets it from broadcast views, b
+        derived once per recorded input; the full frame where the views do not apply."""
+        if self.coding != "differential" or self.t != 0 or self.input_bias is not None \
+                or torch.is_grad_enabled() or not self._initial_views_apply(x, copied=True):
+            return super().replay_first_frame(x)
+        norm = self.input_norm[0] if self.input_norm else (lambda a: a)  # at t = 0 never folded: torch's kernel
+        self.b = self._recorded([x], lambda: [native_layout.bias_input(norm(x).contiguous())])[0]
+        self.t, self.last_counts, self.last_hits = 1, None, None
+        self._start_from_views(x, self.b)
 
     # -- the functional step (methods/snn/frame.py) -------------------------------------------
     def frame_state(self) -> tuple[torch.Tensor, ...]:
@@ -232,14 +243,7 @@ class SpikingNeuron(StatefulUnit):
         from snnbench.methods.snn import triton_mt
 
         self._materialized()
-        state = {"v": self.v, "b": self.b, "e_in": self.e_in, "e_out": self.e_out, "c_out": self.c_out}
-        for name, value in state.items():
-            if value is not None and not value.is_contiguous():
-                state[name] = value.contiguous()
-                setattr(self, name, state[name])
-        s, self.last_counts = triton_mt.mt_step(x, state, self.theta, t, self.n, self.coding, self.signed,
-                                                self.floor, self.ceiling)
-        return s.view(x.shape)
+        return triton_mt.neuron_step(self, x, t)
 
     def _signature(self, positions: bool = False) -> fused.StepSignature:
         return fused.StepSignature.of(self.coding, self.fire_rule, self.n, self.signed, self.floor, self.ceiling,

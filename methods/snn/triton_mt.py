@@ -153,3 +153,16 @@ def mt_step(x: torch.Tensor, state: dict[str, torch.Tensor | None], theta: torch
         FLOOR_ZERO=floor is not None and floor == 0.0, HAS_CEIL=ceiling is not None,
         HAS_COUT=state.get("c_out") is not None, BLOCK_SIZE=BLOCK, **extra)
     return s, counts
+
+
+def neuron_step(neuron, x: torch.Tensor, t: int) -> torch.Tensor:
+    """Step t of a :class:`~snnbench.methods.snn.neurons.SpikingNeuron` (its state materialised)
+    in :func:`mt_step`: the state made contiguous in place first; sets the neuron's counts."""
+    state = {"v": neuron.v, "b": neuron.b, "e_in": neuron.e_in, "e_out": neuron.e_out, "c_out": neuron.c_out}
+    for name, value in state.items():
+        if value is not None and not value.is_contiguous():
+            state[name] = value.contiguous()
+            setattr(neuron, name, state[name])
+    s, neuron.last_counts = mt_step(x, state, neuron.theta, t, neuron.n, neuron.coding, neuron.signed,
+                                    neuron.floor, neuron.ceiling)
+    return s.view(x.shape)

@@ -17,7 +17,8 @@ product units (and the ANN reference's stateless stand-in) in :mod:`snnbench.met
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import weakref
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
@@ -68,6 +69,27 @@ class StatefulUnit(nn.Module):
             setattr(self, name, None)
         self.t = 0
         self.initial_views = False
+
+    def replay_first_frame(self, *args: Any, **kwargs: Any) -> None:
+        """Frame 0 again, on the inputs the bias pass cache recorded for this unit
+        (methods/snn/bias_pass.py), which already holds the frame's output: sets the state
+        :meth:`forward` sets. A unit may skip forming its output (zeros) and derive what depends
+        on the recorded inputs alone once (:meth:`_recorded`)."""
+        self(*args, **kwargs)
+
+    def _recorded(self, inputs: list[torch.Tensor], derive: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+        """``derive()`` for these recorded inputs, computed once: kept with weak references to
+        the inputs and their versions (an inference tensor keeps none: the cache's own copies,
+        which nothing writes), so a new recording derives it again. Its tensors are read by the
+        steps, never written (the bias b)."""
+        versions = tuple(0 if x.is_inference() else x._version for x in inputs)
+        cached = self.__dict__.get("_replay_cache")
+        if cached is not None and len(cached[0]) == len(inputs) and cached[1] == versions \
+                and all(ref() is x for ref, x in zip(cached[0], inputs)):
+            return cached[2]
+        values = derive()
+        self.__dict__["_replay_cache"] = ([weakref.ref(x) for x in inputs], versions, values)
+        return values
 
     # -- the functional step (frames after the first; methods/snn/frame.py) ----------------
     def frame_state(self) -> tuple[torch.Tensor, ...]:
