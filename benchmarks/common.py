@@ -182,6 +182,8 @@ def benchmark_models() -> dict[str, tuple[Callable[[], torch.nn.Module], tuple[i
         "vgg_small": (zoo("vgg_small", (1, 28, 28)), (1, 28, 28)),
         "resnet18": (resnet18, (3, 64, 64)),
         "vit_mini": (zoo("vit_mini", (1, 28, 28)), (1, 28, 28)),
+        "resnet_small": (zoo("resnet_small", (1, 28, 28)), (1, 28, 28)),
+        "vgg_small_qcfs": (zoo("vgg_small_qcfs", (1, 28, 28)), (1, 28, 28)),
     }
 
 

@@ -8,7 +8,8 @@ Python values; the expressions are those of :func:`fused.differential_step` /
 compiled and eager steps bit for bit. With ``affine`` the step reads its input through a
 per-channel ``fmaf(x, alpha[c], beta[c])`` or ``x * alpha[c] + beta[c]``: a BatchNorm folded into
 the step, the very operations torch's CPU kernel or torchvision's FrozenBatchNorm2d compute
-(methods/snn/input_norm.py checks them on this machine).
+(methods/snn/input_norm.py checks them on this machine), plus, for a residual block's neuron, the
+skip branch (as it is or through its own batch norm) added once rounded, as torch's ``add``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,25 @@ def _fire_lines(signature: StepSignature, lower: str | None, upper: str | None) 
     return lines
 
 
+#: the terms a folded input map may read: the convolution's output through its batch norm, a
+#: residual branch as it is or through its own batch norm (methods/snn/input_norm.py)
+_MAIN = {"fma": "fmaf(x[i], alpha_c, beta_c)", "mul_add": "(x[i] * alpha_c + beta_c)"}
+_SKIP = {"x": "skip[i]", "fma": "fmaf(skip[i], alpha2_c, beta2_c)", "mul_add": "(skip[i] * alpha2_c + beta2_c)"}
+#: every input map the steps are built for: "" (x itself), "fma" / "mul_add" (a batch norm) and
+#: "<norm>+<skip>" (a batch norm plus a residual branch, added as torch adds two tensors: once rounded)
+INPUT_MAPS = ("", *_MAIN, *(f"{main}+{skip}" for main in _MAIN for skip in _SKIP))
+
+
+def input_expression(affine: str) -> str:
+    """The C expression of the step's input for the input map ``affine`` (:data:`INPUT_MAPS`)."""
+    if affine not in INPUT_MAPS:
+        raise ValueError(f"unknown input map {affine!r}; expected one of {', '.join(map(repr, INPUT_MAPS))}")
+    if not affine:
+        return "x[i]"
+    main, _, skip = affine.partition("+")
+    return _MAIN[main] if not skip else f"{_MAIN[main]} + {_SKIP[skip]}"
+
+
 def _body(signature: StepSignature, first: bool, affine: str = "") -> tuple[list[str], list[str]]:
     """The C lines of one element's step and the function's prologue. ``first``: the first step
     after the initial state, read instead of the state arrays: v from ``v0_row`` (the initial
@@ -59,8 +79,7 @@ def _body(signature: StepSignature, first: bool, affine: str = "") -> tuple[list
     differential = signature.coding == "differential"
     floor, ceiling = signature.floor, signature.ceiling
     v_load = "v0_row[p]" if first else "v[i]"
-    read = {"": "x[i]", "fma": "fmaf(x[i], alpha_c, beta_c)", "mul_add": "x[i] * alpha_c + beta_c"}[affine]
-    body = [f"const float xv = {read};"]
+    body = [f"const float xv = {input_expression(affine)};"]
     if differential:
         body += ["const float d = xv - b_row[p];", f"const float eo = {'0.0f' if first else 'e_out[i]'};",
                  f"const float ei = {'b_row[p]' if first else 'e_in[i]'};",
@@ -124,7 +143,8 @@ def _function(signature: StepSignature, first: bool, affine: str = "") -> list[s
         "              float *restrict v_all, float *restrict e_in_all, float *restrict e_out_all,",
         "              const float *restrict theta, int64_t theta_stride, int64_t theta_channel, float t,",
         "              float *restrict s_all, int64_t *restrict counts, int64_t *restrict hits,",
-        "              const float *restrict alpha, const float *restrict beta) {",
+        "              const float *restrict alpha, const float *restrict beta,",
+        "              const float *restrict skip_all, const float *restrict alpha2, const float *restrict beta2) {",
         *("    " + line for line in prologue),
         "    int64_t events = 0, units = 0;",
         "    const int64_t positions = outer * inner, size = channels * positions;",
@@ -141,6 +161,8 @@ def _function(signature: StepSignature, first: bool, affine: str = "") -> list[s
         *(["            const float *restrict v0_row = v0 + r * v0_stride + within;"] if first else []),
         "            const float *restrict th_row = theta_channel ? theta + c : theta + r * theta_stride + within;",
         *(["            const float alpha_c = alpha[c], beta_c = beta[c];"] if affine else []),
+        *(["            const float *restrict skip = skip_all + offset;"] if "+" in affine else []),
+        *(["            const float alpha2_c = alpha2[c], beta2_c = beta2[c];"] if affine.endswith(("+fma", "+mul_add")) else []),
         "            int64_t *restrict hits_row = hits ? hits + o * inner : 0;",
         "            if (x3 == 1 && theta_channel) {",
         "                const float th_c = th_row[0];",

@@ -44,7 +44,7 @@ from typing import Callable
 
 import torch
 
-from snnbench.methods.snn import quantizers
+from snnbench.methods.snn import native_source, quantizers
 from snnbench.methods.snn.fused import COMPARE_MAX_LEVELS, StepSignature
 from snnbench.methods.snn.native_source import source
 
@@ -66,8 +66,10 @@ _TUNING_FLAGS = ["-march=native", "-mprefer-vector-width=512"]
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 #: rows, channels, outer, inner, x, its four strides, b, b_stride, v, e_in, e_out (rate: c_out), theta,
 #: theta_stride, theta_channel (θ is one value per channel: theta[c]), t, s, counts, hits, and the
-#: input's per-channel affine terms alpha, beta (read by the ``affine`` variant only)
-_ARGTYPES = [_I64] * 4 + [_P] + [_I64] * 4 + [_P, _I64, _P, _P, _P, _P, _I64, _I64, _F32, _P, _P, _P, _P, _P]
+#: input's per-channel affine terms alpha, beta (read by the ``affine`` variants only), the skip
+#: branch and its own alpha, beta (read by the "<norm>+<skip>" variants only)
+_ARGTYPES = [_I64] * 4 + [_P] + [_I64] * 4 + [_P, _I64, _P, _P, _P, _P, _I64, _I64, _F32, _P, _P, _P, _P, _P,
+                                            _P, _P, _P]
 #: snn_first: the same with v0, v0_stride after b_stride (the state arrays are written only)
 _FIRST_ARGTYPES = _ARGTYPES[:11] + [_P, _I64] + _ARGTYPES[11:]
 
@@ -183,10 +185,13 @@ def load_library(code: str, argtypes: dict[str, list], what: str, fallback: str)
 
 def kernel(signature: StepSignature, affine: str = "") -> Callable | None:
     """The loaded step of ``signature`` (``affine`` "fma" / "mul_add": the variant that reads its
-    input through a per-channel affine map, methods/snn/input_norm.py), building it on first use;
+    input through a per-channel affine map, methods/snn/input_norm.py; "<norm>+<skip>": plus a
+    residual branch; native_source.INPUT_MAPS), building it on first use;
     None (and one warning) when it cannot be built here."""
     key = _key(signature, affine)
     fn = _LOADED.get(key)
+    if fn is None and affine not in native_source.INPUT_MAPS:
+        native_source.input_expression(affine)  # raises, naming the valid maps
     if fn is not None or key in _FAILED:
         return fn
     try:
@@ -225,8 +230,7 @@ def index_space(x: torch.Tensor, positions: bool) -> tuple[list[int], list[int]]
 def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] | None, v: torch.Tensor,
          e_in: torch.Tensor | None, e_out: torch.Tensor | None, theta: tuple[torch.Tensor, int] | tuple[torch.Tensor, int, bool],
          t: float, v0: tuple[torch.Tensor, int] | None = None,
-         affine: tuple[torch.Tensor, torch.Tensor, str] | None = None
-         ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+         affine: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run the step of ``signature`` in place (``v``, ``e_in``, ``e_out`` overwritten; rate coding:
     ``e_out`` is C, ``e_in`` None); ``b`` and ``theta`` as
     :func:`~snnbench.methods.snn.native_layout.row_layout` gives them; ``x`` contiguous, or of
@@ -238,7 +242,10 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
     and reads θ once per channel row. With ``affine`` = (alpha, beta, kind), one float32 value per
     channel each, the step's input is ``fmaf(x, alpha[c], beta[c])`` (kind "fma") or ``x * alpha[c]
     + beta[c]`` ("mul_add") (a BatchNorm folded in,
-    methods/snn/input_norm.py; ``x`` contiguous, of three or more dimensions). Returns (s, counts
+    methods/snn/input_norm.py; ``x`` contiguous, of three or more dimensions); with ``affine`` =
+    (alpha, beta, "<norm>+<skip>", skip, alpha2, beta2) a residual branch ``skip`` (contiguous,
+    x's shape) is added to that, as it is ("+x") or through its own terms alpha2, beta2 ("+fma",
+    "+mul_add"; native_source.INPUT_MAPS). Returns (s, counts
     [events, unit spikes] or None, hits per position or None); the positions are ``x[0, 0].numel()``
     for signatures with ``positions``."""
     affine_kind = affine[2] if affine is not None else ""
@@ -248,6 +255,12 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
         raise ValueError("θ per channel and an input affine map need an input of three or more dimensions")
     if affine is not None and not x.is_contiguous():
         raise ValueError("an input affine map needs a contiguous input")
+    skip_terms = tuple(affine[3:6]) if affine is not None and "+" in affine_kind else (None, None, None)
+    if skip_terms[0] is not None and (skip_terms[0].shape != x.shape or not skip_terms[0].is_contiguous()
+                                      or skip_terms[0].dtype != x.dtype):
+        raise ValueError("a residual branch must be a contiguous tensor of the input's shape and dtype")
+    if "+" in affine_kind and (skip_terms[0] is None or (not affine_kind.endswith("+x") and skip_terms[1] is None)):
+        raise ValueError(f"the input map {affine_kind!r} needs a residual branch (and its terms)")
     space = index_space(x, signature.positions or per_channel or affine is not None)
     if fn is None or space is None:
         raise RuntimeError(f"native step {signature.tag()} unavailable for this input")
@@ -261,7 +274,8 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
         fn = _FIRST[_key(signature, affine_kind)]
         head += [v0[0].data_ptr(), v0[1]]
     fn(*head, v.data_ptr(), pointer(e_in), pointer(e_out), theta[0].data_ptr(), theta[1], int(per_channel), float(t), s.data_ptr(),
-       pointer(counts), pointer(hits), *(pointer(a) for a in (affine[:2] if affine else (None, None))))
+       pointer(counts), pointer(hits), *(pointer(a) for a in (affine[:2] if affine else (None, None))),
+       *(pointer(a) for a in skip_terms))
     return s, counts, hits
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from snnbench.methods.snn import fused, input_norm, native_layout, native_steps
+from snnbench.methods.snn import fused, input_norm, native_layout, native_neuron, native_steps
 from snnbench.methods.snn.units import Coding, StatefulUnit, step_scalar
 
 
@@ -92,8 +92,12 @@ class SpikingNeuron(StatefulUnit):
         #: every step (bias correction) and a replacement initial potential (potential correction)
         self.register_buffer("input_bias", None)
         self.register_buffer("v_init", None)
-        #: (the BatchNorm2d feeding this neuron,) once input_norm.install folded it in, else ()
+        #: (the BatchNorm2d feeding this neuron,) once input_norm.install folded it in, else ();
+        #: (bn, skip's bn) for a residual block whose skip branch has its own batch norm
         self.input_norm: tuple[torch.nn.Module, ...] = ()
+        #: a residual block's skip branch folded in too (the ``skip`` argument): "" none, "x" as
+        #: it is, "norm" through ``input_norm[1]`` (input_norm.install)
+        self.input_skip = ""
         for name in ("v", "b", "e_in", "e_out", "c_out"):
             self.register_state(name)
         self._theta_flat: tuple[tuple, torch.Tensor] | None = None
@@ -170,10 +174,11 @@ class SpikingNeuron(StatefulUnit):
         if v_init is not None:
             self.v_init = v_init.detach().float()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        affine = input_norm.pending(self, x) if self.input_norm else None  # folded into the native step
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """Step on ``x``; ``skip``: the residual branch input_norm.install folded in (else None)."""
+        affine = input_norm.pending(self, x, skip) if self.input_norm else None  # folded into the native step
         if self.input_norm and affine is None:
-            x = self.input_norm[0](x)
+            x = input_norm.apply_torch(self, x, skip)
         if self.input_bias is not None:
             x = x + self.input_bias
         if self.fuse and not x.is_contiguous() and not (self.v is not None and native_steps.reads_in_place(x)):
@@ -183,14 +188,15 @@ class SpikingNeuron(StatefulUnit):
         step = self._rate_step if self.coding == "rate" else self._differential_step
         return step(x) if affine is None else step(x, affine)  # subclasses' steps take no affine (never folded)
 
-    def replay_first_frame(self, x: torch.Tensor) -> None:
+    def replay_first_frame(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> None:
         """The bias pass's state as :meth:`_differential_step` sets it from broadcast views, b
         derived once per recorded input; the full frame where the views do not apply."""
         if self.coding != "differential" or self.t != 0 or self.input_bias is not None \
                 or torch.is_grad_enabled() or not self._initial_views_apply(x, copied=True):
-            return super().replay_first_frame(x)
-        norm = self.input_norm[0] if self.input_norm else (lambda a: a)  # at t = 0 never folded: torch's kernel
-        self.b = self._recorded([x], lambda: [native_layout.bias_input(norm(x).contiguous())])[0]
+            return super().replay_first_frame(x, *(() if skip is None else (skip,)))
+        inputs = [x] if skip is None else [x, skip]  # at t = 0 never folded: torch's kernels
+        mapped = (lambda: input_norm.apply_torch(self, x, skip)) if self.input_norm else (lambda: x)
+        self.b = self._recorded(inputs, lambda: [native_layout.bias_input(mapped().contiguous())])[0]
         self.t, self.last_counts, self.last_hits = 1, None, None
         self._start_from_views(x, self.b)
 
@@ -201,12 +207,12 @@ class SpikingNeuron(StatefulUnit):
             return self.b, self.v, self.e_in, self.e_out
         return (self.v,) if self.c_out is None else (self.v, self.c_out)
 
-    def frame_step(self, t: torch.Tensor | int, state: tuple[torch.Tensor, ...], /, x: torch.Tensor
-                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def frame_step(self, t: torch.Tensor | int, state: tuple[torch.Tensor, ...], /, x: torch.Tensor,
+                   skip: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """A step t >= 1 (after differential coding's bias pass / rate coding's first step) through
         the same step function of fused.py that :meth:`forward` runs (here on shaped tensors and
         without counts): inside a compiled network frame, inductor fuses it with its neighbours."""
-        x = self.input_norm[0](x) if self.input_norm else x
+        x = input_norm.apply_torch(self, x, skip) if self.input_norm else x
         if self.input_bias is not None:
             x = x + self.input_bias
         step = fused.step_function(self.coding)
@@ -288,45 +294,14 @@ class SpikingNeuron(StatefulUnit):
             cached = self._b_full = (id(b), b.expand(x.shape).contiguous())
         return cached[1]
 
-    def _native_run(self, signature: fused.StepSignature, x: torch.Tensor, state: tuple, affine: tuple | None = None
-                    ) -> tuple | None:
-        """The step in the native C loop (:mod:`native_steps`), state overwritten in place;
-        returns what :meth:`_run` returns, or None where the native step does not apply."""
-        differential = self.coding == "differential"
-        if differential:
-            b, v, e_in, e_out = state
-        else:
-            (v, e_out), b, e_in = state, None, None
-        first = self.initial_views  # the state is still the views of the initial state: written, not read
-        mutated = () if first else tuple(a for a in (v, e_in, e_out) if a is not None)
-        v0 = self._initial_v(x) if first else None
-        strided = not x.is_contiguous()  # read in place (forward: native_steps.reads_in_place)
-        if not native_steps.usable(signature, [None if strided else x, b, *mutated, v0]) \
-                or (strided and not native_steps.reads_in_place(x)) \
-                or any(a is not None and a.shape != x.shape for a in (v, e_in, e_out)) \
-                or not fused.can_overwrite((x, b, *mutated), tuple(range(2, 2 + len(mutated)))) \
-                or native_steps.kernel(signature, affine[2] if affine is not None else "") is None:
-            return None
-        b_row = native_layout.row_layout(b, x) if b is not None else None
-        t = self.t if self.coding == "rate" else self.t - 1
-        if first:
-            v0 = native_layout.row_layout(v0, x)
-            v, e_in, e_out = (torch.empty(x.shape, dtype=x.dtype) if a is not None else None for a in (v, e_in, e_out))
-            state = (b, v, e_in, e_out) if differential else (v, e_out)
-            self.initial_views = False
-        s, counts, hits = native_steps.step(signature, x, b_row, v, e_in, e_out, self._row_theta(x, signature.positions), t, v0,
-                                            affine)
-        self.last_hits = hits.view(x.shape[2:]) if hits is not None else None
-        return (s, *state[1:], counts) if differential else (s, *state, counts)
-
     def _run(self, x: torch.Tensor, *state: torch.Tensor | None, theta_position: int, affine: tuple | None = None) -> tuple:
         """One step through :func:`fused.run_step`: eager on ``x``-shaped tensors, fused on flat
         views of them; returns (s, *new state, counts), the tensors shaped like ``x``."""
         signature = self._signature(positions=self.count_positions and x.ndim >= 3)
         positions = x[0, 0].numel() if signature.positions else None
-        if self.fuse and (native := self._native_run(signature, x, state, affine)) is not None:
+        if self.fuse and (native := native_neuron.run(self, signature, x, state, affine)) is not None:
             return native
-        x = self.input_norm[0](x) if affine is not None else x  # not folded after all: torch's kernel
+        x = input_norm.apply_torch(self, x, affine[3] if len(affine) > 3 else None) if affine is not None else x  # not folded after all
         if self.initial_views:  # the initial views become tensors (this step may overwrite them)
             self._materialized()
             state = (self.b, self.v, self.e_in, self.e_out) if self.coding == "differential" else (self.v, self.c_out)
