@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_simulation [--T 8] [--batch 64] [--device auto] [--threads 1]
 
-For vgg_small (28x28), resnet18 (64x64) and the embedded ViT, with dcgs and rate, counting
+For vgg_small and resnet_small (28x28, the zoo's), resnet18 (64x64) and the embedded ViT, with dcgs and rate, counting
 on and off (``--frame`` adds the compiled network frame, compile_frame=true, counting off,
 as a column). Differential coding runs T + 1 frames (the bias pass included in its time).
 Per model, the ANN and every SNN variant are warmed first (fused steps compiled, heap
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     add_common_args(p)
     p.add_argument("--T", type=int, default=8)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--models", default="vgg_small,resnet18,vit_mini")
+    p.add_argument("--models", default="vgg_small,resnet_small,resnet18,vit_mini")
     p.add_argument("--methods", default="dcgs,rate")
     p.add_argument("--frame", action="store_true",
                    help="also time each method with compile_frame=true (the compiled network frame), counting off")

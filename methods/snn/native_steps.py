@@ -227,11 +227,13 @@ def index_space(x: torch.Tensor, positions: bool) -> tuple[list[int], list[int]]
     return shape, strides
 
 
-def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] | None, v: torch.Tensor,
-         e_in: torch.Tensor | None, e_out: torch.Tensor | None, theta: tuple[torch.Tensor, int] | tuple[torch.Tensor, int, bool],
-         t: float, v0: tuple[torch.Tensor, int] | None = None,
-         affine: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Run the step of ``signature`` in place (``v``, ``e_in``, ``e_out`` overwritten; rate coding:
+def prepare(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] | None, v: torch.Tensor,
+            e_in: torch.Tensor | None, e_out: torch.Tensor | None,
+            theta: tuple[torch.Tensor, int] | tuple[torch.Tensor, int, bool], t: float,
+            v0: tuple[torch.Tensor, int] | None = None, affine: tuple | None = None) -> tuple:
+    """The kernel and argument list of the step of ``signature`` and the fresh tensors it writes:
+    (fn, arguments, s, counts or None, hits or None); ``fn(*arguments)`` runs it (:func:`step`).
+    The step runs in place (``v``, ``e_in``, ``e_out`` overwritten; rate coding:
     ``e_out`` is C, ``e_in`` None); ``b`` and ``theta`` as
     :func:`~snnbench.methods.snn.native_layout.row_layout` gives them; ``x`` contiguous, or of
     two to four dimensions with any strides (:func:`index_space`), the state contiguous at x's
@@ -245,9 +247,8 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
     methods/snn/input_norm.py; ``x`` contiguous, of three or more dimensions); with ``affine`` =
     (alpha, beta, "<norm>+<skip>", skip, alpha2, beta2) a residual branch ``skip`` (contiguous,
     x's shape) is added to that, as it is ("+x") or through its own terms alpha2, beta2 ("+fma",
-    "+mul_add"; native_source.INPUT_MAPS). Returns (s, counts
-    [events, unit spikes] or None, hits per position or None); the positions are ``x[0, 0].numel()``
-    for signatures with ``positions``."""
+    "+mul_add"; native_source.INPUT_MAPS). counts are [events, unit spikes], hits the spikes per
+    position; the positions are ``x[0, 0].numel()`` for signatures with ``positions``."""
     affine_kind = affine[2] if affine is not None else ""
     fn = kernel(signature, affine_kind)
     per_channel = len(theta) > 2 and bool(theta[2])
@@ -273,9 +274,25 @@ def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] 
     if v0 is not None:
         fn = _FIRST[_key(signature, affine_kind)]
         head += [v0[0].data_ptr(), v0[1]]
-    fn(*head, v.data_ptr(), pointer(e_in), pointer(e_out), theta[0].data_ptr(), theta[1], int(per_channel), float(t), s.data_ptr(),
-       pointer(counts), pointer(hits), *(pointer(a) for a in (affine[:2] if affine else (None, None))),
-       *(pointer(a) for a in skip_terms))
+    arguments = [*head, v.data_ptr(), pointer(e_in), pointer(e_out), theta[0].data_ptr(), theta[1], int(per_channel),
+                 float(t), s.data_ptr(), pointer(counts), pointer(hits),
+                 *(pointer(a) for a in (affine[:2] if affine else (None, None))), *(pointer(a) for a in skip_terms)]
+    return fn, arguments, s, counts, hits
+
+
+#: positions in ``snn_step``'s argument list (:func:`prepare`) of the values that change from one
+#: step of a neuron to the next (its state, θ and the affine terms stay where they are)
+SLOTS = {"x": 4, "t": 17, "s": 18, "counts": 19, "hits": 20, "skip": 23}
+
+
+def step(signature: StepSignature, x: torch.Tensor, b: tuple[torch.Tensor, int] | None, v: torch.Tensor,
+         e_in: torch.Tensor | None, e_out: torch.Tensor | None, theta: tuple[torch.Tensor, int] | tuple[torch.Tensor, int, bool],
+         t: float, v0: tuple[torch.Tensor, int] | None = None,
+         affine: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Run the step of ``signature`` (arguments as :func:`prepare` takes them); returns (s, counts
+    [events, unit spikes] or None, hits per position or None)."""
+    fn, arguments, s, counts, hits = prepare(signature, x, b, v, e_in, e_out, theta, t, v0, affine)
+    fn(*arguments)
     return s, counts, hits
 
 

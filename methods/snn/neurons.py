@@ -104,6 +104,16 @@ class SpikingNeuron(StatefulUnit):
         self._theta_row: tuple[tuple, tuple[torch.Tensor, int]] | None = None
         #: b at the input's size for the inductor kernel when b is kept as one sample (id of b, full b)
         self._b_full: tuple[int, torch.Tensor] | None = None
+        #: the repeated native step (native_neuron.Plan; exactly this class: subclasses step otherwise)
+        self._native_plan: native_neuron.Plan | None = None
+
+    def reset(self) -> None:
+        self._native_plan = None  # it holds the state tensors
+        super().reset()
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        return {**state, "_native_plan": None}  # a loaded kernel is not copied or pickled
 
     def extra_repr(self) -> str:
         shape = tuple(self.theta.shape)
@@ -176,6 +186,8 @@ class SpikingNeuron(StatefulUnit):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         """Step on ``x``; ``skip``: the residual branch input_norm.install folded in (else None)."""
+        if self._native_plan is not None and (s := native_neuron.fast_step(self, x, skip)) is not None:
+            return s
         affine = input_norm.pending(self, x, skip) if self.input_norm else None  # folded into the native step
         if self.input_norm and affine is None:
             x = input_norm.apply_torch(self, x, skip)
@@ -299,7 +311,8 @@ class SpikingNeuron(StatefulUnit):
         views of them; returns (s, *new state, counts), the tensors shaped like ``x``."""
         signature = self._signature(positions=self.count_positions and x.ndim >= 3)
         positions = x[0, 0].numel() if signature.positions else None
-        if self.fuse and (native := native_neuron.run(self, signature, x, state, affine)) is not None:
+        if self.fuse and (native := native_neuron.run(self, signature, x, state, affine,
+                                                      plan=type(self) is SpikingNeuron)) is not None:
             return native
         x = input_norm.apply_torch(self, x, affine[3] if len(affine) > 3 else None) if affine is not None else x  # not folded after all
         if self.initial_views:  # the initial views become tensors (this step may overwrite them)
