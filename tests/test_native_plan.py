@@ -147,3 +147,34 @@ def test_subclasses_never_get_a_plan():
         for x in _inputs(5):
             neuron(x)
             assert neuron._native_plan is None
+
+
+#: where snn_step's argument list (native_steps.prepare, no first-step views) holds the addresses of
+#: b, v, Ē_in, Ē_out, θ and the folded terms: what stays fixed from one planned step to the next
+_FIXED_POINTERS = (9, 11, 12, 13, 14, 21, 22, 24, 25)
+
+
+@pytest.mark.parametrize("coding,positions", list(itertools.product(["differential", "rate"], [False, True])))
+def test_every_address_a_plan_holds_belongs_to_a_tensor_it_keeps(coding, positions):
+    """θ's row layout is a copy the neuron caches: the plan must keep it (and b's row) alive
+    itself, or a later cache refill would leave it reading freed memory."""
+    neuron, xs = _neuron(coding), _inputs(4)
+    neuron.count_spikes, neuron.count_positions = True, positions
+    with torch.inference_mode():
+        for x in xs:
+            neuron(x)
+    plan = neuron._native_plan
+    assert plan is not None
+    kept = [a for a in (*plan.state, *plan.keep, *plan.terms, plan.theta) if a is not None]
+
+    def owned(address: int) -> bool:
+        return any(t.untyped_storage().data_ptr() <= address < t.untyped_storage().data_ptr() + t.untyped_storage().nbytes()
+                   for t in kept)
+
+    held = [plan.arguments[i] for i in _FIXED_POINTERS if plan.arguments[i] is not None]
+    assert len(held) >= (5 if coding == "differential" else 3)  # b, v, Ē_in, Ē_out, θ / v, C, θ
+    assert all(owned(address) for address in held)
+    neuron._theta_row = None  # the neuron's own cache forgotten: the plan still holds θ's row
+    theta_row = plan.keep[0]
+    assert theta_row.untyped_storage().data_ptr() <= plan.arguments[14] < (
+        theta_row.untyped_storage().data_ptr() + theta_row.untyped_storage().nbytes())

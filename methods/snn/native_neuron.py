@@ -44,6 +44,9 @@ class Plan:
     arguments: list
     count: bool
     positions: int | None
+    #: the tensors whose addresses the argument list holds besides the state, θ and the terms
+    #: (b's and θ's row layouts: views of them, or copies only this plan keeps alive)
+    keep: tuple = ()
 
 
 def _guard(neuron) -> tuple:
@@ -90,7 +93,8 @@ def fast_step(neuron, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tenso
     arguments = plan.arguments
     if neuron.input_norm:
         affine = input_norm.pending(neuron, x, skip)
-        if affine is None or any(a is not b for a, b in zip(_terms(affine), plan.terms, strict=True)):
+        terms = _terms(affine) if affine is not None else None
+        if terms is None or len(terms) != len(plan.terms) or any(a is not b for a, b in zip(terms, plan.terms)):
             return None
         if skip is not None:
             if skip.untyped_storage().data_ptr() in plan.storages:
@@ -114,11 +118,11 @@ def fast_step(neuron, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tenso
 
 
 def _plan(neuron, signature: fused.StepSignature, x: torch.Tensor, affine: tuple | None, fn: Callable,
-          arguments: list, state: tuple) -> Plan:
+          arguments: list, state: tuple, keep: tuple) -> Plan:
     storages = frozenset(a.untyped_storage().data_ptr() for a in state if a is not None)
     terms = _terms(affine) if affine is not None else ()
     return Plan(_guard(neuron), x.shape, x.stride(), state, storages, neuron.theta, _version(neuron.theta), terms,
-                _modes(), fn, arguments, signature.count, x[0, 0].numel() if signature.positions else None)
+                _modes(), fn, arguments, signature.count, x[0, 0].numel() if signature.positions else None, keep)
 
 
 def run(neuron, signature: fused.StepSignature, x: torch.Tensor, state: tuple, affine: tuple | None = None,
@@ -151,9 +155,10 @@ def run(neuron, signature: fused.StepSignature, x: torch.Tensor, state: tuple, a
         v, e_in, e_out = (torch.empty(x.shape, dtype=x.dtype) if a is not None else None for a in (v, e_in, e_out))
         state = (b, v, e_in, e_out) if differential else (v, e_out)
         neuron.initial_views = False
-    fn, arguments, s, counts, hits = native_steps.prepare(signature, x, b_row, v, e_in, e_out,
-                                                          neuron._row_theta(x, signature.positions), t, v0, affine)
+    theta_row = neuron._row_theta(x, signature.positions)
+    fn, arguments, s, counts, hits = native_steps.prepare(signature, x, b_row, v, e_in, e_out, theta_row, t, v0, affine)
     fn(*arguments)
-    neuron._native_plan = _plan(neuron, signature, x, affine, fn, arguments, state) if plan and not first else None
+    keep = (theta_row[0],) + ((b_row[0],) if b_row is not None else ())
+    neuron._native_plan = _plan(neuron, signature, x, affine, fn, arguments, state, keep) if plan and not first else None
     neuron.last_hits = hits.view(x.shape[2:]) if hits is not None else None
     return (s, *state[1:], counts) if differential else (s, *state, counts)
