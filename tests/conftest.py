@@ -94,6 +94,16 @@ def native_loops(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def folded_norms(native_loops):
+    """:func:`native_loops` with input_norm's checked batch-norm terms forgotten before and after."""
+    from snnbench.methods.snn import input_norm
+
+    input_norm.clear()
+    yield
+    input_norm.clear()
+
+
+@pytest.fixture
 def plugin_site(tmp_path_factory, monkeypatch):
     """The faulty test methods (tests/plugins/faulty_methods.py: broken, sleepy, dies_once,
     swallower) registered through an entry-point dist-info, as a third party would; the site

@@ -16,12 +16,8 @@ from snnbench.methods.snn import fused, input_norm, native_source, native_steps
 from snnbench.methods.snn.neurons import SpikingNeuron
 
 
-@pytest.fixture(autouse=True)
-def one_thread(native_loops):
-    """Native loops on one torch thread (conftest.native_loops); checked terms forgotten."""
-    input_norm.clear()
-    yield
-    input_norm.clear()
+#: native loops on one torch thread, checked terms forgotten (conftest.folded_norms)
+pytestmark = pytest.mark.usefixtures("folded_norms")
 
 
 def _bits(a: torch.Tensor) -> torch.Tensor:
