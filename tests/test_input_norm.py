@@ -12,6 +12,7 @@ from torch import nn
 
 from snnbench.methods.snn import fused, input_norm, native_steps
 from snnbench.methods.snn.neurons import SpikingNeuron
+from native_step_cases import step_from_fixed_state
 
 
 #: native loops on one torch thread, checked terms forgotten (conftest.folded_norms)
@@ -126,12 +127,7 @@ def test_the_affine_step_equals_the_step_of_the_normalised_input(coding, rule_n,
         normalised = bn(x)
 
     def run(inp, affine):
-        state = [torch.randn(3, 6, 5, 7, generator=torch.Generator().manual_seed(k)) for k in range(3)]
-        b = (torch.randn(1, 6, 5, 7, generator=torch.Generator().manual_seed(5)), 0) if coding == "differential" else None
-        v0 = (torch.full((6 * 35,), 0.25), 0) if first else None
-        v, e_in, e_out = state[0], state[1] if coding == "differential" else None, state[2]
-        s, _, _ = native_steps.step(signature, inp, b, v, e_in, e_out, (theta[0].contiguous(), 0), 3.0, v0, affine)
-        return [s, v, e_out] + ([e_in] if e_in is not None else [])
+        return step_from_fixed_state(signature, inp, theta, coding, first, affine)
 
     for folded, plain in zip(run(x, terms), run(normalised, None)):
         assert torch.equal(_bits(folded), _bits(plain))
