@@ -151,3 +151,21 @@ def test_a_replay_forms_no_zeros_and_derives_each_bias_once(name, native_loops, 
         _identical(result, _run(plain, x, False))
         monkeypatch.setattr(native_layout, "bias_input", lambda x: derived.append(x) or real_bias(x))
         frame_zero.clear()
+
+
+def test_a_network_that_replayed_its_bias_pass_pickles_and_copies(native_loops):
+    """The replay's per-input cache holds weak references, which do not pickle: copies and
+    pickles drop it, derive b again on their next replay, and give the original's outputs."""
+    import copy
+    import pickle
+
+    snn = _convert("vgg_small", settings={"fuse": "true"})
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randn(8, 1, 28, 28, generator=g) for _ in range(3)]
+    for x in batches[:2]:
+        _run(snn, x, False)
+    assert snn.bias_pass.last == "replayed"
+    assert any("_replay_cache" in m.__dict__ for m in snn.modules())
+    for other in (pickle.loads(pickle.dumps(snn)), copy.deepcopy(snn)):
+        assert not any("_replay_cache" in m.__dict__ for m in other.modules())
+        _identical(_run(other, batches[2], False), _run(snn, batches[2], False))

@@ -77,6 +77,11 @@ class StatefulUnit(nn.Module):
         on the recorded inputs alone once (:meth:`_recorded`)."""
         self(*args, **kwargs)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_replay_cache", None)  # weak references pickle not; a copy derives again
+        return state
+
     def _recorded(self, inputs: list[torch.Tensor], derive: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
         """``derive()`` for these recorded inputs, computed once: kept with weak references to
         the inputs and their versions (an inference tensor keeps none: the cache's own copies,
